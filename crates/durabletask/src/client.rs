@@ -1,0 +1,368 @@
+//! The management client: start, inspect, wait for, signal and clean up orchestrations.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use durabletask_proto as pb;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::Error;
+use crate::connection::{Caller, Connection, MAX_DECODE_BYTES, MetadataInterceptor};
+use crate::types::{OrchestrationMetadata, OrchestrationStatus, TraceContext, to_timestamp};
+
+pub(crate) type GrpcClient =
+    pb::TaskHubSidecarServiceClient<InterceptedService<Channel, MetadataInterceptor>>;
+
+/// Options for [`Client::schedule_new_orchestration`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Instance id; a random one (32 hex chars) when `None`.
+    pub instance_id: Option<String>,
+    pub version: Option<String>,
+    /// Do not run before this time.
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub tags: HashMap<String, String>,
+    pub parent_trace_context: Option<TraceContext>,
+    /// Statuses of an existing instance with the same id that may be replaced. `None` sends no
+    /// policy: DTS then refuses (`ALREADY_EXISTS`) while the instance is pending, running or suspended.
+    pub replaceable_statuses: Option<Vec<OrchestrationStatus>>,
+}
+
+/// Filter for [`Client::query_instances`].
+#[derive(Debug, Clone, Default)]
+pub struct InstanceQuery {
+    pub runtime_status: Vec<OrchestrationStatus>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub instance_id_prefix: Option<String>,
+    pub page_size: Option<u32>,
+    pub continuation_token: Option<String>,
+    pub fetch_inputs_and_outputs: bool,
+}
+
+/// One page of query results; `continuation_token` is `None` on the last page.
+#[derive(Debug, Clone)]
+pub struct InstancePage {
+    pub instances: Vec<OrchestrationMetadata>,
+    pub continuation_token: Option<String>,
+}
+
+/// Filter for [`Client::purge_instances`].
+#[derive(Debug, Clone, Default)]
+pub struct PurgeFilter {
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub runtime_status: Vec<OrchestrationStatus>,
+    pub timeout: Option<Duration>,
+}
+
+/// Result of a purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeResult {
+    pub deleted_instance_count: u32,
+    /// `false` when a filter purge stopped at its timeout and more instances remain.
+    pub is_complete: bool,
+}
+
+/// A task hub client. Cheap to clone; all clones share one HTTP/2 connection.
+#[derive(Clone)]
+pub struct Client {
+    grpc: GrpcClient,
+}
+
+impl Client {
+    pub fn new(conn: &Connection) -> Self {
+        let grpc = pb::TaskHubSidecarServiceClient::with_interceptor(
+            conn.channel(),
+            conn.interceptor(Caller::Client, None),
+        )
+        .max_decoding_message_size(MAX_DECODE_BYTES)
+        .max_encoding_message_size(MAX_DECODE_BYTES);
+        Self { grpc }
+    }
+
+    /// Checks that the scheduler answers and knows our task hub.
+    pub async fn hello(&self, timeout: Duration) -> Result<(), Error> {
+        let mut req = tonic::Request::new(());
+        req.set_timeout(timeout);
+        self.grpc.clone().hello(req).await?;
+        Ok(())
+    }
+
+    /// Starts an orchestration and returns its instance id.
+    pub async fn schedule_new_orchestration<I: serde::Serialize + ?Sized>(
+        &self,
+        name: &str,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<String, Error> {
+        let input = serde_json::to_string(input)?;
+        self.schedule_new_orchestration_raw(name, Some(input), options)
+            .await
+    }
+
+    /// Like [`Client::schedule_new_orchestration`] with the input already serialized as JSON.
+    pub async fn schedule_new_orchestration_raw(
+        &self,
+        name: &str,
+        input: Option<String>,
+        options: StartOptions,
+    ) -> Result<String, Error> {
+        let instance_id = options
+            .instance_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let req = pb::CreateInstanceRequest {
+            instance_id,
+            name: name.to_string(),
+            version: options.version,
+            input,
+            scheduled_start_timestamp: options.scheduled_start.map(to_timestamp),
+            orchestration_id_reuse_policy: options.replaceable_statuses.map(|st| {
+                pb::OrchestrationIdReusePolicy {
+                    replaceable_status: st
+                        .into_iter()
+                        .map(|s| pb::OrchestrationStatus::from(s) as i32)
+                        .collect(),
+                }
+            }),
+            execution_id: None,
+            tags: options.tags,
+            parent_trace_context: options
+                .parent_trace_context
+                .as_ref()
+                .map(TraceContext::to_proto),
+            request_time: Some(to_timestamp(Utc::now())),
+        };
+        let resp = self.grpc.clone().start_instance(req).await?.into_inner();
+        Ok(resp.instance_id)
+    }
+
+    /// Current state, or `None` when there is no such instance.
+    pub async fn get_instance(
+        &self,
+        instance_id: &str,
+        fetch_payloads: bool,
+    ) -> Result<Option<OrchestrationMetadata>, Error> {
+        let req = pb::GetInstanceRequest {
+            instance_id: instance_id.to_string(),
+            get_inputs_and_outputs: fetch_payloads,
+        };
+        let resp = self.grpc.clone().get_instance(req).await?.into_inner();
+        Ok(state_of(resp))
+    }
+
+    /// Waits until the instance has started (left `PENDING`), up to `timeout`.
+    pub async fn wait_for_instance_start(
+        &self,
+        instance_id: &str,
+        fetch_payloads: bool,
+        timeout: Duration,
+    ) -> Result<Option<OrchestrationMetadata>, Error> {
+        let mut req = tonic::Request::new(pb::GetInstanceRequest {
+            instance_id: instance_id.to_string(),
+            get_inputs_and_outputs: fetch_payloads,
+        });
+        req.set_timeout(timeout);
+        let resp = self
+            .grpc
+            .clone()
+            .wait_for_instance_start(req)
+            .await?
+            .into_inner();
+        Ok(state_of(resp))
+    }
+
+    /// Long-polls until the instance is completed, failed or terminated, up to `timeout`
+    /// ([`Error::DeadlineExceeded`] when it is still running then).
+    pub async fn wait_for_instance_completion(
+        &self,
+        instance_id: &str,
+        fetch_payloads: bool,
+        timeout: Duration,
+    ) -> Result<Option<OrchestrationMetadata>, Error> {
+        let mut req = tonic::Request::new(pb::GetInstanceRequest {
+            instance_id: instance_id.to_string(),
+            get_inputs_and_outputs: fetch_payloads,
+        });
+        req.set_timeout(timeout);
+        let resp = self
+            .grpc
+            .clone()
+            .wait_for_instance_completion(req)
+            .await?
+            .into_inner();
+        Ok(state_of(resp))
+    }
+
+    pub async fn raise_event<I: serde::Serialize + ?Sized>(
+        &self,
+        instance_id: &str,
+        event_name: &str,
+        data: &I,
+    ) -> Result<(), Error> {
+        let req = pb::RaiseEventRequest {
+            instance_id: instance_id.to_string(),
+            name: event_name.to_string(),
+            input: Some(serde_json::to_string(data)?),
+        };
+        self.grpc.clone().raise_event(req).await?;
+        Ok(())
+    }
+
+    /// Terminates an instance; `output` becomes its output. `recursive` also terminates sub-orchestrations.
+    pub async fn terminate<O: serde::Serialize + ?Sized>(
+        &self,
+        instance_id: &str,
+        output: &O,
+        recursive: bool,
+    ) -> Result<(), Error> {
+        let req = pb::TerminateRequest {
+            instance_id: instance_id.to_string(),
+            output: Some(serde_json::to_string(output)?),
+            recursive,
+        };
+        self.grpc.clone().terminate_instance(req).await?;
+        Ok(())
+    }
+
+    pub async fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        let req = pb::SuspendRequest {
+            instance_id: instance_id.to_string(),
+            reason: reason.map(str::to_string),
+        };
+        self.grpc.clone().suspend_instance(req).await?;
+        Ok(())
+    }
+
+    pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        let req = pb::ResumeRequest {
+            instance_id: instance_id.to_string(),
+            reason: reason.map(str::to_string),
+        };
+        self.grpc.clone().resume_instance(req).await?;
+        Ok(())
+    }
+
+    /// Re-runs a failed instance from its last failure point.
+    pub async fn rewind(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        let req = pb::RewindInstanceRequest {
+            instance_id: instance_id.to_string(),
+            reason: reason.map(str::to_string),
+        };
+        self.grpc.clone().rewind_instance(req).await?;
+        Ok(())
+    }
+
+    /// Starts the instance again with its original input; returns the (possibly new) instance id.
+    pub async fn restart(&self, instance_id: &str, new_instance_id: bool) -> Result<String, Error> {
+        let req = pb::RestartInstanceRequest {
+            instance_id: instance_id.to_string(),
+            restart_with_new_instance_id: new_instance_id,
+        };
+        Ok(self
+            .grpc
+            .clone()
+            .restart_instance(req)
+            .await?
+            .into_inner()
+            .instance_id)
+    }
+
+    /// Deletes one terminal instance (and its sub-orchestrations when `recursive`).
+    pub async fn purge_instance(
+        &self,
+        instance_id: &str,
+        recursive: bool,
+    ) -> Result<PurgeResult, Error> {
+        let req = pb::PurgeInstancesRequest {
+            request: Some(pb::purge_instances_request::Request::InstanceId(
+                instance_id.to_string(),
+            )),
+            recursive,
+            is_orchestration: true,
+        };
+        Ok(purge_result(
+            self.grpc.clone().purge_instances(req).await?.into_inner(),
+        ))
+    }
+
+    /// Deletes every terminal instance matching the filter.
+    pub async fn purge_instances(
+        &self,
+        filter: PurgeFilter,
+        recursive: bool,
+    ) -> Result<PurgeResult, Error> {
+        let req = pb::PurgeInstancesRequest {
+            request: Some(pb::purge_instances_request::Request::PurgeInstanceFilter(
+                pb::PurgeInstanceFilter {
+                    created_time_from: filter.created_from.map(to_timestamp),
+                    created_time_to: filter.created_to.map(to_timestamp),
+                    runtime_status: filter
+                        .runtime_status
+                        .into_iter()
+                        .map(|s| pb::OrchestrationStatus::from(s) as i32)
+                        .collect(),
+                    timeout: filter.timeout.and_then(|t| pb::Duration::try_from(t).ok()),
+                },
+            )),
+            recursive,
+            is_orchestration: true,
+        };
+        Ok(purge_result(
+            self.grpc.clone().purge_instances(req).await?.into_inner(),
+        ))
+    }
+
+    /// One page of instances; pass the returned token back for the next page.
+    pub async fn query_instances(&self, query: InstanceQuery) -> Result<InstancePage, Error> {
+        let req = pb::QueryInstancesRequest {
+            query: Some(pb::InstanceQuery {
+                runtime_status: query
+                    .runtime_status
+                    .into_iter()
+                    .map(|s| pb::OrchestrationStatus::from(s) as i32)
+                    .collect(),
+                created_time_from: query.created_from.map(to_timestamp),
+                created_time_to: query.created_to.map(to_timestamp),
+                task_hub_names: vec![],
+                max_instance_count: query
+                    .page_size
+                    .map_or(100, |p| p.min(i32::MAX as u32) as i32),
+                continuation_token: query.continuation_token,
+                instance_id_prefix: query.instance_id_prefix,
+                fetch_inputs_and_outputs: query.fetch_inputs_and_outputs,
+            }),
+        };
+        let resp = self.grpc.clone().query_instances(req).await?.into_inner();
+        let instances = resp
+            .orchestration_state
+            .into_iter()
+            .map(OrchestrationMetadata::from_proto)
+            .collect();
+        // Servers differ in how they say "last page": absent, empty, or "0".
+        let continuation_token = resp
+            .continuation_token
+            .filter(|t| !t.is_empty() && t != "0");
+        Ok(InstancePage {
+            instances,
+            continuation_token,
+        })
+    }
+}
+
+fn state_of(resp: pb::GetInstanceResponse) -> Option<OrchestrationMetadata> {
+    if !resp.exists {
+        return None;
+    }
+    resp.orchestration_state
+        .map(OrchestrationMetadata::from_proto)
+}
+
+fn purge_result(r: pb::PurgeInstancesResponse) -> PurgeResult {
+    PurgeResult {
+        deleted_instance_count: r.deleted_instance_count.max(0) as u32,
+        is_complete: r.is_complete.unwrap_or(true),
+    }
+}

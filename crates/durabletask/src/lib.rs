@@ -1,0 +1,30 @@
+//! A Durable Task SDK for Rust that speaks the Azure Durable Task Scheduler (DTS) protocol.
+//!
+//! - [`Connection`]: endpoint, task hub and credential (DTS connection strings included).
+//! - [`Client`]: start, query, wait for, signal, terminate and purge orchestrations.
+//! - [`Worker`]: runs registered orchestrators and activities from the work-item stream.
+//! - [`orchestration`]: the context orchestrator code uses and the strict replay executor.
+//! - [`testing`]: a fluent history builder for replay tests.
+
+pub mod activity;
+pub mod auth;
+pub mod client;
+pub mod connection;
+mod error;
+pub mod orchestration;
+pub mod registry;
+pub mod testing;
+pub mod types;
+pub mod worker;
+
+pub use activity::ActivityContext;
+pub use client::{Client, InstancePage, InstanceQuery, PurgeFilter, PurgeResult, StartOptions};
+pub use connection::{Authentication, ConfigError, Connection, ConnectionOptions};
+pub use durabletask_proto as proto;
+pub use error::Error;
+pub use orchestration::{
+    DurableTask, DurableTimer, NonDeterminismError, OrchestrationContext, RetryPolicy, TaskError,
+};
+pub use registry::Registry;
+pub use types::{FailureDetails, OrchestrationMetadata, OrchestrationStatus, TraceContext};
+pub use worker::{Worker, WorkerOptions, WorkerStats};

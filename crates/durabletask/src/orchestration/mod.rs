@@ -1,0 +1,11 @@
+//! Orchestrations: the context orchestrator code uses, retry policies, and the replay executor.
+
+pub mod context;
+pub mod executor;
+pub mod retry;
+
+pub use context::{BoxedTask, DurableTask, DurableTimer, OrchestrationContext, TaskError, WhenAny};
+pub use executor::{
+    ExecutionResult, ExecutionStatus, NonDeterminismError, OrchestratorFn, execute,
+};
+pub use retry::RetryPolicy;

@@ -1,0 +1,539 @@
+//! The worker: holds a `GetWorkItems` stream open, runs what arrives, and reports back.
+//!
+//! - `Hello`, then the stream with explicit `maxConcurrent*` so the scheduler never sends more
+//!   than we are willing to run; local semaphores enforce the same bound.
+//! - Every completion and abandon echoes the work item's `completionToken`.
+//! - Health pings (or any message) reset a silent-disconnect timer; when it runs out the stream
+//!   is presumed dead and rebuilt.
+//! - Any end of the stream other than shutdown leads to a reconnect with full-jitter backoff,
+//!   forever: a worker outliving a scheduler restart is the normal case.
+//! - Shutdown stops reading, lets in-flight items finish within a deadline, then cancels the
+//!   rest and abandons them so the scheduler hands them to another worker at once.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use durabletask_proto as pb;
+use futures::FutureExt;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Error;
+use crate::activity::ActivityContext;
+use crate::client::GrpcClient;
+use crate::connection::{Caller, Connection, MAX_DECODE_BYTES, default_worker_id};
+use crate::orchestration::executor::{execute, failure_response};
+use crate::registry::Registry;
+use crate::types::{FailureDetails, TraceContext};
+
+/// Tuning knobs; the defaults suit one worker process on a small node.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub max_concurrent_orchestrations: usize,
+    pub max_concurrent_activities: usize,
+    /// With no message (health pings included) for this long, the stream is rebuilt.
+    pub silent_disconnect_timeout: Duration,
+    pub hello_timeout: Duration,
+    /// Cap of the full-jitter reconnect backoff.
+    pub max_reconnect_delay: Duration,
+    /// How long in-flight work items may run after shutdown starts before they are abandoned.
+    pub drain_timeout: Duration,
+    /// Ask the scheduler for registered names only (`workItemFilters`).
+    pub use_work_item_filters: bool,
+    /// Sent as `workerid`; `<host>,<pid>,<uuid>` when `None`.
+    pub worker_id: Option<String>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_orchestrations: 100,
+            max_concurrent_activities: 100,
+            silent_disconnect_timeout: Duration::from_secs(120),
+            hello_timeout: Duration::from_secs(30),
+            max_reconnect_delay: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            use_work_item_filters: false,
+            worker_id: None,
+        }
+    }
+}
+
+/// Running totals, for logs, metrics and tests.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub orchestrations_completed: AtomicU64,
+    pub activities_completed: AtomicU64,
+    pub activities_failed: AtomicU64,
+    pub work_items_abandoned: AtomicU64,
+    pub completion_errors: AtomicU64,
+    pub health_pings: AtomicU64,
+    pub streams_opened: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+enum StreamEnd {
+    Shutdown,
+    /// The server closed the stream with OK: a drain or rolling upgrade. Reconnect.
+    ServerClosed,
+    Failed(String),
+}
+
+struct Shared {
+    grpc: GrpcClient,
+    registry: Arc<Registry>,
+    orchestration_slots: Arc<Semaphore>,
+    activity_slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    /// Cancelled when the drain deadline passes: in-flight activities stop and are abandoned.
+    abort: CancellationToken,
+    stats: Arc<WorkerStats>,
+}
+
+/// A Durable Task worker. Build it, then `run` it until the shutdown token is cancelled.
+pub struct Worker {
+    shared: Arc<Shared>,
+    options: WorkerOptions,
+    ready: watch::Sender<bool>,
+    worker_id: String,
+}
+
+impl Worker {
+    pub fn new(conn: &Connection, registry: Registry, options: WorkerOptions) -> Self {
+        let worker_id = options.worker_id.clone().unwrap_or_else(default_worker_id);
+        let grpc = pb::TaskHubSidecarServiceClient::with_interceptor(
+            conn.channel(),
+            conn.interceptor(Caller::Worker, Some(&worker_id)),
+        )
+        .max_decoding_message_size(MAX_DECODE_BYTES)
+        .max_encoding_message_size(MAX_DECODE_BYTES);
+        let shared = Arc::new(Shared {
+            grpc,
+            registry: Arc::new(registry),
+            orchestration_slots: Arc::new(Semaphore::new(
+                options.max_concurrent_orchestrations.max(1),
+            )),
+            activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities.max(1))),
+            tracker: TaskTracker::new(),
+            abort: CancellationToken::new(),
+            stats: Arc::new(WorkerStats::default()),
+        });
+        let (ready, _) = watch::channel(false);
+        Self {
+            shared,
+            options,
+            ready,
+            worker_id,
+        }
+    }
+
+    /// `true` while the work-item stream is connected; for readiness probes.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.shared.stats.clone()
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Processes work until `shutdown` is cancelled, then drains. Only returns after the drain.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut attempt: u32 = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let end = self.stream_once(&shutdown, &mut attempt).await;
+            self.ready.send_replace(false);
+            match end {
+                StreamEnd::Shutdown => break,
+                StreamEnd::ServerClosed => {
+                    tracing::info!("scheduler closed the work-item stream; reconnecting")
+                }
+                StreamEnd::Failed(reason) => {
+                    tracing::warn!(%reason, attempt, "work-item stream failed; reconnecting")
+                }
+            }
+            let delay = full_jitter(attempt, self.options.max_reconnect_delay);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.drain().await;
+        Ok(())
+    }
+
+    async fn stream_once(&self, shutdown: &CancellationToken, attempt: &mut u32) -> StreamEnd {
+        let mut grpc = self.shared.grpc.clone();
+        let mut hello = tonic::Request::new(());
+        hello.set_timeout(self.options.hello_timeout);
+        let opened = async {
+            grpc.hello(hello).await?;
+            grpc.get_work_items(self.work_items_request()).await
+        };
+        let mut stream = tokio::select! {
+            _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+            r = opened => match r {
+                Ok(resp) => resp.into_inner(),
+                Err(status) => return StreamEnd::Failed(format!("{:?}: {}", status.code(), status.message())),
+            },
+        };
+        bump(&self.shared.stats.streams_opened);
+        self.ready.send_replace(true);
+        tracing::info!(worker_id = %self.worker_id, "work-item stream connected");
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                r = tokio::time::timeout(self.options.silent_disconnect_timeout, stream.message()) => r,
+            };
+            match next {
+                Err(_) => {
+                    return StreamEnd::Failed(format!(
+                        "no message for {:?} (silent disconnect)",
+                        self.options.silent_disconnect_timeout
+                    ));
+                }
+                Ok(Err(status)) => {
+                    return StreamEnd::Failed(format!("{:?}: {}", status.code(), status.message()));
+                }
+                Ok(Ok(None)) => return StreamEnd::ServerClosed,
+                Ok(Ok(Some(item))) => {
+                    *attempt = 0;
+                    if !self.dispatch(item, shutdown).await {
+                        return StreamEnd::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    fn work_items_request(&self) -> pb::GetWorkItemsRequest {
+        let as_i32 = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let filters = self
+            .options
+            .use_work_item_filters
+            .then(|| pb::WorkItemFilters {
+                orchestrations: self
+                    .shared
+                    .registry
+                    .orchestrator_names()
+                    .map(|n| pb::OrchestrationFilter {
+                        name: n.to_string(),
+                        versions: vec![],
+                    })
+                    .collect(),
+                activities: self
+                    .shared
+                    .registry
+                    .activity_names()
+                    .map(|n| pb::ActivityFilter {
+                        name: n.to_string(),
+                        versions: vec![],
+                    })
+                    .collect(),
+                entities: vec![],
+            });
+        pb::GetWorkItemsRequest {
+            max_concurrent_orchestration_work_items: as_i32(
+                self.options.max_concurrent_orchestrations,
+            ),
+            max_concurrent_activity_work_items: as_i32(self.options.max_concurrent_activities),
+            // Entities are not supported: ask for none.
+            max_concurrent_entity_work_items: 0,
+            capabilities: vec![],
+            work_item_filters: filters,
+        }
+    }
+
+    /// Starts one work item. Returns `false` when shutdown began while waiting for a slot.
+    async fn dispatch(&self, item: pb::WorkItem, shutdown: &CancellationToken) -> bool {
+        use pb::work_item::Request;
+        let token = item.completion_token;
+        let shared = self.shared.clone();
+        match item.request {
+            Some(Request::HealthPing(_)) => bump(&shared.stats.health_pings),
+            Some(Request::OrchestratorRequest(req)) => {
+                let permit = tokio::select! {
+                    p = shared.orchestration_slots.clone().acquire_owned() => p,
+                    _ = shutdown.cancelled() => {
+                        abandon_orchestration(&shared, token).await;
+                        return false;
+                    }
+                };
+                let s = shared.clone();
+                shared.tracker.spawn(async move {
+                    let _permit = permit;
+                    run_orchestration(&s, req, token).await;
+                });
+            }
+            Some(Request::ActivityRequest(req)) => {
+                let permit = tokio::select! {
+                    p = shared.activity_slots.clone().acquire_owned() => p,
+                    _ = shutdown.cancelled() => {
+                        abandon_activity(&shared, token).await;
+                        return false;
+                    }
+                };
+                let s = shared.clone();
+                shared.tracker.spawn(async move {
+                    let _permit = permit;
+                    run_activity(&s, req, token).await;
+                });
+            }
+            Some(Request::EntityRequest(_) | Request::EntityRequestV2(_)) => {
+                tracing::warn!(
+                    "received an entity work item, which this worker does not support; abandoning it"
+                );
+                let mut grpc = shared.grpc.clone();
+                let _ = grpc
+                    .abandon_task_entity_work_item(pb::AbandonEntityTaskRequest {
+                        completion_token: token,
+                    })
+                    .await;
+                bump(&shared.stats.work_items_abandoned);
+            }
+            None => tracing::warn!("received an empty work item"),
+        }
+        true
+    }
+
+    async fn drain(&self) {
+        let tracker = &self.shared.tracker;
+        tracker.close();
+        if tracker.is_empty() {
+            return;
+        }
+        tracing::info!(in_flight = tracker.len(), deadline = ?self.options.drain_timeout, "draining in-flight work items");
+        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "drain deadline passed; abandoning what is still running"
+            );
+            self.shared.abort.cancel();
+            // Abandon calls are quick; bound them anyway so shutdown always ends.
+            let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        }
+    }
+}
+
+async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token: String) {
+    let name = req
+        .past_events
+        .iter()
+        .chain(req.new_events.iter())
+        .find_map(|e| match &e.event_type {
+            Some(pb::history_event::EventType::ExecutionStarted(es)) => Some(es.name.clone()),
+            _ => None,
+        });
+    let response = match name
+        .as_deref()
+        .map(|n| (n, shared.registry.orchestrator(n)))
+    {
+        Some((_, Some(orchestrator))) => {
+            execute(orchestrator.as_ref(), &req).into_response(&req.instance_id, token)
+        }
+        Some((n, None)) => {
+            let f = FailureDetails::new(
+                "OrchestratorTaskNotFound",
+                format!("no orchestrator named '{n}' is registered with this worker"),
+            )
+            .non_retriable();
+            failure_response(&req.instance_id, token, &f)
+        }
+        None => {
+            let f = FailureDetails::new(
+                "InvalidHistory",
+                "the work item has no ExecutionStarted event",
+            )
+            .non_retriable();
+            failure_response(&req.instance_id, token, &f)
+        }
+    };
+    let result = deliver(|| {
+        let mut grpc = shared.grpc.clone();
+        let r = response.clone();
+        async move { grpc.complete_orchestrator_task(r).await.map(|_| ()) }
+    })
+    .await;
+    match result {
+        Ok(()) => bump(&shared.stats.orchestrations_completed),
+        Err(status) => {
+            bump(&shared.stats.completion_errors);
+            tracing::warn!(instance_id = %req.instance_id, code = ?status.code(), message = status.message(), "could not complete orchestration work item");
+        }
+    }
+}
+
+async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) {
+    let instance_id = req
+        .orchestration_instance
+        .as_ref()
+        .map(|i| i.instance_id.clone())
+        .unwrap_or_default();
+    let ctx = ActivityContext {
+        instance_id: instance_id.clone(),
+        task_id: req.task_id,
+        name: req.name.clone(),
+        parent_trace_context: req
+            .parent_trace_context
+            .as_ref()
+            .and_then(TraceContext::from_proto),
+        cancellation: shared.abort.child_token(),
+    };
+    let outcome = match shared.registry.activity(&req.name) {
+        None => Some(Err(FailureDetails::new(
+            "ActivityTaskNotFound",
+            format!(
+                "no activity named '{}' is registered with this worker",
+                req.name
+            ),
+        )
+        .non_retriable())),
+        Some(activity) => {
+            let fut = AssertUnwindSafe(activity(ctx, req.input.clone())).catch_unwind();
+            tokio::select! {
+                r = fut => Some(r.unwrap_or_else(|panic| {
+                    let msg = panic.downcast_ref::<&str>().map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "activity panicked".into());
+                    Err(FailureDetails::new("Panic", msg))
+                })),
+                _ = shared.abort.cancelled() => None,
+            }
+        }
+    };
+    let Some(outcome) = outcome else {
+        abandon_activity(shared, token).await;
+        return;
+    };
+    let failed = outcome.is_err();
+    let (result, failure_details) = match outcome {
+        Ok(r) => (r, None),
+        Err(f) => (None, Some(f.to_proto())),
+    };
+    let response = pb::ActivityResponse {
+        instance_id: instance_id.clone(),
+        task_id: req.task_id,
+        result,
+        failure_details,
+        completion_token: token,
+    };
+    let delivered = deliver(|| {
+        let mut grpc = shared.grpc.clone();
+        let r = response.clone();
+        async move { grpc.complete_activity_task(r).await.map(|_| ()) }
+    })
+    .await;
+    match delivered {
+        Ok(()) if failed => bump(&shared.stats.activities_failed),
+        Ok(()) => bump(&shared.stats.activities_completed),
+        Err(status) => {
+            bump(&shared.stats.completion_errors);
+            tracing::warn!(%instance_id, task_id = req.task_id, code = ?status.code(), message = status.message(), "could not complete activity work item");
+        }
+    }
+}
+
+async fn abandon_activity(shared: &Shared, token: String) {
+    let mut grpc = shared.grpc.clone();
+    match grpc
+        .abandon_task_activity_work_item(pb::AbandonActivityTaskRequest {
+            completion_token: token,
+        })
+        .await
+    {
+        Ok(_) => bump(&shared.stats.work_items_abandoned),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "could not abandon activity work item; it will be redelivered after its lease")
+        }
+    }
+}
+
+async fn abandon_orchestration(shared: &Shared, token: String) {
+    let mut grpc = shared.grpc.clone();
+    match grpc
+        .abandon_task_orchestrator_work_item(pb::AbandonOrchestrationTaskRequest {
+            completion_token: token,
+        })
+        .await
+    {
+        Ok(_) => bump(&shared.stats.work_items_abandoned),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "could not abandon orchestration work item; it will be redelivered after its lease")
+        }
+    }
+}
+
+/// Sends a completion, retrying transport-level failures a few times with backoff.
+async fn deliver<F, Fut>(mut send: F) -> Result<(), tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    const ATTEMPTS: u32 = 6;
+    let mut attempt = 0;
+    loop {
+        match send().await {
+            Ok(()) => return Ok(()),
+            Err(s) if attempt + 1 < ATTEMPTS && is_transient(s.code()) => {
+                let base = Duration::from_millis(200) * 2u32.pow(attempt);
+                tokio::time::sleep(base.min(Duration::from_secs(5))).await;
+                attempt += 1;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+fn is_transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+    )
+}
+
+/// Full jitter: uniform in `[0, min(cap, 1 s × 2^attempt)]`.
+pub(crate) fn full_jitter(attempt: u32, cap: Duration) -> Duration {
+    let ceiling = Duration::from_secs(1u64 << attempt.min(20)).min(cap);
+    let ms = ceiling.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(rand::random_range(0..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_under_the_cap() {
+        for attempt in 0..40 {
+            let d = full_jitter(attempt, Duration::from_secs(30));
+            assert!(d <= Duration::from_secs(30));
+            assert!(d <= Duration::from_secs(1u64 << attempt.min(20)));
+        }
+    }
+}
