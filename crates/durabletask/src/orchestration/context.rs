@@ -11,7 +11,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,17 +26,29 @@ use crate::types::{FailureDetails, TraceContext, to_timestamp};
 /// Result delivered into a durable future: the JSON result, or the failure.
 pub(crate) type Outcome = Result<Option<String>, FailureDetails>;
 
+/// Where a result lands. The executor drives the root future itself, but combinators such as
+/// `futures::join_all` (large sets) only re-poll children that were woken, so resolving wakes
+/// whoever polled last.
 #[derive(Default)]
 pub(crate) struct Slot {
     value: RefCell<Option<Outcome>>,
+    waker: RefCell<Option<Waker>>,
 }
 
 impl Slot {
     pub(crate) fn resolve(&self, outcome: Outcome) {
         *self.value.borrow_mut() = Some(outcome);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
     }
-    fn take(&self) -> Option<Outcome> {
-        self.value.borrow_mut().take()
+
+    fn poll_take(&self, cx: &Context<'_>) -> Option<Outcome> {
+        let v = self.value.borrow_mut().take();
+        if v.is_none() {
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+        }
+        v
     }
 }
 
@@ -105,8 +117,8 @@ pub struct DurableTask<T> {
 impl<T: DeserializeOwned> Future for DurableTask<T> {
     type Output = Result<T, TaskError>;
 
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(outcome) = self.slot.take() else {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(outcome) = self.slot.poll_take(cx) else {
             return Poll::Pending;
         };
         let (kind, name) = self.kind.describe();
@@ -136,8 +148,8 @@ pub struct DurableTimer {
 
 impl Future for DurableTimer {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        match self.slot.take() {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.slot.poll_take(cx) {
             Some(_) => Poll::Ready(()),
             None => Poll::Pending,
         }
