@@ -424,7 +424,9 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
             }
         }
     };
-    let Some(outcome) = outcome else {
+    // Past the drain deadline, whatever the activity returned may be a partial result of its
+    // cancellation: hand the item back instead of completing it.
+    let Some(outcome) = outcome.filter(|_| !shared.abort.is_cancelled()) else {
         abandon_activity(shared, token).await;
         return;
     };

@@ -428,7 +428,7 @@ async fn silence_longer_than_the_timeout_rebuilds_the_stream_and_pings_prevent_i
     let fake = Fake::default();
     let conn = connect(&fake).await;
     let opts = WorkerOptions {
-        silent_disconnect_timeout: Duration::from_millis(400),
+        silent_disconnect_timeout: Duration::from_millis(1000),
         ..fast_options()
     };
     let worker = Worker::new(&conn, registry(), opts);
@@ -436,8 +436,8 @@ async fn silence_longer_than_the_timeout_rebuilds_the_stream_and_pings_prevent_i
     let stop = CancellationToken::new();
     let run = tokio::spawn(worker.run(stop.clone()));
     assert!(fake.wait_until(WAIT, |_| fake.stream_count() == 1).await);
-    // Keep it alive with pings for ~1 s: no new stream.
-    for _ in 0..10 {
+    // Keep it alive with pings for ~1.5 s (longer than the timeout): no new stream.
+    for _ in 0..15 {
         fake.push(health_ping()).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -457,7 +457,7 @@ async fn shutdown_drains_in_flight_work_and_abandons_what_overruns() {
     let fake = Fake::default();
     let conn = connect(&fake).await;
     let opts = WorkerOptions {
-        drain_timeout: Duration::from_millis(700),
+        drain_timeout: Duration::from_millis(1500),
         ..fast_options()
     };
     let worker = Worker::new(&conn, registry(), opts);

@@ -230,14 +230,14 @@ impl State {
     /// Delivers an `EventRaised`: to the oldest waiter of that name, else into the buffer.
     pub(crate) fn deliver_event(&mut self, name: &str, input: Option<String>) {
         let key = name.to_lowercase();
-        if let Some(queue) = self.waiters.get_mut(&key) {
-            if let Some(slot) = queue.pop_front() {
-                if queue.is_empty() {
-                    self.waiters.remove(&key);
-                }
-                slot.resolve(Ok(input));
-                return;
+        if let Some(queue) = self.waiters.get_mut(&key)
+            && let Some(slot) = queue.pop_front()
+        {
+            if queue.is_empty() {
+                self.waiters.remove(&key);
             }
+            slot.resolve(Ok(input));
+            return;
         }
         self.buffered_events.push_back((name.to_string(), input));
     }
@@ -467,12 +467,11 @@ impl OrchestrationContext {
             let delay = policy.delay_for(attempt);
             let next = self.current_utc_datetime()
                 + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-            if let Some(timeout) = policy.retry_timeout {
-                if next
+            if let Some(timeout) = policy.retry_timeout
+                && next
                     > started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX)
-                {
-                    return Err(err);
-                }
+            {
+                return Err(err);
             }
             self.create_timer(next).await;
             attempt += 1;

@@ -302,23 +302,21 @@ impl Run<'_> {
                 self.poll();
             }
             EventType::ExecutionSuspended(_) => self.suspended = true,
-            EventType::ExecutionResumed(_) => {
-                // A resume without a suspend is harmless; ignore it rather than failing the instance.
-                if self.suspended {
-                    self.suspended = false;
-                    while let Some(held) = self.held_while_suspended.pop_front() {
-                        self.apply(&held);
-                        if self.suspended {
-                            break;
-                        }
+            // A resume without a suspend is harmless; ignore it rather than failing the instance.
+            EventType::ExecutionResumed(_) if self.suspended => {
+                self.suspended = false;
+                while let Some(held) = self.held_while_suspended.pop_front() {
+                    self.apply(&held);
+                    if self.suspended {
+                        break;
                     }
                 }
             }
-            EventType::ExecutionTerminated(t) => {
-                if !matches!(self.finished, Some(Finished::NonDeterministic(_))) {
-                    self.finished = Some(Finished::Terminated(t.input.clone()));
-                    self.future = None;
-                }
+            EventType::ExecutionTerminated(t)
+                if !matches!(self.finished, Some(Finished::NonDeterministic(_))) =>
+            {
+                self.finished = Some(Finished::Terminated(t.input.clone()));
+                self.future = None;
             }
             // Nothing for the code to observe: bookkeeping, entity and rewind events.
             _ => {}
@@ -334,10 +332,10 @@ impl Run<'_> {
             let mut st = self.state.borrow_mut();
             st.name = es.name.clone();
             st.version = es.version.clone();
-            if let Some(inst) = &es.orchestration_instance {
-                if st.execution_id.is_none() {
-                    st.execution_id = inst.execution_id.clone();
-                }
+            if let Some(inst) = &es.orchestration_instance
+                && st.execution_id.is_none()
+            {
+                st.execution_id = inst.execution_id.clone();
             }
         }
         let ctx = OrchestrationContext::new(self.state.clone());

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::types::FailureDetails;
 
+/// Decides, from the failure, whether another attempt is worthwhile.
+pub type RetryPredicate = Arc<dyn Fn(&FailureDetails) -> bool + Send + Sync>;
+
 /// Exponential backoff with an attempt cap, an optional delay cap and an optional overall timeout.
 #[derive(Clone)]
 pub struct RetryPolicy {
@@ -19,7 +22,7 @@ pub struct RetryPolicy {
     /// Give up when the next attempt would start later than this after the first one.
     pub retry_timeout: Option<Duration>,
     /// Decides whether a given failure is worth retrying; all retriable failures when `None`.
-    pub handle: Option<Arc<dyn Fn(&FailureDetails) -> bool + Send + Sync>>,
+    pub handle: Option<RetryPredicate>,
 }
 
 impl std::fmt::Debug for RetryPolicy {

@@ -1,6 +1,6 @@
 //! An in-process fake scheduler (tonic server) that records what the SDK sends and lets a test
 //! feed work items into the stream.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
