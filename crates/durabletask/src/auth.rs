@@ -75,21 +75,25 @@ impl TokenSource for AzureTokenSource {
     }
 }
 
-/// Holds the current `authorization` header value; shared by every channel of a connection.
-#[derive(Clone, Default)]
+type SharedHeader = Arc<RwLock<Option<String>>>;
+
+fn store(header: &SharedHeader, token: &Token) {
+    if let Ok(mut h) = header.write() {
+        *h = Some(format!("Bearer {}", token.secret));
+    }
+}
+
+/// Holds the current `authorization` header value; shared by the connection, its clients and
+/// workers. The refresher stops when the last holder is dropped (or `stop` is cancelled).
+#[derive(Clone)]
 pub(crate) struct TokenCache {
-    header: Arc<RwLock<Option<String>>>,
+    header: SharedHeader,
+    _stop_on_drop: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl TokenCache {
     pub(crate) fn header(&self) -> Option<String> {
         self.header.read().ok().and_then(|h| h.clone())
-    }
-
-    fn set(&self, token: &Token) {
-        if let Ok(mut h) = self.header.write() {
-            *h = Some(format!("Bearer {}", token.secret));
-        }
     }
 
     /// Fetches the first token (so start-up fails fast on a broken credential), then keeps it
@@ -99,10 +103,15 @@ impl TokenCache {
         margin: Duration,
         stop: CancellationToken,
     ) -> Result<Self, AuthError> {
-        let cache = Self::default();
+        let header = SharedHeader::default();
         let first = source.token().await?;
-        cache.set(&first);
-        let bg = cache.clone();
+        store(&header, &first);
+        // The task holds only the header, never the cache, so dropping every cache stops it.
+        let bg = header.clone();
+        let cache = Self {
+            header,
+            _stop_on_drop: Arc::new(stop.clone().drop_guard()),
+        };
         tokio::spawn(async move {
             let mut expires_at = first.expires_at;
             let mut failures: u32 = 0;
@@ -114,7 +123,7 @@ impl TokenCache {
                 }
                 match source.token().await {
                     Ok(t) => {
-                        bg.set(&t);
+                        store(&bg, &t);
                         expires_at = t.expires_at;
                         failures = 0;
                         tracing::debug!("access token refreshed");

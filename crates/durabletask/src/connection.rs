@@ -355,10 +355,10 @@ impl Connection {
         let mut endpoint = Endpoint::from_shared(options.endpoint.clone())
             .map_err(|e| ConfigError::new("endpoint", e.to_string()))?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+            .connect_timeout(Duration::from_secs(10));
+        // No HTTP/2 keepalive pings, like the official SDKs: gRPC-core servers count pings on a
+        // quiet connection as abuse and send GOAWAY. Stream liveness comes from the scheduler's
+        // health pings and the worker's silent-disconnect timer instead.
         if options.is_tls() {
             endpoint = endpoint
                 .tls_config(ClientTlsConfig::new().with_native_roots())
@@ -412,7 +412,8 @@ impl Connection {
         self.channel.clone()
     }
 
-    /// Stops the background token refresh. Calls in flight keep their token.
+    /// Stops the background token refresh now (it also stops once the connection and every
+    /// client and worker built from it are dropped). Calls in flight keep their token.
     pub fn close(&self) {
         self.stop_refresh.cancel();
     }

@@ -183,6 +183,38 @@ async fn bearer_token_is_sent_and_refreshed_in_the_background() {
 }
 
 #[tokio::test]
+async fn token_refresh_stops_when_the_last_user_is_dropped() {
+    let fake = Fake::default();
+    let addr = serve(fake.clone()).await;
+    let opts = ConnectionOptions::new(&format!("http://{addr}"), "hub").expect("options");
+    let tokens = Arc::new(CountingTokens {
+        issued: AtomicU32::new(0),
+        // Always inside the margin: the refresher asks again every second while alive.
+        lifetime: Duration::from_millis(100),
+    });
+    let conn =
+        Connection::connect_with_token_source(opts, Some(tokens.clone()), Duration::from_secs(1))
+            .await
+            .expect("connect");
+    let client = Client::new(&conn);
+    drop(conn);
+    // The client still uses the cache, so refreshing continues.
+    assert!(
+        fake.wait_until(WAIT, |_| tokens.issued.load(Ordering::SeqCst) >= 2)
+            .await
+    );
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after_drop = tokens.issued.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        tokens.issued.load(Ordering::SeqCst),
+        after_drop,
+        "refresher kept running after drop"
+    );
+}
+
+#[tokio::test]
 async fn broken_credential_fails_at_connect() {
     let opts = ConnectionOptions::new("http://127.0.0.1:9", "hub").expect("options");
     let err = Connection::connect_with_token_source(
