@@ -10,7 +10,9 @@ use tonic::transport::Channel;
 
 use crate::Error;
 use crate::connection::{Caller, Connection, MAX_DECODE_BYTES, MetadataInterceptor};
-use crate::types::{OrchestrationMetadata, OrchestrationStatus, TraceContext, to_timestamp};
+use crate::types::{
+    OrchestrationMetadata, OrchestrationStatus, TraceContext, statuses_to_wire, to_timestamp,
+};
 
 pub(crate) type GrpcClient =
     pb::TaskHubSidecarServiceClient<InterceptedService<Channel, MetadataInterceptor>>;
@@ -121,10 +123,7 @@ impl Client {
             scheduled_start_timestamp: options.scheduled_start.map(to_timestamp),
             orchestration_id_reuse_policy: options.replaceable_statuses.map(|st| {
                 pb::OrchestrationIdReusePolicy {
-                    replaceable_status: st
-                        .into_iter()
-                        .map(|s| pb::OrchestrationStatus::from(s) as i32)
-                        .collect(),
+                    replaceable_status: statuses_to_wire(st),
                 }
             }),
             execution_id: None,
@@ -299,11 +298,7 @@ impl Client {
                 pb::PurgeInstanceFilter {
                     created_time_from: filter.created_from.map(to_timestamp),
                     created_time_to: filter.created_to.map(to_timestamp),
-                    runtime_status: filter
-                        .runtime_status
-                        .into_iter()
-                        .map(|s| pb::OrchestrationStatus::from(s) as i32)
-                        .collect(),
+                    runtime_status: statuses_to_wire(filter.runtime_status),
                     timeout: filter.timeout.and_then(|t| pb::Duration::try_from(t).ok()),
                 },
             )),
@@ -319,11 +314,7 @@ impl Client {
     pub async fn query_instances(&self, query: InstanceQuery) -> Result<InstancePage, Error> {
         let req = pb::QueryInstancesRequest {
             query: Some(pb::InstanceQuery {
-                runtime_status: query
-                    .runtime_status
-                    .into_iter()
-                    .map(|s| pb::OrchestrationStatus::from(s) as i32)
-                    .collect(),
+                runtime_status: statuses_to_wire(query.runtime_status),
                 created_time_from: query.created_from.map(to_timestamp),
                 created_time_to: query.created_to.map(to_timestamp),
                 task_hub_names: vec![],

@@ -113,6 +113,14 @@ impl OrchestrationStatus {
     }
 }
 
+/// Wire values for a list of statuses (filters, reuse policies).
+pub(crate) fn statuses_to_wire(statuses: Vec<OrchestrationStatus>) -> Vec<i32> {
+    statuses
+        .into_iter()
+        .map(|s| pb::OrchestrationStatus::from(s) as i32)
+        .collect()
+}
+
 /// Why a task, activity or orchestration failed. Travels as `TaskFailureDetails`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FailureDetails {
@@ -170,6 +178,18 @@ impl FailureDetails {
                 .map(|i| Box::new(Self::from_proto(i))),
             non_retriable: p.is_non_retriable,
         }
+    }
+}
+
+impl FailureDetails {
+    /// Failure for a caught panic; keeps the panic message when it is text.
+    pub(crate) fn from_panic(panic: &(dyn std::any::Any + Send)) -> Self {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panicked with a non-text payload".to_string());
+        Self::new("Panic", msg)
     }
 }
 

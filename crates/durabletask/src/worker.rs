@@ -414,12 +414,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         Some(activity) => {
             let fut = AssertUnwindSafe(activity(ctx, req.input.clone())).catch_unwind();
             tokio::select! {
-                r = fut => Some(r.unwrap_or_else(|panic| {
-                    let msg = panic.downcast_ref::<&str>().map(|s| (*s).to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "activity panicked".into());
-                    Err(FailureDetails::new("Panic", msg))
-                })),
+                r = fut => Some(r.unwrap_or_else(|panic| Err(FailureDetails::from_panic(panic.as_ref())))),
                 _ = shared.abort.cancelled() => None,
             }
         }

@@ -409,14 +409,7 @@ impl Run<'_> {
                 }
             }
             Ok(Poll::Ready(result)) => Some(result),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "orchestrator panicked".to_string());
-                Some(Err(FailureDetails::new("Panic", msg)))
-            }
+            Err(panic) => Some(Err(FailureDetails::from_panic(panic.as_ref()))),
         };
         if let Some(out) = outcome {
             self.finished = Some(Finished::Output(out));
