@@ -1,0 +1,386 @@
+//! `local-scheduler`: a Durable Task Scheduler-compatible gRPC server with an embedded store.
+//!
+//! Configuration: built-in defaults, then an optional TOML file (`--config <path>` or
+//! `LOCAL_SCHEDULER_CONFIG`), then environment variables `LOCAL_SCHEDULER__<KEY>` (and
+//! `DTS_TASK_HUB_NAMES=a,b`, as the DTS emulator reads it).
+
+// A binary: `pub` inside its modules only means "used across modules".
+#![allow(unreachable_pub)]
+
+mod engine;
+mod server;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use durabletask_proto as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::server::{Service, Shared};
+use crate::store::SqliteStore;
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// gRPC address (plaintext HTTP/2).
+    listen: String,
+    /// Address of `/healthz`, `/readyz`, `/metrics`.
+    admin_listen: String,
+    task_hubs: Vec<String>,
+    /// `sqlite` (file, durable) or `memory`.
+    store: String,
+    sqlite_path: PathBuf,
+    lease_seconds: u64,
+    health_ping_seconds: u64,
+    max_message_bytes: usize,
+    log_format: String,
+}
+
+fn load_settings() -> anyhow::Result<Settings> {
+    let args: Vec<String> = std::env::args().collect();
+    let file = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var("LOCAL_SCHEDULER_CONFIG").ok());
+    let mut b = config::Config::builder()
+        .set_default("listen", "127.0.0.1:8080")?
+        .set_default("admin_listen", "127.0.0.1:8081")?
+        .set_default("task_hubs", vec!["default"])?
+        .set_default("store", "sqlite")?
+        .set_default("sqlite_path", ".data/local-scheduler.db")?
+        .set_default("lease_seconds", 120)?
+        .set_default("health_ping_seconds", 30)?
+        .set_default("max_message_bytes", 16 * 1024 * 1024)?
+        .set_default("log_format", "text")?;
+    if let Some(f) = file {
+        b = b.add_source(config::File::with_name(&f).required(true));
+    }
+    b = b.add_source(
+        config::Environment::with_prefix("LOCAL_SCHEDULER")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("task_hubs")
+            .try_parsing(true),
+    );
+    if let Ok(hubs) = std::env::var("DTS_TASK_HUB_NAMES") {
+        b = b.set_override(
+            "task_hubs",
+            hubs.split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    let s: Settings = b
+        .build()?
+        .try_deserialize()
+        .context("invalid local-scheduler configuration")?;
+    validate(&s)?;
+    Ok(s)
+}
+
+fn validate(s: &Settings) -> anyhow::Result<()> {
+    s.listen.parse::<SocketAddr>().with_context(|| {
+        format!(
+            "`listen`: '{}' is not an address like 127.0.0.1:8080",
+            s.listen
+        )
+    })?;
+    s.admin_listen.parse::<SocketAddr>().with_context(|| {
+        format!(
+            "`admin_listen`: '{}' is not an address like 127.0.0.1:8081",
+            s.admin_listen
+        )
+    })?;
+    anyhow::ensure!(
+        !s.task_hubs.is_empty(),
+        "`task_hubs` must name at least one task hub"
+    );
+    for h in &s.task_hubs {
+        anyhow::ensure!(
+            !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()),
+            "`task_hubs`: '{h}' is not a valid task hub name"
+        );
+    }
+    anyhow::ensure!(
+        matches!(s.store.as_str(), "sqlite" | "memory"),
+        "`store` must be `sqlite` or `memory`, not '{}'",
+        s.store
+    );
+    anyhow::ensure!(s.lease_seconds >= 1, "`lease_seconds` must be at least 1");
+    anyhow::ensure!(
+        s.health_ping_seconds >= 1,
+        "`health_ping_seconds` must be at least 1"
+    );
+    anyhow::ensure!(
+        s.max_message_bytes >= 4 * 1024 * 1024,
+        "`max_message_bytes` must be at least 4 MiB (4194304)"
+    );
+    anyhow::ensure!(
+        matches!(s.log_format.as_str(), "text" | "json"),
+        "`log_format` must be `text` or `json`"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("local-scheduler: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let settings = load_settings()?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if settings.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let mut engine = Engine::new(
+        &settings.task_hubs,
+        Duration::from_secs(settings.lease_seconds),
+    );
+    let store = if settings.store == "sqlite" {
+        let store = SqliteStore::open(&settings.sqlite_path).with_context(|| {
+            format!(
+                "`sqlite_path`: cannot open {}",
+                settings.sqlite_path.display()
+            )
+        })?;
+        for hub in &settings.task_hubs {
+            let loaded = store.load(hub).context("loading the store")?;
+            let (i, a, t) = (
+                loaded.instances.len(),
+                loaded.activities.len(),
+                loaded.timers.len(),
+            );
+            engine.restore(hub, loaded.instances, loaded.activities, loaded.timers);
+            tracing::info!(hub = %hub, instances = i, activities = a, timers = t, "restored from store");
+        }
+        Some(store)
+    } else {
+        engine = engine.without_persistence();
+        None
+    };
+
+    let shutdown = CancellationToken::new();
+    let shared = Shared::new(
+        engine,
+        store,
+        Duration::from_secs(settings.health_ping_seconds),
+        shutdown.clone(),
+    );
+    tokio::spawn(shared.clone().run_timers());
+
+    let grpc_addr: SocketAddr = settings.listen.parse()?;
+    let admin_addr: SocketAddr = settings.admin_listen.parse()?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("`admin_listen`: cannot bind {admin_addr}"))?;
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("`listen`: cannot bind {grpc_addr}"))?;
+    tracing::info!(%grpc_addr, %admin_addr, hubs = ?settings.task_hubs, store = %settings.store, "local scheduler listening");
+
+    let admin = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared.clone());
+    let admin_shutdown = shutdown.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
+            .await
+    });
+
+    let svc = pb::TaskHubSidecarServiceServer::new(Service {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(settings.max_message_bytes)
+    .max_encoding_message_size(settings.max_message_bytes);
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: ending work-item streams");
+        signal.cancel();
+    });
+    let grpc_shutdown = shutdown.clone();
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            async move {
+                grpc_shutdown.cancelled().await;
+                // Give streams a moment to end with OK before connections close.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+        )
+        .await?;
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn readyz(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> (axum::http::StatusCode, &'static str) {
+    if shared.shutdown.is_cancelled() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        );
+    }
+    (axum::http::StatusCode::OK, "ready\n")
+}
+
+async fn metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if let Some(((orch, act, timers), statuses)) =
+        shared.engine_snapshot(|e| (e.backlog(), e.status_counts()))
+    {
+        let _ = writeln!(
+            out,
+            "# HELP dts_local_backlog_work_items Work items waiting to be dispatched, by kind."
+        );
+        let _ = writeln!(out, "# TYPE dts_local_backlog_work_items gauge");
+        let _ = writeln!(
+            out,
+            "dts_local_backlog_work_items{{kind=\"orchestration\"}} {orch}"
+        );
+        let _ = writeln!(
+            out,
+            "dts_local_backlog_work_items{{kind=\"activity\"}} {act}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dts_local_pending_timers Durable timers and scheduled starts not yet due."
+        );
+        let _ = writeln!(out, "# TYPE dts_local_pending_timers gauge");
+        let _ = writeln!(out, "dts_local_pending_timers {timers}");
+        let _ = writeln!(
+            out,
+            "# HELP dts_local_instances Orchestration instances by runtime status."
+        );
+        let _ = writeln!(out, "# TYPE dts_local_instances gauge");
+        for s in [
+            "PENDING",
+            "RUNNING",
+            "SUSPENDED",
+            "COMPLETED",
+            "FAILED",
+            "TERMINATED",
+            "CANCELED",
+            "CONTINUED_AS_NEW",
+        ] {
+            let _ = writeln!(
+                out,
+                "dts_local_instances{{status=\"{s}\"}} {}",
+                statuses.get(s).copied().unwrap_or(0)
+            );
+        }
+    }
+    let c = &shared.counters;
+    let counters = [
+        (
+            "dts_local_work_items_dispatched_total",
+            "Work items sent to workers.",
+            vec![
+                ("orchestration", &c.orchestrations_dispatched),
+                ("activity", &c.activities_dispatched),
+            ],
+        ),
+        (
+            "dts_local_work_items_completed_total",
+            "Work items completed by workers.",
+            vec![
+                ("orchestration", &c.orchestrations_completed),
+                ("activity", &c.activities_completed),
+            ],
+        ),
+    ];
+    for (name, help, series) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (kind, v) in series {
+            let _ = writeln!(
+                out,
+                "{name}{{kind=\"{kind}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+    for (name, help, v) in [
+        (
+            "dts_local_work_items_abandoned_total",
+            "Work items handed back by workers.",
+            &c.abandoned,
+        ),
+        (
+            "dts_local_work_items_redelivered_total",
+            "Work items queued again after a lost stream or an expired lease.",
+            &c.redelivered,
+        ),
+        (
+            "dts_local_store_errors_total",
+            "State changes the store failed to persist.",
+            &c.store_errors,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dts_local_worker_streams Open work-item streams.\n# TYPE dts_local_worker_streams gauge\ndts_local_worker_streams {}",
+        c.streams_open.load(Ordering::Relaxed)
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+}

@@ -1,0 +1,299 @@
+//! Durable storage: SQLite (bundled, WAL) in a file, or nothing at all for the in-memory mode.
+//!
+//! The engine owns the live state; the store is its write-ahead copy. Every engine operation
+//! produces a list of [`Change`]s that is written in **one transaction** before the caller gets
+//! its answer, so a crash at any point loses nothing that was acknowledged. On start-up the
+//! store is read back into the engine.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use durabletask_proto as pb;
+use prost::Message;
+use rusqlite::params;
+
+use crate::engine::{Instance, from_ts, ts};
+
+/// Instance metadata (everything but history and inbox).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceRow {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub status: i32,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+    pub completed: Option<DateTime<Utc>>,
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub custom_status: Option<String>,
+    #[serde(skip)]
+    pub failure: Option<pb::TaskFailureDetails>,
+    pub tags: HashMap<String, String>,
+    #[serde(skip)]
+    pub parent: Option<pb::ParentInstanceInfo>,
+    #[serde(skip)]
+    pub trace: Option<pb::OrchestrationTraceContext>,
+}
+
+/// One unit of state to write.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, one list per operation
+pub enum Change {
+    PutInstance {
+        hub: String,
+        row: Box<InstanceRow>,
+        history: Vec<pb::HistoryEvent>,
+        inbox: Vec<pb::HistoryEvent>,
+    },
+    DeleteInstance {
+        hub: String,
+        instance_id: String,
+    },
+    PutActivity {
+        hub: String,
+        key: String,
+        request: pb::ActivityRequest,
+    },
+    DeleteActivity {
+        hub: String,
+        key: String,
+    },
+    PutTimer {
+        hub: String,
+        due: DateTime<Utc>,
+        seq: u64,
+        instance_id: String,
+        event: pb::HistoryEvent,
+    },
+    DeleteTimer {
+        hub: String,
+        seq: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub struct SqliteStore {
+    conn: rusqlite::Connection,
+}
+
+/// Everything a hub had on disk.
+pub struct Loaded {
+    pub instances: Vec<Instance>,
+    pub activities: Vec<(String, pb::ActivityRequest)>,
+    pub timers: Vec<(DateTime<Utc>, u64, String, pb::HistoryEvent)>,
+}
+
+fn encode_events(events: &[pb::HistoryEvent]) -> Vec<u8> {
+    pb::HistoryChunk {
+        events: events.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+fn opt_bytes<M: Message>(m: &Option<M>) -> Option<Vec<u8>> {
+    m.as_ref().map(Message::encode_to_vec)
+}
+
+fn decode_opt<M: Message + Default>(b: Option<Vec<u8>>) -> Result<Option<M>, StoreError> {
+    b.map(|b| M::decode(b.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = rusqlite::Connection::open(path)?;
+        // WAL + NORMAL: a commit survives a process crash (SIGKILL); an OS crash may lose the last
+        // few milliseconds, which is the usual trade for a development server.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS instances (
+                hub TEXT NOT NULL, instance_id TEXT NOT NULL, meta TEXT NOT NULL,
+                failure BLOB, parent BLOB, trace BLOB, history BLOB NOT NULL, inbox BLOB NOT NULL,
+                PRIMARY KEY (hub, instance_id));
+             CREATE TABLE IF NOT EXISTS activities (
+                hub TEXT NOT NULL, key TEXT NOT NULL, request BLOB NOT NULL, PRIMARY KEY (hub, key));
+             CREATE TABLE IF NOT EXISTS timers (
+                hub TEXT NOT NULL, seq INTEGER NOT NULL, due_ms INTEGER NOT NULL, instance_id TEXT NOT NULL,
+                event BLOB NOT NULL, PRIMARY KEY (hub, seq));",
+        )?;
+        Ok(Self { conn })
+    }
+
+    /// Writes the changes in one transaction. Repeated writes of one instance collapse to the last.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        let mut last_first: Vec<Change> = Vec::with_capacity(changes.len());
+        for c in changes.into_iter().rev() {
+            let key = match &c {
+                Change::PutInstance { hub, row, .. } => {
+                    Some(format!("i|{hub}|{}", row.instance_id))
+                }
+                Change::DeleteInstance { hub, instance_id } => {
+                    Some(format!("i|{hub}|{instance_id}"))
+                }
+                _ => None,
+            };
+            if key.is_none_or(|k| seen.insert(k)) {
+                last_first.push(c);
+            }
+        }
+        let tx = self.conn.transaction()?;
+        for c in last_first.into_iter().rev() {
+            match c {
+                Change::PutInstance {
+                    hub,
+                    row,
+                    history,
+                    inbox,
+                } => {
+                    let meta = serde_json::to_string(&row)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![
+                        hub,
+                        row.instance_id,
+                        meta,
+                        opt_bytes(&row.failure),
+                        opt_bytes(&row.parent),
+                        opt_bytes(&row.trace),
+                        encode_events(&history),
+                        encode_events(&inbox)
+                    ])?;
+                }
+                Change::DeleteInstance { hub, instance_id } => {
+                    tx.prepare_cached("DELETE FROM instances WHERE hub = ?1 AND instance_id = ?2")?
+                        .execute(params![hub, instance_id])?;
+                }
+                Change::PutActivity { hub, key, request } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO activities (hub, key, request) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![hub, key, request.encode_to_vec()])?;
+                }
+                Change::DeleteActivity { hub, key } => {
+                    tx.prepare_cached("DELETE FROM activities WHERE hub = ?1 AND key = ?2")?
+                        .execute(params![hub, key])?;
+                }
+                Change::PutTimer {
+                    hub,
+                    due,
+                    seq,
+                    instance_id,
+                    event,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO timers (hub, seq, due_ms, instance_id, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![hub, seq as i64, due.timestamp_millis(), instance_id, event.encode_to_vec()])?;
+                }
+                Change::DeleteTimer { hub, seq } => {
+                    tx.prepare_cached("DELETE FROM timers WHERE hub = ?1 AND seq = ?2")?
+                        .execute(params![hub, seq as i64])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn load(&self, hub: &str) -> Result<Loaded, StoreError> {
+        let corrupt = |e: prost::DecodeError| StoreError::Corrupt(e.to_string());
+        let mut instances = Vec::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT meta, failure, parent, trace, history, inbox FROM instances WHERE hub = ?1",
+        )?;
+        let rows = stmt.query_map(params![hub], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<Vec<u8>>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (meta, failure, parent, trace, history, inbox) = row?;
+            let mut r: InstanceRow =
+                serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            r.failure = decode_opt(failure)?;
+            r.parent = decode_opt(parent)?;
+            r.trace = decode_opt(trace)?;
+            instances.push(Instance {
+                row: r,
+                history: pb::HistoryChunk::decode(history.as_slice())
+                    .map_err(corrupt)?
+                    .events,
+                inbox: pb::HistoryChunk::decode(inbox.as_slice())
+                    .map_err(corrupt)?
+                    .events
+                    .into(),
+                lease: None,
+                dispatched: Vec::new(),
+                terminate_children: false,
+            });
+        }
+        let mut activities = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, request FROM activities WHERE hub = ?1 ORDER BY rowid")?;
+        for row in stmt.query_map(params![hub], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })? {
+            let (key, req) = row?;
+            activities.push((
+                key,
+                pb::ActivityRequest::decode(req.as_slice()).map_err(corrupt)?,
+            ));
+        }
+        let mut timers = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT due_ms, seq, instance_id, event FROM timers WHERE hub = ?1 ORDER BY due_ms, seq")?;
+        for row in stmt.query_map(params![hub], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })? {
+            let (due, seq, id, ev) = row?;
+            let due = from_ts(&ts(DateTime::from_timestamp_millis(due).unwrap_or_default()));
+            timers.push((
+                due,
+                seq as u64,
+                id,
+                pb::HistoryEvent::decode(ev.as_slice()).map_err(corrupt)?,
+            ));
+        }
+        Ok(Loaded {
+            instances,
+            activities,
+            timers,
+        })
+    }
+}
