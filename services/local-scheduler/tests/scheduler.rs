@@ -1,0 +1,550 @@
+//! The local scheduler as a real process, driven by our Rust SDK and by raw gRPC calls.
+
+#[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
+mod pyenv;
+#[path = "../../../crates/durabletask/tests/scenarios/mod.rs"]
+mod scenarios;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use durabletask::proto as pb;
+use durabletask::{Client, Connection, ConnectionOptions, OrchestrationStatus, StartOptions};
+use tokio::process::{Child, Command};
+use tonic::metadata::AsciiMetadataValue;
+
+/// A running `local-scheduler` process, killed when dropped.
+struct Scheduler {
+    child: Child,
+    port: u16,
+    admin_port: u16,
+}
+
+#[derive(Clone)]
+enum Store<'a> {
+    Memory,
+    Sqlite(&'a Path),
+}
+
+impl Scheduler {
+    async fn start(store: Store<'_>, env: &[(&str, &str)]) -> Self {
+        Self::start_on(pyenv::free_port(), store, env).await
+    }
+
+    async fn start_on(port: u16, store: Store<'_>, env: &[(&str, &str)]) -> Self {
+        let admin_port = pyenv::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_local-scheduler"));
+        cmd.env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin_port}"),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        match store {
+            Store::Memory => {
+                cmd.env("LOCAL_SCHEDULER__STORE", "memory");
+            }
+            Store::Sqlite(path) => {
+                cmd.env("LOCAL_SCHEDULER__STORE", "sqlite")
+                    .env("LOCAL_SCHEDULER__SQLITE_PATH", path);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start local-scheduler");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self {
+                    child,
+                    port,
+                    admin_port,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("local-scheduler did not start listening on {port}");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn connect(&self, hub: &str) -> Connection {
+        Connection::connect(ConnectionOptions::new(&self.endpoint(), hub).expect("options"))
+            .await
+            .expect("connect")
+    }
+
+    async fn raw(&self) -> pb::TaskHubSidecarServiceClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(self.endpoint())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        pb::TaskHubSidecarServiceClient::new(ch)
+    }
+
+    async fn metrics(&self) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+            .await
+            .expect("admin");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn with_hub<T>(msg: T, hub: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("taskhub", AsciiMetadataValue::try_from(hub).expect("ascii"));
+    r
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "local-scheduler-test-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("store.db")
+}
+
+// ------------------------------------------------------------- the SDK scenarios
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_scenarios_in_memory() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    client.hello(Duration::from_secs(5)).await.expect("hello");
+    let worker = scenarios::start_worker(&conn);
+    scenarios::core(&client).await;
+    scenarios::lifecycle(&client).await;
+    scenarios::paged_query(&client, "mem-paged-").await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_scenarios_on_sqlite() {
+    let db = temp_db("scenarios");
+    let s = Scheduler::start(Store::Sqlite(&db), &[]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let worker = scenarios::start_worker(&conn);
+    scenarios::core(&client).await;
+    scenarios::lifecycle(&client).await;
+    scenarios::paged_query(&client, "sql-paged-").await;
+    worker.shutdown().await;
+}
+
+// ------------------------------------------------------------- protocol edges
+
+#[tokio::test]
+async fn unknown_task_hub_is_not_found_like_dts() {
+    let s = Scheduler::start(Store::Memory, &[("DTS_TASK_HUB_NAMES", "alpha,beta")]).await;
+    let mut raw = s.raw().await;
+    let err = raw
+        .hello(with_hub((), "default"))
+        .await
+        .expect_err("unknown hub");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(err.message(), "Task hub not found: default");
+    raw.hello(with_hub((), "beta"))
+        .await
+        .expect("configured hub");
+    let err = raw
+        .hello(tonic::Request::new(()))
+        .await
+        .expect_err("no header");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("taskhub"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn bad_input_gets_invalid_argument_with_a_reason() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let mut raw = s.raw().await;
+    let start = |id: &str, input: Option<String>| pb::CreateInstanceRequest {
+        instance_id: id.into(),
+        name: "o".into(),
+        input,
+        ..Default::default()
+    };
+    for (req, needle) in [
+        (start("", None), "1 to 100"),
+        (start(&"x".repeat(101), None), "1 to 100"),
+        (start("@entity", None), "reserved"),
+        (start("tab\tid", None), "printable"),
+        (start("ok", Some("x".repeat(1024 * 1024 + 1))), "1 MB"),
+    ] {
+        let err = raw
+            .start_instance(with_hub(req, "default"))
+            .await
+            .expect_err("must be rejected");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains(needle),
+            "{}: {}",
+            needle,
+            err.message()
+        );
+    }
+    let err = raw
+        .signal_entity(with_hub(pb::SignalEntityRequest::default(), "default"))
+        .await
+        .expect_err("entities");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn stale_completion_token_is_rejected_and_changes_nothing() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let mut raw = s.raw().await;
+    raw.start_instance(with_hub(
+        pb::CreateInstanceRequest {
+            instance_id: "stale-1".into(),
+            name: "o".into(),
+            ..Default::default()
+        },
+        "default",
+    ))
+    .await
+    .expect("start");
+    let mut stream = raw
+        .get_work_items(with_hub(pb::GetWorkItemsRequest::default(), "default"))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.message().await.expect("msg").expect("item");
+    assert!(matches!(
+        first.request,
+        Some(pb::work_item::Request::OrchestratorRequest(_))
+    ));
+    // Hand it back: it is delivered again with a new token.
+    raw.abandon_task_orchestrator_work_item(with_hub(
+        pb::AbandonOrchestrationTaskRequest {
+            completion_token: first.completion_token.clone(),
+        },
+        "default",
+    ))
+    .await
+    .expect("abandon");
+    let second = stream.message().await.expect("msg").expect("item");
+    assert_ne!(second.completion_token, first.completion_token);
+    let Some(pb::work_item::Request::OrchestratorRequest(req)) = &second.request else {
+        panic!("orchestration expected")
+    };
+    assert!(
+        req.new_events.iter().any(|e| matches!(
+            e.event_type,
+            Some(pb::history_event::EventType::ExecutionStarted(_))
+        )),
+        "redelivery carries the same messages"
+    );
+    let complete = |token: String| pb::OrchestratorResponse {
+        instance_id: "stale-1".into(),
+        completion_token: token,
+        actions: vec![pb::OrchestratorAction {
+            id: 0,
+            orchestrator_action_type: Some(
+                pb::orchestrator_action::OrchestratorActionType::CompleteOrchestration(
+                    pb::CompleteOrchestrationAction {
+                        orchestration_status: pb::OrchestrationStatus::Completed as i32,
+                        result: Some("\"done\"".into()),
+                        ..Default::default()
+                    },
+                ),
+            ),
+        }],
+        ..Default::default()
+    };
+    let err = raw
+        .complete_orchestrator_task(with_hub(complete(first.completion_token), "default"))
+        .await
+        .expect_err("stale token");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let state = raw
+        .get_instance(with_hub(
+            pb::GetInstanceRequest {
+                instance_id: "stale-1".into(),
+                get_inputs_and_outputs: true,
+            },
+            "default",
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        state
+            .orchestration_state
+            .expect("state")
+            .orchestration_status,
+        pb::OrchestrationStatus::Pending as i32
+    );
+    raw.complete_orchestrator_task(with_hub(complete(second.completion_token), "default"))
+        .await
+        .expect("current token");
+    let state = raw
+        .get_instance(with_hub(
+            pb::GetInstanceRequest {
+                instance_id: "stale-1".into(),
+                get_inputs_and_outputs: true,
+            },
+            "default",
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .orchestration_state
+        .expect("state");
+    assert_eq!(
+        state.orchestration_status,
+        pb::OrchestrationStatus::Completed as i32
+    );
+    assert_eq!(state.output.as_deref(), Some("\"done\""));
+}
+
+#[tokio::test]
+async fn concurrency_limits_and_health_pings_are_honoured() {
+    let s = Scheduler::start(
+        Store::Memory,
+        &[("LOCAL_SCHEDULER__HEALTH_PING_SECONDS", "1")],
+    )
+    .await;
+    let mut raw = s.raw().await;
+    for i in 0..5 {
+        raw.start_instance(with_hub(
+            pb::CreateInstanceRequest {
+                instance_id: format!("lim-{i}"),
+                name: "o".into(),
+                ..Default::default()
+            },
+            "default",
+        ))
+        .await
+        .expect("start");
+    }
+    let mut stream = raw
+        .get_work_items(with_hub(
+            pb::GetWorkItemsRequest {
+                max_concurrent_orchestration_work_items: 2,
+                max_concurrent_activity_work_items: 2,
+                ..Default::default()
+            },
+            "default",
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut orchestrations = 0;
+    let mut pinged = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(2500), stream.message()).await {
+            Ok(Ok(Some(item))) => match item.request {
+                Some(pb::work_item::Request::OrchestratorRequest(_)) => orchestrations += 1,
+                Some(pb::work_item::Request::HealthPing(_)) => {
+                    pinged = true;
+                    break;
+                }
+                _ => {}
+            },
+            _ => break,
+        }
+    }
+    assert_eq!(
+        orchestrations, 2,
+        "only maxConcurrentOrchestrationWorkItems are in flight"
+    );
+    assert!(pinged, "an idle stream gets health pings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_lease_is_redelivered_to_another_worker() {
+    let s = Scheduler::start(Store::Memory, &[("LOCAL_SCHEDULER__LEASE_SECONDS", "1")]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let id = client
+        .schedule_new_orchestration("sequence", &["lease"], StartOptions::default())
+        .await
+        .expect("start");
+    // A worker that takes the orchestration and never answers.
+    let mut raw = s.raw().await;
+    let mut silent = raw
+        .get_work_items(with_hub(pb::GetWorkItemsRequest::default(), "default"))
+        .await
+        .expect("stream")
+        .into_inner();
+    let taken = silent.message().await.expect("msg").expect("item");
+    assert!(matches!(
+        taken.request,
+        Some(pb::work_item::Request::OrchestratorRequest(_))
+    ));
+    // A real worker joins; after the 1 s lease the work moves to it.
+    let worker = scenarios::start_worker(&conn);
+    let done = client
+        .wait_for_instance_completion(&id, true, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(done.runtime_status, OrchestrationStatus::Completed);
+    assert!(
+        s.metrics()
+            .await
+            .contains("dts_local_work_items_redelivered_total 1")
+    );
+    worker.shutdown().await;
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_load() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let conn_a = s.connect("default").await;
+    let conn_b = s.connect("default").await;
+    let client = Client::new(&conn_a);
+    let reg = scenarios::registry;
+    let wa = durabletask::Worker::new(
+        &conn_a,
+        reg(),
+        durabletask::WorkerOptions {
+            max_concurrent_activities: 2,
+            ..Default::default()
+        },
+    );
+    let wb = durabletask::Worker::new(
+        &conn_b,
+        reg(),
+        durabletask::WorkerOptions {
+            max_concurrent_activities: 2,
+            ..Default::default()
+        },
+    );
+    let (sa, sb) = (wa.stats(), wb.stats());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ha = tokio::spawn(wa.run(stop.clone()));
+    let hb = tokio::spawn(wb.run(stop.clone()));
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            client
+                .schedule_new_orchestration("fan_out", &6, StartOptions::default())
+                .await
+                .expect("start"),
+        );
+    }
+    for id in &ids {
+        let m = client
+            .wait_for_instance_completion(id, true, Duration::from_secs(60))
+            .await
+            .expect("wait")
+            .expect("exists");
+        assert_eq!(m.output::<i64>().expect("json"), 91);
+    }
+    let a = durabletask::WorkerStats::get(&sa.activities_completed);
+    let b = durabletask::WorkerStats::get(&sb.activities_completed);
+    assert_eq!(a + b, 120);
+    assert!(a > 0 && b > 0, "both workers did activities: {a} / {b}");
+    stop.cancel();
+    let _ = ha.await;
+    let _ = hb.await;
+}
+
+// ------------------------------------------------------------- durability
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_loses_nothing() {
+    let db = temp_db("restart");
+    let port = pyenv::free_port();
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let worker = scenarios::start_worker(&conn);
+    // 200 orchestrations, each waiting on a 2 s durable timer, plus one waiting for an event.
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let id = client
+            .schedule_new_orchestration(
+                "timer",
+                &(),
+                StartOptions {
+                    instance_id: Some(format!("durable-{i}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("start");
+        ids.push(id);
+    }
+    let waiting = client
+        .schedule_new_orchestration("approval", &(), StartOptions::default())
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Same file, same port: the worker reconnects by itself.
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    client
+        .raise_event(&waiting, "Approval", &"after restart")
+        .await
+        .expect("raise after restart");
+    let mut completed = 0;
+    for id in &ids {
+        let m = client
+            .wait_for_instance_completion(id, true, Duration::from_secs(60))
+            .await
+            .expect("wait")
+            .expect("exists");
+        assert_eq!(
+            m.runtime_status,
+            OrchestrationStatus::Completed,
+            "{id}: {m:?}"
+        );
+        assert!(m.output::<bool>().expect("json"));
+        completed += 1;
+    }
+    assert_eq!(completed, 200);
+    let m = client
+        .wait_for_instance_completion(&waiting, true, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(m.output::<String>().expect("json"), "after restart");
+    // None twice: each instance completed exactly once (one ExecutionCompleted, status stable).
+    let page = client
+        .query_instances(durabletask::InstanceQuery {
+            instance_id_prefix: Some("durable-".into()),
+            page_size: Some(500),
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(page.instances.len(), 200);
+    assert!(
+        page.instances
+            .iter()
+            .all(|m| m.runtime_status == OrchestrationStatus::Completed)
+    );
+    worker.shutdown().await;
+    drop(s);
+}
