@@ -167,23 +167,58 @@ struct Lease {
     expires: DateTime<Utc>,
 }
 
-/// What a work-item stream asks for.
+/// What a work-item stream asks for. `None`: everything. `Some(map)`: only those names (an
+/// empty map means nothing of that kind), each with its accepted versions (empty: any version).
 #[derive(Debug, Clone, Default)]
 pub struct StreamFilter {
-    pub orchestrations: Option<HashSet<String>>,
-    pub activities: Option<HashSet<String>>,
+    pub orchestrations: Option<HashMap<String, HashSet<String>>>,
+    pub activities: Option<HashMap<String, HashSet<String>>>,
+}
+
+fn filter_map<'a>(
+    items: impl Iterator<Item = (&'a String, &'a Vec<String>)>,
+) -> HashMap<String, HashSet<String>> {
+    let mut m: HashMap<String, HashSet<String>> = HashMap::new();
+    for (name, versions) in items {
+        m.entry(name.clone())
+            .or_default()
+            .extend(versions.iter().cloned());
+    }
+    m
+}
+
+fn accepts(
+    filter: &Option<HashMap<String, HashSet<String>>>,
+    name: &str,
+    version: Option<&str>,
+) -> bool {
+    match filter {
+        None => true,
+        Some(m) => m.get(name).is_some_and(|versions| {
+            versions.is_empty() || versions.contains(version.unwrap_or(""))
+        }),
+    }
 }
 
 impl StreamFilter {
     pub fn from_request(f: Option<&pb::WorkItemFilters>) -> Self {
         let Some(f) = f else { return Self::default() };
-        let set = |names: Vec<String>| {
-            (!names.is_empty()).then(|| names.into_iter().collect::<HashSet<_>>())
-        };
         Self {
-            orchestrations: set(f.orchestrations.iter().map(|o| o.name.clone()).collect()),
-            activities: set(f.activities.iter().map(|a| a.name.clone()).collect()),
+            orchestrations: Some(filter_map(
+                f.orchestrations.iter().map(|o| (&o.name, &o.versions)),
+            )),
+            activities: Some(filter_map(
+                f.activities.iter().map(|a| (&a.name, &a.versions)),
+            )),
         }
+    }
+
+    fn accepts_orchestration(&self, name: &str, version: Option<&str>) -> bool {
+        accepts(&self.orchestrations, name, version)
+    }
+
+    fn accepts_activity(&self, name: &str, version: Option<&str>) -> bool {
+        accepts(&self.activities, name, version)
     }
 }
 
@@ -826,11 +861,7 @@ impl Engine {
                 h.ready_set.remove(&id);
                 continue;
             }
-            if filter
-                .orchestrations
-                .as_ref()
-                .is_some_and(|f| !f.contains(&inst.row.name))
-            {
+            if !filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref()) {
                 skipped.push(id);
                 continue;
             }
@@ -895,11 +926,7 @@ impl Engine {
             if item.lease.is_some() {
                 continue;
             }
-            if filter
-                .activities
-                .as_ref()
-                .is_some_and(|f| !f.contains(&item.request.name))
-            {
+            if !filter.accepts_activity(&item.request.name, item.request.version.as_deref()) {
                 skipped.push(key);
                 continue;
             }

@@ -548,3 +548,47 @@ async fn sigkill_and_restart_loses_nothing() {
     worker.shutdown().await;
     drop(s);
 }
+
+// ------------------------------------------------------------- official Python SDK
+
+async fn python_suite(s: &Scheduler) {
+    let suite =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop_suite.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        Command::new(pyenv::python())
+            .arg(suite)
+            .arg(format!("localhost:{}", s.port))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("suite finished in time")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        out.status.success() && summary.ends_with(" passed, 0 failed"),
+        "python suite failed ({summary}):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed: u32 = summary
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 14, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_suite_in_memory() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    python_suite(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_suite_on_sqlite() {
+    let db = temp_db("python");
+    let s = Scheduler::start(Store::Sqlite(&db), &[]).await;
+    python_suite(&s).await;
+}

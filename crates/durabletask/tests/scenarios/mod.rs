@@ -340,7 +340,11 @@ pub async fn paged_query(client: &Client, prefix: &str) {
         )
         .await
         .expect("purge");
-    assert!(r.deleted_instance_count >= 5, "deleted {}", r.deleted_instance_count);
+    assert!(
+        r.deleted_instance_count >= 5,
+        "deleted {}",
+        r.deleted_instance_count
+    );
     let left = client
         .query_instances(InstanceQuery {
             instance_id_prefix: Some(prefix.to_string()),
