@@ -592,3 +592,124 @@ async fn official_python_sdk_suite_on_sqlite() {
     let s = Scheduler::start(Store::Sqlite(&db), &[]).await;
     python_suite(&s).await;
 }
+
+// ------------------------------------------------------------- worker crash
+
+/// Not a test: the body of a worker process that `sigkilled_worker_loses_no_activity` starts by
+/// re-running this test binary (`--ignored --exact`). Runs until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for sigkilled_worker_loses_no_activity"]
+async fn worker_process_entry() {
+    let endpoint = std::env::var("LS_TEST_WORKER_ENDPOINT").expect("endpoint");
+    let name = std::env::var("LS_TEST_WORKER_NAME").expect("name");
+    let conn = Connection::connect(ConnectionOptions::new(&endpoint, "default").expect("options"))
+        .await
+        .expect("connect");
+    let mut reg = durabletask::Registry::new();
+    reg.add_activity(
+        "slow_whoami",
+        move |_ctx: durabletask::ActivityContext, ms: u64| {
+            let name = name.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(name)
+            }
+        },
+    );
+    reg.add_orchestrator(
+        "slow_fan",
+        |ctx: durabletask::OrchestrationContext, ms: u64| async move {
+            let tasks: Vec<_> = (0..3)
+                .map(|_| ctx.call_activity::<_, String>("slow_whoami", &ms))
+                .collect();
+            let mut out = Vec::new();
+            for r in ctx.when_all(tasks).await {
+                out.push(r?);
+            }
+            Ok(out)
+        },
+    );
+    let worker = durabletask::Worker::new(&conn, reg, durabletask::WorkerOptions::default());
+    println!("READY");
+    worker
+        .run(tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("run");
+}
+
+fn spawn_worker_process(endpoint: &str, name: &str) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "worker_process_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LS_TEST_WORKER_ENDPOINT", endpoint)
+        .env("LS_TEST_WORKER_NAME", name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn worker process")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_worker_loses_no_activity() {
+    let s = Scheduler::start(Store::Memory, &[("LOCAL_SCHEDULER__LEASE_SECONDS", "3")]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let mut a = spawn_worker_process(&s.endpoint(), "A");
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(
+            client
+                .schedule_new_orchestration("slow_fan", &1500u64, StartOptions::default())
+                .await
+                .expect("start"),
+        );
+    }
+    // Wait until worker A holds activity work items, then SIGKILL it mid-activity.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = s.metrics().await;
+        let dispatched = m
+            .lines()
+            .find(|l| l.starts_with("dts_local_work_items_dispatched_total{kind=\"activity\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if dispatched >= 10 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker A never took activities"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.start_kill().expect("SIGKILL worker A");
+    let _ = a.wait().await;
+    let _b = spawn_worker_process(&s.endpoint(), "B");
+    let mut ran_on_b = 0;
+    for id in &ids {
+        let m = client
+            .wait_for_instance_completion(id, true, Duration::from_secs(60))
+            .await
+            .expect("wait")
+            .expect("exists");
+        assert_eq!(m.runtime_status, OrchestrationStatus::Completed, "{m:?}");
+        let who: Vec<String> = m.output().expect("json");
+        assert_eq!(who.len(), 3);
+        ran_on_b += who.iter().filter(|w| *w == "B").count();
+    }
+    assert!(
+        ran_on_b >= 10,
+        "activities held by the killed worker were redone on B ({ran_on_b})"
+    );
+    assert!(
+        s.metrics()
+            .await
+            .contains("dts_local_work_items_redelivered_total")
+    );
+}
