@@ -8,10 +8,11 @@ VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
 PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0
 RUN_PORT    ?= 8080
+ADMIN_PORT  ?= 8081
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help venv build test test-rust fmt fmt-check lint bench run clean
+.PHONY: help venv build test fmt fmt-check lint bench run scheduler clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,16 +43,20 @@ lint: ## Clippy with warnings as errors
 bench: venv ## Benchmarks: replay throughput and worker items/s vs the raw gRPC ceiling
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
+	cargo bench -p local-scheduler --bench scheduler_throughput
 
-run: venv ## Demo: a Rust worker + client against a local DTS-protocol server on :$(RUN_PORT)
-	@cargo build --locked -p durabletask --example hello_sequence
-	@echo "starting the Python SDK's in-memory DTS server on localhost:$(RUN_PORT) (stand-in until our local scheduler lands)"
+run: ## The system on a laptop: local scheduler (SQLite in .data/) + a Rust worker and client demo
+	@cargo build --locked -p local-scheduler -p durabletask --example hello_sequence
+	@echo "starting the local scheduler on localhost:$(RUN_PORT) (admin: http://localhost:$(ADMIN_PORT)/metrics)"
 	@set -e; \
-	  exec 3< <(tail -f /dev/null); \
-	  $(VENV_PY) crates/durabletask/tests/python/in_memory_backend.py $(RUN_PORT) <&3 > /dev/null & server=$$!; \
-	  trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) \
+	    ./target/debug/local-scheduler & server=$$!; \
+	  trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT INT TERM; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/examples/hello_sequence
+
+scheduler: ## Only the local scheduler, in the foreground (Ctrl-C stops it)
+	cargo run --locked -p local-scheduler
 
 clean:
 	cargo clean

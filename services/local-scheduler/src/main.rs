@@ -225,7 +225,8 @@ async fn run() -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // No Nagle: small request/response pairs would otherwise wait for delayed ACKs (~40 ms).
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             async move {
                 grpc_shutdown.cancelled().await;
                 // Give streams a moment to end with OK before connections close.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use durabletask::proto as pb;
 use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -244,7 +244,9 @@ pub async fn serve(fake: Fake) -> SocketAddr {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(pb::TaskHubSidecarServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
             .expect("fake server");
     });

@@ -1,0 +1,155 @@
+//! Work items per second through the local scheduler with our Rust worker, next to the official
+//! Python SDK's in-memory server in the same run. Orchestration = 1 activity, no delay, so each
+//! orchestration is 3 work items (start episode, activity, completion episode).
+//!
+//! `cargo bench -p local-scheduler` (or `make bench`). Prints a table; no assertions.
+
+#[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
+mod pyenv;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durabletask::{
+    ActivityContext, Client, Connection, ConnectionOptions, OrchestrationContext, Registry,
+    StartOptions, Worker, WorkerOptions,
+};
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listening on {port}");
+}
+
+async fn local_scheduler(store: &str, db: &std::path::Path) -> (Child, u16) {
+    let port = pyenv::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_local-scheduler"))
+        .env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "LOCAL_SCHEDULER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", pyenv::free_port()),
+        )
+        .env("LOCAL_SCHEDULER__STORE", store)
+        .env("LOCAL_SCHEDULER__SQLITE_PATH", db)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn local-scheduler");
+    wait_port(port).await;
+    (child, port)
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.add_activity("noop", |_c: ActivityContext, n: u64| async move { Ok(n) });
+    r.add_orchestrator("one", |ctx: OrchestrationContext, n: u64| async move {
+        Ok(ctx.call_activity::<_, u64>("noop", &n).await?)
+    });
+    r
+}
+
+/// Runs `n` orchestrations with at most `in_flight` outstanding; returns work items per second.
+async fn measure(port: u16, n: usize, in_flight: usize) -> f64 {
+    let conn = Connection::connect(
+        ConnectionOptions::new(&format!("http://127.0.0.1:{port}"), "default").expect("opts"),
+    )
+    .await
+    .expect("connect");
+    let stop = CancellationToken::new();
+    let worker =
+        tokio::spawn(Worker::new(&conn, registry(), WorkerOptions::default()).run(stop.clone()));
+    let client = Client::new(&conn);
+    // Warm-up, so connections and the worker stream exist before the clock starts.
+    for i in 0..20u64 {
+        let id = client
+            .schedule_new_orchestration("one", &i, StartOptions::default())
+            .await
+            .expect("start");
+        client
+            .wait_for_instance_completion(&id, false, Duration::from_secs(60))
+            .await
+            .expect("wait");
+    }
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let permit = slots.clone().acquire_owned().await.expect("sem");
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            let id = c
+                .schedule_new_orchestration("one", &i, StartOptions::default())
+                .await
+                .expect("start");
+            let m = c
+                .wait_for_instance_completion(&id, false, Duration::from_secs(120))
+                .await
+                .expect("wait")
+                .expect("exists");
+            assert_eq!(
+                m.runtime_status,
+                durabletask::OrchestrationStatus::Completed
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    let rate = (3 * n) as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = worker.await;
+    rate
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("ls-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+
+        // The Python server answers each long poll on a thread of a small pool, so it only copes
+        // with a few clients waiting at once: compare at 8 in flight, and show ours at 64 too.
+        let (child, port) = local_scheduler("memory", &dir.join("unused.db")).await;
+        let memory64 = measure(port, 3000, 64).await;
+        let memory8 = measure(port, 1500, 8).await;
+        drop(child);
+
+        let (child, port) = local_scheduler("sqlite", &dir.join("bench.db")).await;
+        let sqlite64 = measure(port, 3000, 64).await;
+        drop(child);
+
+        let port = pyenv::free_port();
+        let _py = pyenv::spawn_python(&[pyenv::script("in_memory_backend.py").display().to_string(), port.to_string()]).await;
+        let python8 = measure(port, 300, 8).await;
+
+        println!("local scheduler throughput: orchestration = 1 activity (3 work items), Rust worker, all on this machine");
+        println!("| server | orchestrations in flight | work items/s |");
+        println!("|---|---|---|");
+        println!("| local-scheduler, in-memory | 64 | {memory64:.0} |");
+        println!("| local-scheduler, SQLite file (WAL) | 64 | {sqlite64:.0} |");
+        println!("| local-scheduler, in-memory | 8 | {memory8:.0} |");
+        println!("| Python SDK in-memory server (durabletask.testing) | 8 | {python8:.0} |");
+        println!("| ratio in-memory / Python at 8 in flight | | {:.1} |", memory8 / python8);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
