@@ -99,6 +99,8 @@ pub struct Instance {
     pub dispatched: Vec<pb::HistoryEvent>,
     /// Set by a recursive terminate: children are terminated when this one ends.
     pub terminate_children: bool,
+    /// A stream that let this work item's lease expire, and until when it is skipped for it.
+    pub avoid: Option<(u64, DateTime<Utc>)>,
 }
 
 impl Instance {
@@ -151,6 +153,12 @@ impl Instance {
 pub struct ActivityItem {
     pub request: pb::ActivityRequest,
     pub lease: Option<String>,
+    pub avoid: Option<(u64, DateTime<Utc>)>,
+}
+
+/// Whether `stream` should leave this item to others for now (it let the lease expire).
+fn avoided(avoid: Option<(u64, DateTime<Utc>)>, stream: u64) -> bool {
+    avoid.is_some_and(|(s, until)| s == stream && until > Utc::now())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,6 +513,7 @@ impl Engine {
                     lease: None,
                     dispatched: Vec::new(),
                     terminate_children: false,
+                    avoid: None,
                 },
             );
         }
@@ -861,7 +870,9 @@ impl Engine {
                 h.ready_set.remove(&id);
                 continue;
             }
-            if !filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref()) {
+            if !filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref())
+                || avoided(inst.avoid, stream)
+            {
                 skipped.push(id);
                 continue;
             }
@@ -926,7 +937,9 @@ impl Engine {
             if item.lease.is_some() {
                 continue;
             }
-            if !filter.accepts_activity(&item.request.name, item.request.version.as_deref()) {
+            if !filter.accepts_activity(&item.request.name, item.request.version.as_deref())
+                || avoided(item.avoid, stream)
+            {
                 skipped.push(key);
                 continue;
             }
@@ -967,9 +980,16 @@ impl Engine {
 
     /// Returns the work item behind `token` to its queue (abandon, broken stream, expired lease).
     pub fn release(&mut self, token: &str) -> bool {
+        self.release_inner(token, false)
+    }
+
+    /// With `expired`, the stream that held it is passed over for one lease period, so a hung
+    /// worker does not get its own work back while others are waiting.
+    fn release_inner(&mut self, token: &str, expired: bool) -> bool {
         let Some(lease) = self.remove_lease(token) else {
             return false;
         };
+        let avoid = expired.then(|| (lease.stream, Utc::now() + self.lease_duration));
         let Some(h) = self.hubs.get_mut(&lease.hub) else {
             return false;
         };
@@ -977,6 +997,7 @@ impl Engine {
             LeaseKind::Orchestration { instance_id } => {
                 if let Some(inst) = h.instances.get_mut(&instance_id) {
                     inst.lease = None;
+                    inst.avoid = avoid;
                     // Put the messages back in front, without the OrchestratorStarted we added.
                     let events: Vec<_> = std::mem::take(&mut inst.dispatched)
                         .into_iter()
@@ -993,6 +1014,7 @@ impl Engine {
             LeaseKind::Activity { key } => {
                 if let Some(item) = h.activities.get_mut(&key) {
                     item.lease = None;
+                    item.avoid = avoid;
                     h.activity_order.push_front(key);
                 }
             }
@@ -1019,7 +1041,10 @@ impl Engine {
             .filter(|(_, l)| l.expires <= now)
             .map(|(t, _)| t.clone())
             .collect();
-        tokens.iter().filter(|t| self.release(t)).count()
+        tokens
+            .iter()
+            .filter(|t| self.release_inner(t, true))
+            .count()
     }
 
     pub fn in_flight(&self, stream: u64) -> (usize, usize) {
@@ -1388,6 +1413,7 @@ impl Engine {
                 ActivityItem {
                     request: req,
                     lease: None,
+                    avoid: None,
                 },
             );
         }
@@ -1504,6 +1530,7 @@ impl Engine {
                 ActivityItem {
                     request,
                     lease: None,
+                    avoid: None,
                 },
             );
         }

@@ -386,10 +386,24 @@ async fn expired_lease_is_redelivered_to_another_worker() {
         .schedule_new_orchestration("sequence", &["lease"], StartOptions::default())
         .await
         .expect("start");
-    // A worker that takes the orchestration and never answers.
+    // A worker that takes one orchestration work item (and no activities) and never answers.
     let mut raw = s.raw().await;
     let mut silent = raw
-        .get_work_items(with_hub(pb::GetWorkItemsRequest::default(), "default"))
+        .get_work_items(with_hub(
+            pb::GetWorkItemsRequest {
+                max_concurrent_orchestration_work_items: 1,
+                work_item_filters: Some(pb::WorkItemFilters {
+                    orchestrations: vec![pb::OrchestrationFilter {
+                        name: "sequence".into(),
+                        versions: vec![],
+                    }],
+                    activities: vec![],
+                    entities: vec![],
+                }),
+                ..Default::default()
+            },
+            "default",
+        ))
         .await
         .expect("stream")
         .into_inner();
@@ -406,10 +420,16 @@ async fn expired_lease_is_redelivered_to_another_worker() {
         .expect("wait")
         .expect("exists");
     assert_eq!(done.runtime_status, OrchestrationStatus::Completed);
-    assert!(
-        s.metrics()
-            .await
-            .contains("dts_local_work_items_redelivered_total 1")
+    let metrics = s.metrics().await;
+    let redelivered: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("dts_local_work_items_redelivered_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        redelivered, 1,
+        "only the silent worker's item is redelivered:\n{metrics}"
     );
     worker.shutdown().await;
     drop(silent);
