@@ -114,6 +114,122 @@ async fn measure(port: u16, n: usize, in_flight: usize) -> f64 {
     rate
 }
 
+/// Enqueue-to-delivery latency of orchestration work items at a paced start rate: the time from
+/// sending `StartInstance` to the work item arriving on a (raw) worker stream.
+async fn dispatch_latency(port: u16, rate_per_s: f64, n: usize) -> (f64, f64, f64) {
+    use durabletask::proto as pb;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect");
+    let hub = |r: &mut tonic::metadata::MetadataMap| {
+        r.insert(
+            "taskhub",
+            tonic::metadata::AsciiMetadataValue::from_static("default"),
+        );
+    };
+    let raw = pb::TaskHubSidecarServiceClient::new(channel);
+    let mut req = tonic::Request::new(pb::GetWorkItemsRequest {
+        max_concurrent_orchestration_work_items: 1000,
+        ..Default::default()
+    });
+    hub(req.metadata_mut());
+    let mut stream = raw
+        .clone()
+        .get_work_items(req)
+        .await
+        .expect("stream")
+        .into_inner();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let (s2, l2, c2) = (sent.clone(), latencies.clone(), raw.clone());
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(item)) = stream.message().await {
+            let Some(pb::work_item::Request::OrchestratorRequest(r)) = item.request else {
+                continue;
+            };
+            let now = Instant::now();
+            if let Some(t) = s2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&r.instance_id)
+            {
+                l2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(now.duration_since(*t).as_secs_f64() * 1000.0);
+            }
+            let mut c = c2.clone();
+            tokio::spawn(async move {
+                let mut done = tonic::Request::new(pb::OrchestratorResponse {
+                    instance_id: r.instance_id,
+                    completion_token: item.completion_token,
+                    actions: vec![pb::OrchestratorAction {
+                        id: 0,
+                        orchestrator_action_type: Some(
+                            pb::orchestrator_action::OrchestratorActionType::CompleteOrchestration(
+                                pb::CompleteOrchestrationAction {
+                                    orchestration_status: pb::OrchestrationStatus::Completed as i32,
+                                    ..Default::default()
+                                },
+                            ),
+                        ),
+                    }],
+                    ..Default::default()
+                });
+                done.metadata_mut().insert(
+                    "taskhub",
+                    tonic::metadata::AsciiMetadataValue::from_static("default"),
+                );
+                let _ = c.complete_orchestrator_task(done).await;
+            });
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate_per_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut starters = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        let (mut c, s3) = (raw.clone(), sent.clone());
+        starters.push(tokio::spawn(async move {
+            let id = format!("lat-{i}");
+            s3.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), Instant::now());
+            let mut r = tonic::Request::new(pb::CreateInstanceRequest {
+                instance_id: id,
+                name: "o".into(),
+                ..Default::default()
+            });
+            r.metadata_mut().insert(
+                "taskhub",
+                tonic::metadata::AsciiMetadataValue::from_static("default"),
+            );
+            c.start_instance(r).await.expect("start");
+        }));
+    }
+    for s in starters {
+        let _ = s.await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.lock().unwrap_or_else(|e| e.into_inner()).len() < n && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    let mut l = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (pct(0.5), pct(0.99), l.len() as f64)
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -134,6 +250,12 @@ fn main() {
         let memory8 = measure(port, 1500, 8).await;
         drop(child);
 
+        // Half the peak: the peak orchestration rate is a third of the work-item rate.
+        let half_peak_starts = memory64 / 3.0 / 2.0;
+        let (child, port) = local_scheduler("memory", &dir.join("unused2.db")).await;
+        let (p50, p99, seen) = dispatch_latency(port, half_peak_starts, 4000).await;
+        drop(child);
+
         let (child, port) = local_scheduler("sqlite", &dir.join("bench.db")).await;
         let sqlite64 = measure(port, 3000, 64).await;
         drop(child);
@@ -150,6 +272,10 @@ fn main() {
         println!("| local-scheduler, in-memory | 8 | {memory8:.0} |");
         println!("| Python SDK in-memory server (durabletask.testing) | 8 | {python8:.0} |");
         println!("| ratio in-memory / Python at 8 in flight | | {:.1} |", memory8 / python8);
+        println!();
+        println!(
+            "dispatch latency (StartInstance sent -> work item received), in-memory, {half_peak_starts:.0} starts/s (half the peak), {seen} items: p50 {p50:.2} ms, p99 {p99:.2} ms"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -733,3 +733,71 @@ async fn sigkilled_worker_loses_no_activity() {
             .contains("dts_local_work_items_redelivered_total")
     );
 }
+
+// ------------------------------------------------------------- configuration and shutdown
+
+#[tokio::test]
+async fn bad_configuration_names_the_key_and_exits_non_zero() {
+    for (key, value, needle) in [
+        ("LOCAL_SCHEDULER__STORE", "postgres", "`store`"),
+        ("LOCAL_SCHEDULER__LISTEN", "not-an-address", "`listen`"),
+        ("LOCAL_SCHEDULER__LEASE_SECONDS", "0", "`lease_seconds`"),
+        ("LOCAL_SCHEDULER__LEASE_SECONDS", "soon", "lease_seconds"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_local-scheduler"))
+            .env(key, value)
+            .env(
+                "LOCAL_SCHEDULER__STORE",
+                if key.ends_with("STORE") {
+                    value
+                } else {
+                    "memory"
+                },
+            )
+            .output()
+            .await
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}={value}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{key}={value}: message should name {needle}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_gracefully_and_the_process_exits() {
+    let mut s = Scheduler::start(Store::Memory, &[]).await;
+    let conn = s.connect("default").await;
+    let worker = durabletask::Worker::new(
+        &conn,
+        scenarios::registry(),
+        durabletask::WorkerOptions::default(),
+    );
+    let mut ready = worker.readiness();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .expect("ready")
+        .expect("watch");
+
+    let pid = s.child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| !*r))
+        .await
+        .expect("stream ended")
+        .expect("watch");
+    stop.cancel();
+    let _ = handle.await;
+}
