@@ -361,14 +361,14 @@ impl Engine {
             return;
         };
         if let Some(at) = visible_at.filter(|t| *t > Utc::now()) {
-            h.timers.insert((at, seq), (instance_id.to_string(), msg));
             self.changes.push(Change::PutTimer {
                 hub: hub.to_string(),
                 due: at,
                 seq,
                 instance_id: instance_id.to_string(),
-                event: msg_clone(&h.timers, at, seq),
+                event: msg.clone(),
             });
+            h.timers.insert((at, seq), (instance_id.to_string(), msg));
             return;
         }
         let Some(inst) = h.instances.get_mut(instance_id) else {
@@ -523,6 +523,7 @@ impl Engine {
 
     /// Removes an instance and anything queued for it.
     fn drop_instance(&mut self, hub: &str, instance_id: &str) {
+        self.drop_pending_messages(hub, instance_id);
         let mut stale_leases = Vec::new();
         let Some(h) = self.hubs.get_mut(hub) else {
             return;
@@ -543,15 +544,6 @@ impl Engine {
                 stale_leases.extend(a.lease);
             }
         }
-        let timer_keys: Vec<(DateTime<Utc>, u64)> = h
-            .timers
-            .iter()
-            .filter(|(_, (id, _))| id == instance_id)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &timer_keys {
-            h.timers.remove(k);
-        }
         for t in stale_leases {
             self.remove_lease(&t);
         }
@@ -559,12 +551,6 @@ impl Engine {
             self.changes.push(Change::DeleteActivity {
                 hub: hub.to_string(),
                 key,
-            });
-        }
-        for (_, seq) in timer_keys {
-            self.changes.push(Change::DeleteTimer {
-                hub: hub.to_string(),
-                seq,
             });
         }
         self.changes.push(Change::DeleteInstance {
@@ -633,6 +619,25 @@ impl Engine {
             Some(s) if is_terminal(s) => return Ok(()),
             Some(_) => {}
         }
+        let never_ran = self
+            .hub(hub)?
+            .instances
+            .get(&req.instance_id)
+            .is_some_and(|i| i.history.is_empty() && i.lease.is_none());
+        if never_ran {
+            // Still pending (maybe a scheduled start): no worker has seen it, so end it here.
+            let now = Utc::now();
+            self.drop_pending_messages(hub, &req.instance_id);
+            if let Some(i) = self.hub(hub)?.instances.get_mut(&req.instance_id) {
+                i.row.status = status_i32(pb::OrchestrationStatus::Terminated);
+                i.row.output = req.output;
+                i.row.completed = Some(now);
+                i.row.last_updated = now;
+                i.inbox.clear();
+            }
+            self.persist(hub, &req.instance_id);
+            return Ok(());
+        }
         if let Some(i) = self.hub(hub)?.instances.get_mut(&req.instance_id) {
             i.terminate_children |= req.recursive;
         }
@@ -645,6 +650,28 @@ impl Engine {
         );
         self.deliver(hub, &req.instance_id, msg, None);
         Ok(())
+    }
+
+    /// Removes an instance's not-yet-visible messages (scheduled start, timers).
+    fn drop_pending_messages(&mut self, hub: &str, instance_id: &str) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        let keys: Vec<(DateTime<Utc>, u64)> = h
+            .timers
+            .iter()
+            .filter(|(_, (id, _))| id == instance_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &keys {
+            h.timers.remove(k);
+        }
+        for (_, seq) in keys {
+            self.changes.push(Change::DeleteTimer {
+                hub: hub.to_string(),
+                seq,
+            });
+        }
     }
 
     pub fn suspend(&mut self, hub: &str, id: &str, reason: Option<String>) -> Result<(), Status> {
@@ -1543,17 +1570,6 @@ impl Engine {
 
 fn is_orchestrator_started(e: &pb::HistoryEvent) -> bool {
     matches!(e.event_type, Some(EventType::OrchestratorStarted(_)))
-}
-
-fn msg_clone(
-    timers: &BTreeMap<(DateTime<Utc>, u64), (String, pb::HistoryEvent)>,
-    at: DateTime<Utc>,
-    seq: u64,
-) -> pb::HistoryEvent {
-    timers
-        .get(&(at, seq))
-        .map(|(_, e)| e.clone())
-        .unwrap_or_default()
 }
 
 pub struct CreateSpec {

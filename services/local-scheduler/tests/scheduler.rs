@@ -801,3 +801,76 @@ async fn sigterm_ends_streams_gracefully_and_the_process_exits() {
     stop.cancel();
     let _ = handle.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_start_waits_and_a_pending_instance_can_be_terminated() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let worker = scenarios::start_worker(&conn);
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let later = client
+        .schedule_new_orchestration(
+            "sequence",
+            &["later"],
+            StartOptions {
+                scheduled_start: Some(at),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("start");
+    let never = client
+        .schedule_new_orchestration(
+            "sequence",
+            &["never"],
+            StartOptions {
+                scheduled_start: Some(at + chrono::Duration::hours(1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("start");
+    let m = client
+        .get_instance(&later, false)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(m.runtime_status, OrchestrationStatus::Pending);
+    assert_eq!(
+        m.scheduled_start_at.map(|t| t.timestamp_millis()),
+        Some(at.timestamp_millis())
+    );
+
+    client
+        .terminate(&never, &"not needed", false)
+        .await
+        .expect("terminate");
+    let t = client
+        .get_instance(&never, true)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        t.runtime_status,
+        OrchestrationStatus::Terminated,
+        "a never-started instance ends at once"
+    );
+    assert_eq!(t.output::<String>().expect("json"), "not needed");
+
+    let done = client
+        .wait_for_instance_completion(&later, true, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(done.runtime_status, OrchestrationStatus::Completed);
+    assert!(
+        chrono::Utc::now() >= at,
+        "ran no earlier than its scheduled start"
+    );
+    assert!(
+        !s.metrics().await.contains("dts_local_pending_timers 1"),
+        "the terminated instance's start was dropped"
+    );
+    worker.shutdown().await;
+}
