@@ -253,6 +253,34 @@ impl HistoryBuilder {
         )
     }
 
+    /// `ExecutionCompleted` with the given status (what the scheduler records for a completion).
+    pub fn execution_completed(
+        &mut self,
+        id: i32,
+        status: pb::OrchestrationStatus,
+        failure: Option<FailureDetails>,
+    ) -> &mut Self {
+        self.push(
+            id,
+            EventType::ExecutionCompleted(pb::ExecutionCompletedEvent {
+                orchestration_status: status as i32,
+                result: None,
+                failure_details: failure.map(|f| f.to_proto()),
+            }),
+        )
+    }
+
+    /// `ExecutionRewound`: the scheduler asks a failed instance to rewind.
+    pub fn rewound(&mut self, reason: Option<&str>) -> &mut Self {
+        self.push(
+            -1,
+            EventType::ExecutionRewound(pb::ExecutionRewoundEvent {
+                reason: reason.map(str::to_string),
+                ..Default::default()
+            }),
+        )
+    }
+
     pub fn orchestrator_completed(&mut self) -> &mut Self {
         self.push(
             -1,

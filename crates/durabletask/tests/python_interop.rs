@@ -48,6 +48,7 @@ async fn rust_client_and_worker_against_python_server() {
         .expect("hello");
     let worker = start_worker(&conn);
     scenarios::core(&client).await;
+    scenarios::rewind(&client).await;
     worker.shutdown().await;
 }
 

@@ -1437,3 +1437,86 @@ fn std_errors_convert_with_their_type_name() {
     let f: FailureDetails = e.into();
     assert_eq!(f.error_type, "ParseIntError");
 }
+
+// ------------------------------------------------------------------ rewind
+
+fn failed_sequence() -> (Registry, HistoryBuilder, Vec<pb::HistoryEvent>) {
+    let r = sequence3();
+    let mut h = HistoryBuilder::new("i");
+    h.started("o", Some("\"x\"")).task_scheduled(0, "hello");
+    h.episode()
+        .task_completed(0, Some("\"a\""))
+        .task_scheduled(1, "hello");
+    h.episode().task_failed(1, FailureDetails::new("E", "down"));
+    h.execution_completed(
+        2,
+        pb::OrchestrationStatus::Failed,
+        Some(FailureDetails::new("TaskFailedError", "x")),
+    );
+    let past = h.take();
+    (r, h, past)
+}
+
+#[test]
+fn rewind_drops_the_failure_and_keeps_the_successes() {
+    let (r, mut h, past) = failed_sequence();
+    h.episode().rewound(Some("fixed"));
+    let res = run(&r, &h, past, h.events());
+    assert_eq!(res.actions.len(), 1);
+    assert_eq!(res.actions[0].id, -1);
+    let Some(A::RewindOrchestration(rw)) = &res.actions[0].orchestrator_action_type else {
+        panic!("expected a rewind action, got {:?}", res.actions)
+    };
+    use pb::history_event::EventType as E;
+    let kinds: Vec<&str> = rw
+        .new_history
+        .iter()
+        .map(|e| match &e.event_type {
+            Some(E::TaskScheduled(_)) => "scheduled",
+            Some(E::TaskCompleted(_)) => "completed",
+            Some(E::TaskFailed(_)) => "failed",
+            Some(E::ExecutionCompleted(_)) => "execution-completed",
+            Some(E::ExecutionRewound(_)) => "rewound",
+            Some(E::ExecutionStarted(_)) => "started",
+            _ => "other",
+        })
+        .filter(|k| *k != "other")
+        .collect();
+    assert_eq!(kinds, ["started", "scheduled", "completed", "rewound"]);
+    let new_exec = rw.new_history.iter().find_map(|e| match &e.event_type {
+        Some(E::ExecutionStarted(es)) => es
+            .orchestration_instance
+            .as_ref()
+            .and_then(|i| i.execution_id.clone()),
+        _ => None,
+    });
+    assert_ne!(
+        new_exec.as_deref(),
+        Some("exec-1"),
+        "a rewound run gets a new execution id"
+    );
+}
+
+#[test]
+fn replay_after_rewind_reruns_only_the_failed_activity() {
+    let (r, mut h, past) = failed_sequence();
+    h.episode().rewound(None);
+    let res = run(&r, &h, past, h.events());
+    let Some(A::RewindOrchestration(rw)) = &res.actions[0].orchestrator_action_type else {
+        panic!("expected a rewind action")
+    };
+    let mut next = HistoryBuilder::new("i");
+    next.episode();
+    let res = run(&r, &next, rw.new_history.clone(), next.events());
+    assert_eq!(kinds(&res), ["task:1:hello"]);
+}
+
+#[test]
+fn rewound_event_without_a_completion_replays_normally() {
+    let r = sequence3();
+    let mut h = HistoryBuilder::new("i");
+    h.started("o", Some("\"x\"")).task_scheduled(0, "hello");
+    let past = h.take();
+    h.episode().rewound(None).task_completed(0, Some("\"a\""));
+    assert_eq!(kinds(&run(&r, &h, past, h.events())), ["task:1:hello"]);
+}

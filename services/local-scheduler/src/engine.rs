@@ -332,10 +332,10 @@ impl Engine {
                 hub: hub.to_string(),
                 row: Box::new(i.row.clone()),
                 history: i.history.clone(),
-                inbox: i
-                    .inbox
+                // Messages out with a worker come first: they are older than the inbox.
+                inbox: undispatched(&i.dispatched)
                     .iter()
-                    .chain(i.dispatched.iter().filter(|e| !is_orchestrator_started(e)))
+                    .chain(i.inbox.iter())
                     .cloned()
                     .collect(),
             }),
@@ -652,6 +652,52 @@ impl Engine {
         Ok(())
     }
 
+    /// Rewinds a failed instance: the worker rewrites its history without the failures
+    /// (`RewindOrchestrationAction`) and the failed work runs again.
+    pub fn rewind(&mut self, hub: &str, id: &str, reason: Option<String>) -> Result<(), Status> {
+        let status = self
+            .hub(hub)?
+            .instances
+            .get(id)
+            .map(|i| i.row.status)
+            .ok_or_else(|| {
+                Status::not_found(format!("no orchestration instance with id '{id}'"))
+            })?;
+        if status != status_i32(pb::OrchestrationStatus::Failed) {
+            return Err(Status::failed_precondition(format!(
+                "orchestration '{id}' is not in a failed state; only failed instances can be rewound"
+            )));
+        }
+        self.prepare_rewind(hub, id, reason);
+        Ok(())
+    }
+
+    fn prepare_rewind(&mut self, hub: &str, id: &str, reason: Option<String>) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        let Some(inst) = h.instances.get_mut(id) else {
+            return;
+        };
+        inst.row.status = status_i32(pb::OrchestrationStatus::Running);
+        inst.row.output = None;
+        inst.row.failure = None;
+        inst.row.completed = None;
+        inst.row.last_updated = Utc::now();
+        inst.inbox.clear();
+        inst.inbox.push_back(event(
+            -1,
+            EventType::ExecutionRewound(pb::ExecutionRewoundEvent {
+                reason,
+                ..Default::default()
+            }),
+        ));
+        if inst.lease.is_none() && h.ready_set.insert(id.to_string()) {
+            h.ready.push_back(id.to_string());
+        }
+        self.persist(hub, id);
+    }
+
     /// Removes an instance's not-yet-visible messages (scheduled start, timers).
     fn drop_pending_messages(&mut self, hub: &str, instance_id: &str) {
         let Some(h) = self.hubs.get_mut(hub) else {
@@ -915,10 +961,13 @@ impl Engine {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let take = inst.inbox.len().min(MAX_EVENTS_PER_EPISODE);
         let mut new_events = Vec::with_capacity(take + 1);
-        new_events.push(event(
-            -1,
-            EventType::OrchestratorStarted(pb::OrchestratorStartedEvent {}),
-        ));
+        // After a rewind the inbox already opens with its own OrchestratorStarted.
+        if !inst.inbox.front().is_some_and(is_orchestrator_started) {
+            new_events.push(event(
+                -1,
+                EventType::OrchestratorStarted(pb::OrchestratorStartedEvent {}),
+            ));
+        }
         new_events.extend(inst.inbox.drain(..take));
         inst.dispatched = new_events.clone();
         inst.lease = Some(token.clone());
@@ -1026,10 +1075,8 @@ impl Engine {
                     inst.lease = None;
                     inst.avoid = avoid;
                     // Put the messages back in front, without the OrchestratorStarted we added.
-                    let events: Vec<_> = std::mem::take(&mut inst.dispatched)
-                        .into_iter()
-                        .filter(|e| !is_orchestrator_started(e))
-                        .collect();
+                    let dispatched = std::mem::take(&mut inst.dispatched);
+                    let events = undispatched(&dispatched).to_vec();
                     for e in events.into_iter().rev() {
                         inst.inbox.push_front(e);
                     }
@@ -1196,6 +1243,7 @@ impl Engine {
         let mut children = Vec::new();
         let mut terminal: Option<(i32, Option<String>, Option<pb::TaskFailureDetails>)> = None;
         let mut continue_as_new: Option<pb::CompleteOrchestrationAction> = None;
+        let mut rewound_history: Option<Vec<pb::HistoryEvent>> = None;
         for action in resp.actions {
             let id = action.id;
             let Some(kind) = action.orchestrator_action_type else {
@@ -1336,7 +1384,8 @@ impl Engine {
                         terminal = Some((c.orchestration_status, c.result, c.failure_details));
                     }
                 }
-                Action::SendEntityMessage(_) | Action::RewindOrchestration(_) => {}
+                Action::RewindOrchestration(r) => rewound_history = Some(r.new_history),
+                Action::SendEntityMessage(_) => {}
             }
         }
         inst.history.push(event(
@@ -1345,7 +1394,51 @@ impl Engine {
         ));
 
         let mut terminate_children = Vec::new();
-        if let Some(can) = continue_as_new {
+        let mut rewind_children = Vec::new();
+        if let Some(history) = rewound_history {
+            // The worker rewrote the history without its failures: adopt it and run it again.
+            if let Some(exec) = history.iter().find_map(|e| match &e.event_type {
+                Some(EventType::ExecutionStarted(es)) => {
+                    es.orchestration_instance.as_ref()?.execution_id.clone()
+                }
+                _ => None,
+            }) {
+                inst.row.execution_id = exec;
+            }
+            let completed: HashSet<i32> = history
+                .iter()
+                .filter_map(|e| match &e.event_type {
+                    Some(EventType::SubOrchestrationInstanceCompleted(c)) => {
+                        Some(c.task_scheduled_id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            rewind_children = history
+                .iter()
+                .filter_map(|e| match &e.event_type {
+                    Some(EventType::SubOrchestrationInstanceCreated(c))
+                        if !completed.contains(&e.event_id) =>
+                    {
+                        Some(c.instance_id.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            inst.history = history;
+            inst.row.status = status_i32(pb::OrchestrationStatus::Running);
+            inst.row.output = None;
+            inst.row.failure = None;
+            inst.row.completed = None;
+            inst.inbox.clear();
+            inst.inbox.push_back(event(
+                -1,
+                EventType::OrchestratorStarted(pb::OrchestratorStartedEvent {}),
+            ));
+            new_activities.clear();
+            outgoing.clear();
+            children.clear();
+        } else if let Some(can) = continue_as_new {
             // A fresh execution: history discarded, same parent and trace, new input, carried events first.
             let new_execution = uuid::Uuid::new_v4().simple().to_string();
             let started = inst.history.iter().find_map(|e| match &e.event_type {
@@ -1484,6 +1577,16 @@ impl Engine {
         for (target, msg, at) in outgoing {
             self.deliver(hub, &target, msg, at);
         }
+        for child in rewind_children {
+            let failed = self
+                .hubs
+                .get(hub)
+                .and_then(|h| h.instances.get(&child))
+                .is_some_and(|c| c.row.status == status_i32(pb::OrchestrationStatus::Failed));
+            if failed {
+                self.prepare_rewind(hub, &child, Some("parent rewound".into()));
+            }
+        }
         for child in terminate_children {
             let _ = self.terminate(
                 hub,
@@ -1565,6 +1668,15 @@ impl Engine {
             self.seq = self.seq.max(seq);
             h.timers.insert((due, seq), (id, ev));
         }
+    }
+}
+
+/// The messages of a dispatch without the `OrchestratorStarted` the dispatcher put in front (an
+/// episode that is only an `OrchestratorStarted`, as after a rewind, keeps it).
+fn undispatched(dispatched: &[pb::HistoryEvent]) -> &[pb::HistoryEvent] {
+    match dispatched {
+        [first, rest @ ..] if !rest.is_empty() && is_orchestrator_started(first) => rest,
+        all => all,
     }
 }
 

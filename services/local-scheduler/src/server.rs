@@ -327,11 +327,13 @@ impl pb::TaskHubSidecarService for Service {
 
     async fn rewind_instance(
         &self,
-        _req: Request<pb::RewindInstanceRequest>,
+        req: Request<pb::RewindInstanceRequest>,
     ) -> Res<pb::RewindInstanceResponse> {
-        Err(Status::unimplemented(
-            "rewind is not implemented by the local scheduler yet",
-        ))
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.rewind(hub, &r.instance_id, r.reason)
+                .map(|_| pb::RewindInstanceResponse {})
+        })
     }
 
     async fn query_instances(

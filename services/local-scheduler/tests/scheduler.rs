@@ -139,6 +139,7 @@ async fn sdk_scenarios_in_memory() {
     scenarios::core(&client).await;
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "mem-paged-").await;
+    scenarios::rewind(&client).await;
     worker.shutdown().await;
 }
 
@@ -152,6 +153,7 @@ async fn sdk_scenarios_on_sqlite() {
     scenarios::core(&client).await;
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "sql-paged-").await;
+    scenarios::rewind(&client).await;
     worker.shutdown().await;
 }
 
@@ -597,7 +599,7 @@ async fn python_suite(s: &Scheduler) {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(passed >= 14, "{summary}");
+    assert!(passed >= 15, "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,6 +118,9 @@ pub fn execute(
     orchestrator: &OrchestratorFn,
     request: &pb::OrchestratorRequest,
 ) -> ExecutionResult {
+    if let Some(rewind) = rewind(request) {
+        return rewind;
+    }
     let state = Rc::new(RefCell::new(State::new(
         request.instance_id.clone(),
         request.execution_id.clone(),
@@ -504,6 +507,63 @@ impl Run<'_> {
             trace_context,
         }
     }
+}
+
+/// A rewind of a failed instance: the scheduler sends `ExecutionRewound` while the history still
+/// ends in `ExecutionCompleted`. The answer is the history without the failures (failed tasks and
+/// their `TaskScheduled`, failed sub-orchestration results, the completion) under a new execution
+/// id; replaying it re-runs exactly the work that failed.
+fn rewind(request: &pb::OrchestratorRequest) -> Option<ExecutionResult> {
+    let rewound = request
+        .new_events
+        .iter()
+        .any(|e| matches!(e.event_type, Some(EventType::ExecutionRewound(_))));
+    let completed = request
+        .past_events
+        .iter()
+        .any(|e| matches!(e.event_type, Some(EventType::ExecutionCompleted(_))));
+    if !(rewound && completed) {
+        return None;
+    }
+    let all = || request.past_events.iter().chain(request.new_events.iter());
+    let failed_tasks: std::collections::HashSet<i32> = all()
+        .filter_map(|e| match &e.event_type {
+            Some(EventType::TaskFailed(f)) => Some(f.task_scheduled_id),
+            _ => None,
+        })
+        .collect();
+    let execution_id = uuid::Uuid::new_v4().simple().to_string();
+    let new_history = all()
+        .filter(|e| match &e.event_type {
+            Some(
+                EventType::TaskFailed(_)
+                | EventType::SubOrchestrationInstanceFailed(_)
+                | EventType::ExecutionCompleted(_),
+            ) => false,
+            Some(EventType::TaskScheduled(_)) => !failed_tasks.contains(&e.event_id),
+            _ => true,
+        })
+        .map(|e| {
+            let mut e = e.clone();
+            if let Some(EventType::ExecutionStarted(es)) = &mut e.event_type
+                && let Some(inst) = &mut es.orchestration_instance
+            {
+                inst.execution_id = Some(execution_id.clone());
+            }
+            e
+        })
+        .collect();
+    Some(ExecutionResult {
+        actions: vec![pb::OrchestratorAction {
+            id: -1,
+            orchestrator_action_type: Some(Action::RewindOrchestration(
+                pb::RewindOrchestrationAction { new_history },
+            )),
+        }],
+        custom_status: None,
+        status: ExecutionStatus::Running,
+        trace_context: None,
+    })
 }
 
 /// Events that wait while the instance is suspended; resume, terminate and bookkeeping do not.

@@ -14,8 +14,29 @@ use tokio_util::sync::CancellationToken;
 
 pub const DONE: Duration = Duration::from_secs(30);
 
+/// Keys whose `fails_until_fixed` activity succeeds (set by the rewind scenario).
+static FIXED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    r.add_activity(
+        "fails_until_fixed",
+        |_c: ActivityContext, key: String| async move {
+            if FIXED.lock().unwrap().contains(&key) {
+                Ok("fixed".to_string())
+            } else {
+                Err(FailureDetails::new("NotYet", "the dependency is down"))
+            }
+        },
+    );
+    r.add_orchestrator(
+        "rewindable",
+        |ctx: OrchestrationContext, key: String| async move {
+            let first: String = ctx.call_activity("greet", &"before").await?;
+            let second: String = ctx.call_activity("fails_until_fixed", &key).await?;
+            Ok(vec![first, second])
+        },
+    );
     r.add_activity("greet", |_c: ActivityContext, name: String| async move {
         Ok(format!("Hello {name}"))
     });
@@ -353,4 +374,40 @@ pub async fn paged_query(client: &Client, prefix: &str) {
         .await
         .expect("query");
     assert!(left.instances.is_empty(), "purged instances are gone");
+}
+
+/// A failed instance is rewound after its cause is fixed and completes; the step that had
+/// succeeded is not run again.
+pub async fn rewind(client: &Client) {
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let m = run_to_end(client, "rewindable", json!(key)).await;
+    assert_eq!(m.runtime_status, OrchestrationStatus::Failed, "{m:?}");
+    FIXED.lock().unwrap().push(key);
+    client
+        .rewind(&m.instance_id, Some("dependency is back"))
+        .await
+        .expect("rewind");
+    let mut done = None;
+    for _ in 0..300 {
+        let s = client
+            .get_instance(&m.instance_id, true)
+            .await
+            .expect("get")
+            .expect("exists");
+        if s.runtime_status == OrchestrationStatus::Completed {
+            done = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = done.expect("the rewound instance completes");
+    assert_eq!(
+        done.output::<Value>().expect("json"),
+        json!(["Hello before", "fixed"])
+    );
+    let again = client.rewind(&m.instance_id, None).await;
+    assert!(
+        matches!(again, Err(durabletask::Error::FailedPrecondition(_))),
+        "{again:?}"
+    );
 }

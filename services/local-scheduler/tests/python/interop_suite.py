@@ -102,6 +102,21 @@ def counter(ctx: task.OrchestrationContext, n):
     ctx.continue_as_new(n + 1)
 
 
+_rewind_ok: set = set()
+
+
+def fails_until_fixed(ctx: task.ActivityContext, key: str) -> str:
+    if key not in _rewind_ok:
+        raise RuntimeError("not yet")
+    return "fixed"
+
+
+def rewindable(ctx: task.OrchestrationContext, key):
+    first = yield ctx.call_activity(hello, input="before")
+    second = yield ctx.call_activity(fails_until_fixed, input=key)
+    return [first, second]
+
+
 def report_version(ctx: task.OrchestrationContext, _):
     return ctx.version
 
@@ -141,8 +156,8 @@ def act_b(ctx: task.ActivityContext, _):
 
 
 ORCHESTRATORS = [sequence, retrying, failing, child_sum, parent, approval, timer, waits_forever,
-                 parent_of_waiters, counter, report_version, spread]
-ACTIVITIES = [hello, square, flaky, always_fails]
+                 parent_of_waiters, counter, report_version, spread, rewindable]
+ACTIVITIES = [hello, square, flaky, always_fails, fails_until_fixed]
 
 
 def new_worker(extra_orchestrators=(), extra_activities=(), filters=False, standard=True, max_activities=None):
@@ -288,6 +303,24 @@ def purge_one_by_status_and_by_time():
     assert c.get_orchestration_state(old_id) is not None, "instances before the range stay"
 
 
+def rewind_failed_instance():
+    key = uuid.uuid4().hex
+    iid, s = run(rewindable, key)
+    assert s.runtime_status == S.FAILED, s
+    _rewind_ok.add(key)
+    c.rewind_orchestration(iid, reason="fixed the activity")
+    s = c.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert s.runtime_status == S.COMPLETED, s
+    assert s.get_output() == ["Hello before", "fixed"], s.serialized_output
+    # A completed instance cannot be rewound.
+    try:
+        c.rewind_orchestration(iid)
+    except Exception as e:  # noqa: BLE001 - grpc.RpcError
+        assert "FAILED_PRECONDITION" in str(e), e
+    else:
+        raise AssertionError("rewinding a completed instance must fail")
+
+
 def query_with_paging():
     prefix = f"pg-{uuid.uuid4().hex[:6]}-"
     ids = [run(sequence, [str(i)], instance_id=f"{prefix}{i}")[0] for i in range(5)]
@@ -351,6 +384,7 @@ SCENARIOS = [
     continue_as_new,
     versioned_orchestration,
     purge_one_by_status_and_by_time,
+    rewind_failed_instance,
     query_with_paging,
     several_workers_share_a_hub,
     work_item_filters,
