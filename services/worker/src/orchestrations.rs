@@ -1,0 +1,107 @@
+//! What this worker runs.
+//!
+//! - `process_request` → `simulate_long_running_activity`: the product's contract
+//!   (`{"name", "delay_seconds"}` in, a greeting out).
+//! - `async_http_api_orchestrator` → `process_long_running_operation`: the original Python
+//!   sample's pair with its input and output shapes, so either half of the sample can be
+//!   swapped for ours.
+
+use std::time::Duration;
+
+use durabletask::{ActivityContext, FailureDetails, OrchestrationContext, Registry};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessRequest {
+    pub name: String,
+    pub delay_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessResult {
+    pub message: String,
+    pub name: String,
+    pub processing_time_seconds: u64,
+    /// The worker process that ran the activity.
+    pub worker: String,
+    pub completed_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SampleInput {
+    #[serde(default)]
+    pub operation_id: Option<String>,
+    #[serde(default)]
+    pub processing_time: Option<i64>,
+}
+
+pub fn registry(worker_name: String) -> Registry {
+    let mut r = Registry::new();
+    r.add_orchestrator(
+        "process_request",
+        |ctx: OrchestrationContext, req: ProcessRequest| async move {
+            ctx.set_custom_status(&serde_json::json!({"stage": "processing"}));
+            let result: ProcessResult = ctx
+                .call_activity("simulate_long_running_activity", &req)
+                .await?;
+            ctx.set_custom_status(&serde_json::json!({"stage": "done"}));
+            Ok(result)
+        },
+    );
+    let name = worker_name.clone();
+    r.add_activity(
+        "simulate_long_running_activity",
+        move |ctx: ActivityContext, req: ProcessRequest| {
+            let worker = name.clone();
+            async move {
+                // A timer, not a blocked thread; it gives way at once when the worker must stop, and the
+                // work item then goes back to the scheduler for another worker.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(req.delay_seconds)) => {}
+                    _ = ctx.cancellation().cancelled() => {
+                        return Err(FailureDetails::new("Cancelled", "the worker is shutting down"));
+                    }
+                }
+                Ok(ProcessResult {
+                    message: format!(
+                        "Hello {}! Your request took {} seconds.",
+                        req.name, req.delay_seconds
+                    ),
+                    name: req.name,
+                    processing_time_seconds: req.delay_seconds,
+                    worker,
+                    completed_at: chrono::Utc::now(),
+                })
+            }
+        },
+    );
+    r.add_orchestrator(
+        "async_http_api_orchestrator",
+        |ctx: OrchestrationContext, input: serde_json::Value| async move {
+            let result: serde_json::Value = ctx
+                .call_activity("process_long_running_operation", &input)
+                .await?;
+            Ok(result)
+        },
+    );
+    r.add_activity("process_long_running_operation", |ctx: ActivityContext, input: SampleInput| async move {
+        let id = input.operation_id.unwrap_or_else(|| "unknown".into());
+        let secs = input.processing_time.unwrap_or(5);
+        if secs < 0 {
+            // Same outcome as the sample (its time.sleep raises), with a clearer message.
+            return Err(FailureDetails::new("ValueError", "processing_time must be non-negative").non_retriable());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs as u64)) => {}
+            _ = ctx.cancellation().cancelled() => return Err(FailureDetails::new("Cancelled", "the worker is shutting down")),
+        }
+        let processed_at = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        Ok(serde_json::json!({
+            "operation_id": id,
+            "status": "completed",
+            "result": format!("Operation {id} completed successfully"),
+            "processed_at": processed_at,
+        }))
+    });
+    r
+}
