@@ -9,10 +9,11 @@ VENV_PY     := $(VENV)/bin/python
 PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
+GATEWAY_PORT ?= 8000
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help venv build test fmt fmt-check lint bench run scheduler clean
+.PHONY: help venv build test fmt fmt-check lint bench run demo scheduler clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,9 +46,26 @@ bench: venv ## Benchmarks: replay throughput and worker items/s vs the raw gRPC 
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
 
-run: ## The system on a laptop: local scheduler (SQLite in .data/) + a Rust worker and client demo
+run: ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT)
+	@cargo build --locked -p local-scheduler -p worker -p gateway
+	@set -e; \
+	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) ./target/debug/local-scheduler & s=$$!; \
+	  trap 'kill $$g $$w $$s 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
+	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
+	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/worker & w=$$!; \
+	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default GATEWAY__LISTEN=127.0.0.1:$(GATEWAY_PORT) \
+	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) ./target/debug/gateway & g=$$!; \
+	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(GATEWAY_PORT)) 2>/dev/null && break; sleep 0.1; done; \
+	  echo; echo "Running. Try:"; \
+	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/process -H 'content-type: application/json' -d '{\"name\":\"Ada\",\"delay_seconds\":5}'"; \
+	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/status/<id>"; \
+	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/result/<id>"; \
+	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/operations/<id>/cancel"; \
+	  echo "Scheduler metrics: curl -s localhost:$(ADMIN_PORT)/metrics    Ctrl-C stops everything."; \
+	  wait $$g
+
+demo: ## A Rust worker + client example against the local scheduler (prints one orchestration's result)
 	@cargo build --locked -p local-scheduler -p durabletask --example hello_sequence
-	@echo "starting the local scheduler on localhost:$(RUN_PORT) (admin: http://localhost:$(ADMIN_PORT)/metrics)"
 	@set -e; \
 	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) \
 	    ./target/debug/local-scheduler & server=$$!; \

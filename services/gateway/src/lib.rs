@@ -1,0 +1,633 @@
+//! The public HTTP API of the async request-reply pattern.
+//!
+//! `POST /api/process` starts `process_request` and answers `202 Accepted` at once, with the
+//! status monitor in `Location`/`Operation-Location` and a `Retry-After`. The operation id is the
+//! orchestration instance id. Every error is `application/problem+json` (RFC 9457).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use durabletask::{
+    Client, Error as DtsError, OrchestrationMetadata, OrchestrationStatus, StartOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Gateway behaviour settings (validated by the binary).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Absolute base for links, e.g. `https://api.example.com`; relative links when `None`.
+    pub public_base_url: Option<String>,
+    pub max_delay_seconds: u64,
+    pub max_name_chars: usize,
+    pub max_body_bytes: usize,
+    /// Deadline for each call to the scheduler; past it the client gets 503.
+    pub dts_timeout: Duration,
+    pub retry_after_seconds: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            public_base_url: None,
+            max_delay_seconds: 3600,
+            max_name_chars: 200,
+            max_body_bytes: 16 * 1024,
+            dts_timeout: Duration::from_secs(5),
+            retry_after_seconds: 1,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub config: Arc<GatewayConfig>,
+}
+
+/// The orchestration the product runs.
+pub const PROCESS_ORCHESTRATION: &str = "process_request";
+/// The original sample's orchestration, for the compatibility routes.
+pub const SAMPLE_ORCHESTRATION: &str = "async_http_api_orchestrator";
+
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/api/process", post(start_process))
+        .route("/api/status/{id}", get(status))
+        .route("/api/result/{id}", get(result))
+        .route("/api/operations/{id}/cancel", post(cancel))
+        // The original sample's routes, with its field names.
+        .route("/api/start-operation", post(sample_start))
+        .route("/api/operations/{id}", get(sample_status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+// ------------------------------------------------------------------ problems
+
+/// An RFC 9457 problem response.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: String,
+    extra: Option<Value>,
+    retry_after: Option<u64>,
+}
+
+impl Problem {
+    fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extra: None,
+            retry_after: None,
+        }
+    }
+
+    fn with(mut self, extra: Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("/problems/{}", self.slug),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let (Some(Value::Object(extra)), Some(obj)) = (self.extra, body.as_object_mut()) {
+            obj.extend(extra);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not Found",
+        "no such route",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method Not Allowed",
+        "this route does not support that method",
+    )
+}
+
+/// Maps a scheduler error to a problem; unreachable or slow means 503 with `Retry-After`.
+fn dts_problem(err: DtsError) -> Problem {
+    match err {
+        DtsError::Unavailable(_) | DtsError::DeadlineExceeded(_) | DtsError::Rpc(_) => {
+            tracing::warn!(error = %err, "scheduler call failed");
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "scheduler-unavailable",
+                "Service Unavailable",
+                "the Durable Task Scheduler did not answer in time; try again shortly",
+            );
+            p.retry_after = Some(5);
+            p
+        }
+        other => {
+            tracing::error!(error = %other, "unexpected scheduler error");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "scheduler-error",
+                "Bad Gateway",
+                "the Durable Task Scheduler rejected the request",
+            )
+        }
+    }
+}
+
+async fn with_deadline<T>(
+    state: &AppState,
+    fut: impl Future<Output = Result<T, DtsError>>,
+) -> Result<T, Problem> {
+    match tokio::time::timeout(state.config.dts_timeout, fut).await {
+        Ok(r) => r.map_err(dts_problem),
+        Err(_) => {
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "scheduler-unavailable",
+                "Service Unavailable",
+                "the Durable Task Scheduler did not answer in time; try again shortly",
+            );
+            p.retry_after = Some(5);
+            Err(p)
+        }
+    }
+}
+
+// ------------------------------------------------------------------ bodies
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessBody {
+    name: String,
+    delay_seconds: u64,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SampleBody {
+    #[serde(default = "five")]
+    processing_time: i64,
+}
+
+fn five() -> i64 {
+    5
+}
+
+/// Reads a JSON body: 415 for another media type, 413 when too large, 400 when not JSON,
+/// 422 when the fields are wrong.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media != "application/json"
+        && !(media.starts_with("application/") && media.ends_with("+json"))
+    {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported Media Type",
+            format!("send the body as application/json (got '{ct}')"),
+        ));
+    }
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Content Too Large",
+                "the request body is larger than allowed",
+            )
+        } else {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Bad Request",
+                e.body_text(),
+            )
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-request",
+                "Unprocessable Content",
+                e.to_string(),
+            ),
+            _ => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "Bad Request",
+                format!("the body is not valid JSON: {e}"),
+            ),
+        }
+    })
+}
+
+// ------------------------------------------------------------------ links and status
+
+fn base(state: &AppState) -> &str {
+    state.config.public_base_url.as_deref().unwrap_or("")
+}
+
+fn links(state: &AppState, id: &str) -> Value {
+    let b = base(state);
+    json!({
+        "status": format!("{b}/api/status/{id}"),
+        "result": format!("{b}/api/result/{id}"),
+        "cancel": format!("{b}/api/operations/{id}/cancel"),
+    })
+}
+
+/// The status vocabulary of this API (Azure LRO style), mapped once from DTS runtime statuses.
+pub fn operation_status(s: OrchestrationStatus) -> &'static str {
+    match s {
+        OrchestrationStatus::Pending => "NotStarted",
+        OrchestrationStatus::Running | OrchestrationStatus::ContinuedAsNew => "Running",
+        OrchestrationStatus::Suspended => "Suspended",
+        OrchestrationStatus::Completed => "Succeeded",
+        OrchestrationStatus::Failed => "Failed",
+        OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => "Canceled",
+    }
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    id: String,
+    status: &'static str,
+    runtime_status: &'static str,
+    created_at: Option<String>,
+    last_updated_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_status: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    links: Value,
+}
+
+fn rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn error_of(m: &OrchestrationMetadata) -> Option<Value> {
+    match m.runtime_status {
+        OrchestrationStatus::Failed => {
+            // The innermost failure is the useful one (the activity's), never a stack trace.
+            let mut f = m.failure_details.as_ref()?;
+            while let Some(inner) = f.inner.as_deref() {
+                f = inner;
+            }
+            Some(json!({"type": f.error_type, "message": f.message}))
+        }
+        OrchestrationStatus::Terminated => Some(
+            json!({"type": "Canceled", "message": m.output::<Value>().ok().filter(|v| !v.is_null()).map_or("the operation was canceled".into(), |v| v.as_str().map_or(v.to_string(), str::to_string))}),
+        ),
+        _ => None,
+    }
+}
+
+fn operation_not_found(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "operation-not-found",
+        "Not Found",
+        format!("no operation with id '{id}'"),
+    )
+}
+
+fn retry_after(resp: &mut Response, secs: u64) {
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+}
+
+fn location(resp: &mut Response, url: &str) -> Result<(), Problem> {
+    let v = HeaderValue::from_str(url).map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bad-link",
+            "Internal Server Error",
+            "could not build a link",
+        )
+    })?;
+    resp.headers_mut().insert(header::LOCATION, v.clone());
+    resp.headers_mut().insert("operation-location", v);
+    Ok(())
+}
+
+fn valid_id(id: &str) -> Result<(), Problem> {
+    // Operation ids are instance ids: 1-100 printable ASCII.
+    if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(operation_not_found(id));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ handlers
+
+async fn start_process(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let req: ProcessBody = parse_json(&headers, body)?;
+    let name = req.name.trim();
+    if name.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Unprocessable Content",
+            "`name` must not be empty",
+        ));
+    }
+    if name.chars().count() > state.config.max_name_chars {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Unprocessable Content",
+            format!(
+                "`name` must be at most {} characters",
+                state.config.max_name_chars
+            ),
+        ));
+    }
+    if req.delay_seconds > state.config.max_delay_seconds {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Unprocessable Content",
+            format!(
+                "`delay_seconds` must be between 0 and {}",
+                state.config.max_delay_seconds
+            ),
+        ));
+    }
+    // Random and unguessable: the id is the only key to the operation's status and result.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let input = json!({"name": name, "delay_seconds": req.delay_seconds});
+    let opts = StartOptions {
+        instance_id: Some(id.clone()),
+        ..Default::default()
+    };
+    with_deadline(
+        &state,
+        state
+            .client
+            .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
+    )
+    .await?;
+    let l = links(&state, &id);
+    let status_url = l["status"].as_str().unwrap_or_default().to_string();
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "NotStarted", "links": l})),
+    )
+        .into_response();
+    location(&mut resp, &status_url)?;
+    retry_after(&mut resp, state.config.retry_after_seconds);
+    Ok(resp)
+}
+
+async fn fetch(
+    state: &AppState,
+    id: &str,
+    payloads: bool,
+) -> Result<OrchestrationMetadata, Problem> {
+    valid_id(id)?;
+    with_deadline(state, state.client.get_instance(id, payloads))
+        .await?
+        .ok_or_else(|| operation_not_found(id))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let m = fetch(&state, &id, true).await?;
+    let body = StatusBody {
+        id: id.clone(),
+        status: operation_status(m.runtime_status),
+        runtime_status: m.runtime_status.as_str(),
+        created_at: rfc3339(m.created_at),
+        last_updated_at: rfc3339(m.last_updated_at),
+        custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
+        error: error_of(&m),
+        links: links(&state, &id),
+    };
+    let mut resp = (StatusCode::OK, Json(body)).into_response();
+    if !m.runtime_status.is_terminal() {
+        retry_after(&mut resp, state.config.retry_after_seconds);
+    }
+    Ok(resp)
+}
+
+async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let m = fetch(&state, &id, true).await?;
+    match m.runtime_status {
+        OrchestrationStatus::Completed => Ok((
+            StatusCode::OK,
+            Json(m.output::<Value>().unwrap_or(Value::Null)),
+        )
+            .into_response()),
+        OrchestrationStatus::Failed => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "operation-failed",
+            "Operation Failed",
+            "the operation failed; see `error`",
+        )
+        .with(json!({"id": id, "error": error_of(&m)}))),
+        OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "operation-canceled",
+            "Operation Canceled",
+            "the operation was canceled before it produced a result",
+        )
+        .with(json!({"id": id, "error": error_of(&m)}))),
+        _ => {
+            let status_url = links(&state, &id)["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut resp = (StatusCode::ACCEPTED, Json(json!({"id": id, "status": operation_status(m.runtime_status), "links": links(&state, &id)}))).into_response();
+            location(&mut resp, &status_url)?;
+            retry_after(&mut resp, state.config.retry_after_seconds);
+            Ok(resp)
+        }
+    }
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let m = fetch(&state, &id, false).await?;
+    if m.runtime_status.is_terminal() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "operation-finished",
+            "Conflict",
+            format!(
+                "the operation already ended as {}",
+                operation_status(m.runtime_status)
+            ),
+        ));
+    }
+    with_deadline(
+        &state,
+        state.client.terminate(&id, "canceled by the client", true),
+    )
+    .await?;
+    let status_url = links(&state, &id)["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "Canceling", "links": links(&state, &id)})),
+    )
+        .into_response();
+    location(&mut resp, &status_url)?;
+    retry_after(&mut resp, state.config.retry_after_seconds);
+    Ok(resp)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        state.client.hello(Duration::from_secs(2)),
+    )
+    .await
+    {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "scheduler unreachable\n").into_response(),
+    }
+}
+
+// ------------------------------------------------------------------ the sample's routes
+
+async fn sample_start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    // The sample accepted an empty body as `{}`.
+    let empty = body.as_ref().is_ok_and(|b| b.is_empty());
+    let req: SampleBody = if empty {
+        SampleBody { processing_time: 5 }
+    } else {
+        parse_json(&headers, body)?
+    };
+    let max = i64::try_from(state.config.max_delay_seconds).unwrap_or(i64::MAX);
+    if !(0..=max).contains(&req.processing_time) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Unprocessable Content",
+            format!("`processing_time` must be between 0 and {max}"),
+        ));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let input = json!({"operation_id": id, "processing_time": req.processing_time});
+    let opts = StartOptions {
+        instance_id: Some(id.clone()),
+        ..Default::default()
+    };
+    with_deadline(
+        &state,
+        state
+            .client
+            .schedule_new_orchestration(SAMPLE_ORCHESTRATION, &input, opts),
+    )
+    .await?;
+    let status_url = format!("/api/operations/{id}");
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({"operation_id": id, "status_url": status_url})),
+    )
+        .into_response();
+    location(&mut resp, &format!("{}{status_url}", base(&state)))?;
+    retry_after(&mut resp, state.config.retry_after_seconds);
+    Ok(resp)
+}
+
+async fn sample_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let m = fetch(&state, &id, true).await?;
+    let last_updated = rfc3339(m.last_updated_at);
+    let body = match m.runtime_status {
+        OrchestrationStatus::Completed => {
+            json!({"operation_id": id, "status": "Completed", "result": m.output::<Value>().unwrap_or(Value::Null)})
+        }
+        OrchestrationStatus::Failed => {
+            json!({"operation_id": id, "status": "Failed", "error": error_of(&m).and_then(|e| e["message"].as_str().map(str::to_string))})
+        }
+        other => {
+            json!({"operation_id": id, "status": other.as_str(), "last_updated": last_updated})
+        }
+    };
+    let mut resp = (StatusCode::OK, Json(body)).into_response();
+    if !m.runtime_status.is_terminal() {
+        retry_after(&mut resp, state.config.retry_after_seconds);
+    }
+    Ok(resp)
+}

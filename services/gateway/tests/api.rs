@@ -1,0 +1,504 @@
+//! Router tests with `oneshot`, and an end-to-end run over real sockets with the local scheduler
+//! and worker binaries.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use durabletask::{Client, Connection, ConnectionOptions};
+use gateway::{AppState, GatewayConfig, app};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tower::ServiceExt;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn state_for(endpoint: &str, config: GatewayConfig) -> AppState {
+    let conn = Connection::connect(ConnectionOptions::new(endpoint, "default").expect("opts"))
+        .await
+        .expect("connect");
+    AppState {
+        client: Client::new(&conn),
+        config: Arc::new(config),
+    }
+}
+
+/// A state whose scheduler is unreachable (nothing listens on the port).
+async fn offline_state() -> AppState {
+    let cfg = GatewayConfig {
+        dts_timeout: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    state_for(&format!("http://127.0.0.1:{}", free_port()), cfg).await
+}
+
+async fn call(
+    state: AppState,
+    method: &str,
+    uri: &str,
+    ct: Option<&str>,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = ct {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    let resp = app(state)
+        .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, v)
+}
+
+fn is_problem(h: &axum::http::HeaderMap, v: &Value, status: StatusCode) {
+    assert_eq!(
+        h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "{v}"
+    );
+    assert_eq!(v["status"], status.as_u16(), "{v}");
+    assert!(
+        v["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("/problems/")),
+        "{v}"
+    );
+    assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
+}
+
+// ------------------------------------------------------------------ oneshot
+
+#[tokio::test]
+async fn bad_requests_get_specific_problems() {
+    let st = offline_state().await;
+    let json_ct = Some("application/json");
+    let cases: Vec<(&str, Option<&str>, String, StatusCode, &str)> = vec![
+        (
+            "/api/process",
+            json_ct,
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            r#"{"name":"a"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "delay_seconds",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            r#"{"name":"a","delay_seconds":"x"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            r#"{"name":"a","delay_seconds":1,"extra":true}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            r#"{"name":"a","delay_seconds":-1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid value",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            r#"{"name":"a","delay_seconds":99999}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 0 and 3600",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            r#"{"name":"  ","delay_seconds":1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "must not be empty",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            format!(r#"{{"name":"{}","delay_seconds":1}}"#, "x".repeat(201)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at most 200",
+        ),
+        (
+            "/api/process",
+            Some("text/plain"),
+            r#"{"name":"a","delay_seconds":1}"#.into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            "/api/process",
+            None,
+            r#"{"name":"a","delay_seconds":1}"#.into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            "/api/process",
+            json_ct,
+            format!(r#"{{"name":"{}","delay_seconds":1}}"#, "x".repeat(20_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger",
+        ),
+        (
+            "/api/start-operation",
+            json_ct,
+            r#"{"processing_time":"abc"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            "/api/start-operation",
+            json_ct,
+            r#"{"processing_time":-3}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 0",
+        ),
+    ];
+    for (uri, ct, body, want, needle) in cases {
+        let (status, h, v) = call(st.clone(), "POST", uri, ct, &body).await;
+        assert_eq!(status, want, "{uri} {body:.60}: {v}");
+        is_problem(&h, &v, want);
+        assert!(
+            v["detail"].as_str().unwrap_or_default().contains(needle),
+            "{uri} {body:.60}: {v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let st = offline_state().await;
+    let (s, h, v) = call(st.clone(), "GET", "/nope", None, "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    is_problem(&h, &v, s);
+    let (s, h, v) = call(st.clone(), "GET", "/api/process", None, "").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    is_problem(&h, &v, s);
+    let (s, h, v) = call(st, "GET", "/api/status/bad%20id%0A", None, "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    is_problem(&h, &v, s);
+}
+
+#[tokio::test]
+async fn scheduler_down_is_503_with_retry_after_within_the_deadline() {
+    let st = offline_state().await;
+    let started = std::time::Instant::now();
+    let (s, h, v) = call(
+        st.clone(),
+        "POST",
+        "/api/process",
+        Some("application/json"),
+        r#"{"name":"a","delay_seconds":1}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    is_problem(&h, &v, s);
+    assert!(h.get(header::RETRY_AFTER).is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "bounded, not a hang"
+    );
+    let (s, _, _) = call(st.clone(), "GET", "/api/status/abc", None, "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let resp = app(st)
+        .oneshot(
+            Request::builder()
+                .uri("/readyz")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("resp");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+// ------------------------------------------------------------------ end to end
+
+fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (`cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listening on {port}");
+}
+
+async fn spawn(bin: &str, envs: &[(&str, String)], wait: u16) -> Child {
+    let mut cmd = Command::new(sibling_bin(bin));
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn");
+    wait_port(wait).await;
+    child
+}
+
+/// Minimal HTTP/1.1 over a real socket: status, headers (lower-case names), JSON body.
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Vec<(String, String)>, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (
+        status,
+        headers,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_from_202_to_result_over_real_processes() {
+    let sched_port = free_port();
+    let _sched = spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        sched_port,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let worker_admin = free_port();
+    let _worker = spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
+            ("HOSTNAME", "w1".into()),
+        ],
+        worker_admin,
+    )
+    .await;
+
+    let gw_port = free_port();
+    let state = state_for(
+        &endpoint,
+        GatewayConfig {
+            public_base_url: Some(format!("http://localhost:{gw_port}")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", gw_port))
+        .await
+        .expect("bind");
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+
+    // 202 with the monitor's absolute URL, Retry-After and links.
+    let (s, h, v) = http(
+        gw_port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Ada","delay_seconds":1}"#),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    assert_eq!(id.len(), 32);
+    let status_url = format!("http://localhost:{gw_port}/api/status/{id}");
+    assert_eq!(hdr(&h, "location"), Some(status_url.as_str()));
+    assert_eq!(hdr(&h, "operation-location"), Some(status_url.as_str()));
+    assert!(hdr(&h, "retry-after").is_some());
+    assert_eq!(
+        v["links"]["result"],
+        format!("http://localhost:{gw_port}/api/result/{id}")
+    );
+
+    // Result before completion: 202 pointing at the monitor.
+    let (s, h, _) = http(gw_port, "GET", &format!("/api/result/{id}"), None).await;
+    assert_eq!(s, 202);
+    assert_eq!(hdr(&h, "location"), Some(status_url.as_str()));
+
+    // Poll the monitor until Succeeded; statuses seen are from the documented vocabulary.
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let (s, h, v) = http(gw_port, "GET", &format!("/api/status/{id}"), None).await;
+        assert_eq!(s, 200, "{v}");
+        let st = v["status"].as_str().expect("status").to_string();
+        assert!(
+            ["NotStarted", "Running", "Succeeded"].contains(&st.as_str()),
+            "{v}"
+        );
+        if seen.last() != Some(&st) {
+            seen.push(st.clone());
+        }
+        if st == "Succeeded" {
+            assert!(
+                hdr(&h, "retry-after").is_none(),
+                "no Retry-After once terminal"
+            );
+            assert!(
+                v["created_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+                "{v}"
+            );
+            break;
+        }
+        assert!(hdr(&h, "retry-after").is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("Succeeded"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s == "Running"),
+        "the running state is observable: {seen:?}"
+    );
+
+    let (s, _, v) = http(gw_port, "GET", &format!("/api/result/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["name"], "Ada");
+    assert_eq!(v["worker"], "w1");
+
+    // Cancel a long one: 202, then the monitor says Canceled and the result is a problem.
+    let (_, _, v) = http(
+        gw_port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Long","delay_seconds":600}"#),
+    )
+    .await;
+    let long = v["id"].as_str().expect("id").to_string();
+    let (s, _, _) = http(
+        gw_port,
+        "POST",
+        &format!("/api/operations/{long}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+    let mut canceled = false;
+    for _ in 0..200 {
+        let (_, _, v) = http(gw_port, "GET", &format!("/api/status/{long}"), None).await;
+        if v["status"] == "Canceled" {
+            canceled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(canceled);
+    let (s, h, v) = http(gw_port, "GET", &format!("/api/result/{long}"), None).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(hdr(&h, "content-type"), Some("application/problem+json"));
+    let (s, _, _) = http(
+        gw_port,
+        "POST",
+        &format!("/api/operations/{long}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 409, "cancelling a finished operation conflicts");
+
+    // Unknown id: 404 problem.
+    let (s, h, _) = http(gw_port, "GET", "/api/status/doesnotexist", None).await;
+    assert_eq!(s, 404);
+    assert_eq!(hdr(&h, "content-type"), Some("application/problem+json"));
+
+    // The original sample's routes and field names.
+    let (s, _, v) = http(
+        gw_port,
+        "POST",
+        "/api/start-operation",
+        Some(r#"{"processing_time":0}"#),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let op = v["operation_id"]
+        .as_str()
+        .expect("operation_id")
+        .to_string();
+    assert_eq!(v["status_url"], format!("/api/operations/{op}"));
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        let (_, _, v) = http(gw_port, "GET", &format!("/api/operations/{op}"), None).await;
+        if v["status"] == "Completed" {
+            done = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["result"]["operation_id"], op.as_str(), "{done}");
+    assert_eq!(done["result"]["status"], "completed");
+}
