@@ -179,22 +179,24 @@ fn dts_problem(err: DtsError) -> Problem {
     }
 }
 
+fn unavailable() -> Problem {
+    let mut p = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "scheduler-unavailable",
+        "Service Unavailable",
+        "the Durable Task Scheduler did not answer in time; try again shortly",
+    );
+    p.retry_after = Some(5);
+    p
+}
+
 async fn with_deadline<T>(
     state: &AppState,
     fut: impl Future<Output = Result<T, DtsError>>,
 ) -> Result<T, Problem> {
     match tokio::time::timeout(state.config.dts_timeout, fut).await {
         Ok(r) => r.map_err(dts_problem),
-        Err(_) => {
-            let mut p = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "scheduler-unavailable",
-                "Service Unavailable",
-                "the Durable Task Scheduler did not answer in time; try again shortly",
-            );
-            p.retry_after = Some(5);
-            Err(p)
-        }
+        Err(_) => Err(unavailable()),
     }
 }
 
@@ -342,6 +344,78 @@ fn error_of(m: &OrchestrationMetadata) -> Option<Value> {
     }
 }
 
+// ------------------------------------------------------------------ idempotency
+
+/// Namespace for ids derived from idempotency keys (ours, so they collide with nothing else).
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3b8e_51d2_7c40_4a1f_9e63_0d5a_c2f8_7b19);
+const FINGERPRINT_TAG: &str = "idempotency-fingerprint";
+
+/// The `Idempotency-Key` header (IETF httpapi draft), if present and well-formed.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(|k| k.trim().trim_matches('"').to_string())
+        .unwrap_or_default();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Bad Request",
+            "`Idempotency-Key` must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(key))
+}
+
+/// Starts at most one operation per key, with no state in the gateway: the instance id is
+/// derived from the key, the scheduler refuses a second instance with that id (no status is
+/// replaceable), and a fingerprint of the request in the instance's tags tells a retry (same
+/// body: same operation) from a misuse of the key (different body: 422).
+async fn start_idempotent(state: &AppState, key: &str, input: &Value) -> Result<String, Problem> {
+    let id = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
+        .simple()
+        .to_string();
+    let fingerprint = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, input.to_string().as_bytes())
+        .simple()
+        .to_string();
+    let opts = StartOptions {
+        instance_id: Some(id.clone()),
+        tags: [(FINGERPRINT_TAG.to_string(), fingerprint.clone())].into(),
+        replaceable_statuses: Some(vec![]),
+        ..Default::default()
+    };
+    let started = tokio::time::timeout(
+        state.config.dts_timeout,
+        state
+            .client
+            .schedule_new_orchestration(PROCESS_ORCHESTRATION, input, opts),
+    )
+    .await
+    .map_err(|_| unavailable())?;
+    match started {
+        Ok(_) => Ok(id),
+        Err(DtsError::AlreadyExists(_)) => {
+            let existing = with_deadline(state, state.client.get_instance(&id, false)).await?;
+            match existing.and_then(|m| m.tags.get(FINGERPRINT_TAG).cloned()) {
+                Some(fp) if fp == fingerprint => Ok(id),
+                _ => Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    "Unprocessable Content",
+                    "this Idempotency-Key was already used with a different request body",
+                )),
+            }
+        }
+        Err(e) => Err(dts_problem(e)),
+    }
+}
+
 fn operation_not_found(id: &str) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -417,20 +491,26 @@ async fn start_process(
             ),
         ));
     }
-    // Random and unguessable: the id is the only key to the operation's status and result.
-    let id = uuid::Uuid::new_v4().simple().to_string();
     let input = json!({"name": name, "delay_seconds": req.delay_seconds});
-    let opts = StartOptions {
-        instance_id: Some(id.clone()),
-        ..Default::default()
+    let id = match idempotency_key(&headers)? {
+        Some(key) => start_idempotent(&state, &key, &input).await?,
+        None => {
+            // Random and unguessable: the id is the only key to the operation's status and result.
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let opts = StartOptions {
+                instance_id: Some(id.clone()),
+                ..Default::default()
+            };
+            with_deadline(
+                &state,
+                state
+                    .client
+                    .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
+            )
+            .await?;
+            id
+        }
     };
-    with_deadline(
-        &state,
-        state
-            .client
-            .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
-    )
-    .await?;
     let l = links(&state, &id);
     let status_url = l["status"].as_str().unwrap_or_default().to_string();
     let mut resp = (

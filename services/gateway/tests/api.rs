@@ -370,7 +370,7 @@ async fn an_operation_from_202_to_result_over_real_processes() {
         gw_port,
         "POST",
         "/api/process",
-        Some(r#"{"name":"Ada","delay_seconds":1}"#),
+        Some(r#"{"name":"Ada","delay_seconds":2}"#),
     )
     .await;
     assert_eq!(s, 202, "{v}");
@@ -501,4 +501,86 @@ async fn an_operation_from_202_to_result_over_real_processes() {
     }
     assert_eq!(done["result"]["operation_id"], op.as_str(), "{done}");
     assert_eq!(done["result"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn malformed_idempotency_key_is_a_400_problem() {
+    let st = offline_state().await;
+    for key in ["", &"k".repeat(256)] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/process")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(r#"{"name":"a","delay_seconds":1}"#))
+            .expect("req");
+        let resp = app(st.clone()).oneshot(req).await.expect("resp");
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "key of {} chars",
+            key.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_starts_go_through_the_scheduler_not_gateway_memory() {
+    let sched_port = free_port();
+    let _sched = spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        sched_port,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let post = |st: AppState, key: &'static str, body: &'static str| async move {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/process")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body))
+            .expect("req");
+        let resp = app(st).oneshot(req).await.expect("resp");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+        )
+    };
+    // Two gateway replicas: separate states, one scheduler.
+    let a = state_for(&endpoint, GatewayConfig::default()).await;
+    let b = state_for(&endpoint, GatewayConfig::default()).await;
+    let body = r#"{"name":"Ada","delay_seconds":5}"#;
+    let (s1, v1) = post(a.clone(), "order-42", body).await;
+    let (s2, v2) = post(b.clone(), "order-42", body).await;
+    assert_eq!(s1, StatusCode::ACCEPTED, "{v1}");
+    assert_eq!(s2, StatusCode::ACCEPTED, "{v2}");
+    assert_eq!(v1["id"], v2["id"], "a repeat returns the same operation");
+    let (s3, v3) = post(b, "order-42", r#"{"name":"Bob","delay_seconds":5}"#).await;
+    assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{v3}");
+    assert_eq!(v3["type"], "/problems/idempotency-key-reused");
+    let (_, v4) = post(a.clone(), "order-43", body).await;
+    assert_ne!(v4["id"], v1["id"], "another key, another operation");
+    // Exactly one instance exists for the key.
+    let page = a
+        .client
+        .query_instances(durabletask::InstanceQuery {
+            page_size: Some(100),
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(page.instances.len(), 2, "two keys, two instances");
 }
