@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +32,8 @@ pub struct GatewayConfig {
     /// Deadline for each call to the scheduler; past it the client gets 503.
     pub dts_timeout: Duration,
     pub retry_after_seconds: u64,
+    /// Cap of `?wait=` on the status monitor.
+    pub max_wait_seconds: u64,
 }
 
 impl Default for GatewayConfig {
@@ -42,6 +45,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 16 * 1024,
             dts_timeout: Duration::from_secs(5),
             retry_after_seconds: 1,
+            max_wait_seconds: 30,
         }
     }
 }
@@ -64,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/status/{id}", get(status))
         .route("/api/result/{id}", get(result))
         .route("/api/operations/{id}/cancel", post(cancel))
+        .route("/api/operations", get(list))
         // The original sample's routes, with its field names.
         .route("/api/start-operation", post(sample_start))
         .route("/api/operations/{id}", get(sample_status))
@@ -534,11 +539,45 @@ async fn fetch(
         .ok_or_else(|| operation_not_found(id))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// Long poll: hold the request up to this many seconds (capped) until the operation ends.
+    wait: Option<u64>,
+}
+
 async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    let m = fetch(&state, &id, true).await?;
+    let Query(q) = query.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Bad Request",
+            e.body_text(),
+        )
+    })?;
+    let mut m = fetch(&state, &id, true).await?;
+    let wait = q.wait.unwrap_or(0).min(state.config.max_wait_seconds);
+    if wait > 0 && !m.runtime_status.is_terminal() {
+        let deadline = Duration::from_secs(wait);
+        // WaitForInstanceCompletion on the scheduler; running out of time is a normal answer.
+        match tokio::time::timeout(
+            deadline + state.config.dts_timeout,
+            state
+                .client
+                .wait_for_instance_completion(&id, true, deadline),
+        )
+        .await
+        {
+            Ok(Ok(Some(done))) => m = done,
+            Ok(Ok(None)) => return Err(operation_not_found(&id)),
+            Ok(Err(DtsError::DeadlineExceeded(_))) | Err(_) => m = fetch(&state, &id, true).await?,
+            Ok(Err(e)) => return Err(dts_problem(e)),
+        }
+    }
     let body = StatusBody {
         id: id.clone(),
         status: operation_status(m.runtime_status),
@@ -710,4 +749,136 @@ async fn sample_status(
         retry_after(&mut resp, state.config.retry_after_seconds);
     }
     Ok(resp)
+}
+
+// ------------------------------------------------------------------ list
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    created_from: Option<String>,
+    created_to: Option<String>,
+    page_size: Option<u32>,
+    continuation_token: Option<String>,
+}
+
+fn runtime_statuses(status: &str) -> Option<Vec<OrchestrationStatus>> {
+    use OrchestrationStatus as S;
+    Some(match status {
+        "NotStarted" => vec![S::Pending],
+        "Running" => vec![S::Running, S::ContinuedAsNew],
+        "Suspended" => vec![S::Suspended],
+        "Succeeded" => vec![S::Completed],
+        "Failed" => vec![S::Failed],
+        "Canceled" => vec![S::Terminated, S::Canceled],
+        _ => return None,
+    })
+}
+
+fn bad_query(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Bad Request",
+        detail,
+    )
+}
+
+fn parse_time(
+    key: &str,
+    v: Option<&String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+    v.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.to_utc())
+            .map_err(|_| {
+                bad_query(format!(
+                    "`{key}` must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+                ))
+            })
+    })
+    .transpose()
+}
+
+/// `GET /api/operations`: one page of operations, newest filters applied by the scheduler, with
+/// `nextLink` to the next page.
+async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
+    let statuses = match q.status.as_deref() {
+        None => vec![],
+        Some(list) => {
+            let mut out = Vec::new();
+            for s in list.split(',').map(str::trim) {
+                out.extend(runtime_statuses(s).ok_or_else(|| {
+                    bad_query(format!("unknown status '{s}'; use NotStarted, Running, Suspended, Succeeded, Failed or Canceled"))
+                })?);
+            }
+            out
+        }
+    };
+    let page_size = q.page_size.unwrap_or(50);
+    if !(1..=1000).contains(&page_size) {
+        return Err(bad_query("`page_size` must be between 1 and 1000"));
+    }
+    let query = durabletask::InstanceQuery {
+        runtime_status: statuses,
+        created_from: parse_time("created_from", q.created_from.as_ref())?,
+        created_to: parse_time("created_to", q.created_to.as_ref())?,
+        page_size: Some(page_size),
+        continuation_token: q.continuation_token.clone(),
+        ..Default::default()
+    };
+    let page = with_deadline(&state, state.client.query_instances(query)).await?;
+    let value: Vec<Value> = page
+        .instances
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.instance_id,
+                "name": m.name,
+                "status": operation_status(m.runtime_status),
+                "runtime_status": m.runtime_status.as_str(),
+                "created_at": rfc3339(m.created_at),
+                "last_updated_at": rfc3339(m.last_updated_at),
+                "links": links(&state, &m.instance_id),
+            })
+        })
+        .collect();
+    let next_link = page.continuation_token.map(|t| {
+        let mut params = vec![
+            format!("page_size={page_size}"),
+            format!("continuation_token={}", encode(&t)),
+        ];
+        for (k, v) in [
+            ("status", &q.status),
+            ("created_from", &q.created_from),
+            ("created_to", &q.created_to),
+        ] {
+            if let Some(v) = v {
+                params.push(format!("{k}={}", encode(v)));
+            }
+        }
+        format!("{}/api/operations?{}", base(&state), params.join("&"))
+    });
+    Ok((
+        StatusCode::OK,
+        Json(json!({"value": value, "nextLink": next_link})),
+    )
+        .into_response())
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

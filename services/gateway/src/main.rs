@@ -25,6 +25,7 @@ struct Settings {
     max_body_bytes: usize,
     dts_timeout_ms: u64,
     retry_after_seconds: u64,
+    max_wait_seconds: u64,
     shutdown_timeout_seconds: u64,
     log_format: String,
 }
@@ -45,6 +46,7 @@ fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
         .set_default("max_body_bytes", 16 * 1024)?
         .set_default("dts_timeout_ms", 5000)?
         .set_default("retry_after_seconds", 1)?
+        .set_default("max_wait_seconds", 30)?
         .set_default("shutdown_timeout_seconds", 20)?
         .set_default("log_format", "text")?;
     if let Some(f) = file {
@@ -135,6 +137,7 @@ async fn run() -> anyhow::Result<()> {
             max_body_bytes: s.max_body_bytes,
             dts_timeout: Duration::from_millis(s.dts_timeout_ms),
             retry_after_seconds: s.retry_after_seconds,
+            max_wait_seconds: s.max_wait_seconds,
         }),
     };
     let addr: SocketAddr = s.listen.parse()?;

@@ -584,3 +584,109 @@ async fn idempotent_starts_go_through_the_scheduler_not_gateway_memory() {
         .expect("query");
     assert_eq!(page.instances.len(), 2, "two keys, two instances");
 }
+
+#[tokio::test]
+async fn bad_list_and_wait_queries_are_400_problems() {
+    let st = offline_state().await;
+    for uri in [
+        "/api/operations?status=Bogus",
+        "/api/operations?page_size=0",
+        "/api/operations?page_size=5000",
+        "/api/operations?created_from=yesterday",
+        "/api/operations?colour=red",
+        "/api/status/abc?wait=soon",
+    ] {
+        let (s, h, v) = call(st.clone(), "GET", uri, None, "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        is_problem(&h, &v, s);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_and_long_poll_over_real_processes() {
+    let sched_port = free_port();
+    let _sched = spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        sched_port,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let worker_admin = free_port();
+    let _worker = spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
+        ],
+        worker_admin,
+    )
+    .await;
+    let gw_port = free_port();
+    let state = state_for(&endpoint, GatewayConfig::default()).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", gw_port))
+        .await
+        .expect("bind");
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+
+    // Long poll: one request, answered when the operation ends (about 1 s), not at once.
+    let (_, _, v) = http(
+        gw_port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Wait","delay_seconds":1}"#),
+    )
+    .await;
+    let id = v["id"].as_str().expect("id").to_string();
+    let started = std::time::Instant::now();
+    let (s, h, v) = http(gw_port, "GET", &format!("/api/status/{id}?wait=20"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "Succeeded", "{v}");
+    assert!(hdr(&h, "retry-after").is_none());
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    let mut ids = vec![id];
+    for i in 0..4 {
+        let (_, _, v) = http(
+            gw_port,
+            "POST",
+            "/api/process",
+            Some(&format!(r#"{{"name":"n{i}","delay_seconds":0}}"#)),
+        )
+        .await;
+        let id = v["id"].as_str().expect("id").to_string();
+        let (_, _, v) = http(gw_port, "GET", &format!("/api/status/{id}?wait=20"), None).await;
+        assert_eq!(v["status"], "Succeeded");
+        ids.push(id);
+    }
+    // Page through the succeeded operations, 2 at a time, following nextLink.
+    let mut seen = Vec::new();
+    let mut next = Some("/api/operations?status=Succeeded&page_size=2".to_string());
+    let mut pages = 0;
+    while let Some(link) = next {
+        let (s, _, v) = http(gw_port, "GET", &link, None).await;
+        assert_eq!(s, 200, "{v}");
+        pages += 1;
+        let items = v["value"].as_array().expect("value");
+        assert!(items.len() <= 2);
+        seen.extend(
+            items
+                .iter()
+                .map(|o| o["id"].as_str().expect("id").to_string()),
+        );
+        assert!(items.iter().all(|o| o["status"] == "Succeeded"));
+        next = v["nextLink"].as_str().map(str::to_string);
+        assert!(pages < 10, "paging must end");
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    assert_eq!(pages, 3);
+}
