@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub retry_after_seconds: u64,
     /// Cap of `?wait=` on the status monitor.
     pub max_wait_seconds: u64,
+    /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
+    pub trust_forwarded: bool,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +48,7 @@ impl Default for GatewayConfig {
             dts_timeout: Duration::from_secs(5),
             retry_after_seconds: 1,
             max_wait_seconds: 30,
+            trust_forwarded: false,
         }
     }
 }
@@ -289,12 +292,63 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 
 // ------------------------------------------------------------------ links and status
 
-fn base(state: &AppState) -> &str {
-    state.config.public_base_url.as_deref().unwrap_or("")
+/// Scheme and authority for absolute links: the configured public URL; else, when trusted, the
+/// proxy's `Forwarded` / `X-Forwarded-*` headers; else the `Host` header. Values that do not look
+/// like a host are ignored (links then stay relative) so a client cannot inject text into them.
+fn base(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(b) = &state.config.public_base_url {
+        return b.clone();
+    }
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let ok_host = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+    };
+    let ok_proto = |p: &str| p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https");
+    if state.config.trust_forwarded {
+        if let Some(fwd) = text("forwarded") {
+            let (mut host, mut proto) = (None, None);
+            for pair in fwd.split(',').next().unwrap_or("").split(';') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    let v = v.trim().trim_matches('"');
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "host" => host = Some(v),
+                        "proto" => proto = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(h) = host.filter(|h| ok_host(h)) {
+                let p = proto.filter(|p| ok_proto(p)).unwrap_or("http");
+                return format!("{}://{h}", p.to_ascii_lowercase());
+            }
+        }
+        if let Some(h) = text("x-forwarded-host")
+            .and_then(|h| h.split(',').next())
+            .map(str::trim)
+            .filter(|h| ok_host(h))
+        {
+            let p = text("x-forwarded-proto")
+                .filter(|p| ok_proto(p))
+                .unwrap_or("http");
+            return format!("{}://{h}", p.to_ascii_lowercase());
+        }
+    }
+    match text("host").filter(|h| ok_host(h)) {
+        Some(h) => format!("http://{h}"),
+        None => String::new(),
+    }
 }
 
-fn links(state: &AppState, id: &str) -> Value {
-    let b = base(state);
+fn links(state: &AppState, headers: &HeaderMap, id: &str) -> Value {
+    let b = base(state, headers);
     json!({
         "status": format!("{b}/api/status/{id}"),
         "result": format!("{b}/api/result/{id}"),
@@ -516,7 +570,7 @@ async fn start_process(
             id
         }
     };
-    let l = links(&state, &id);
+    let l = links(&state, &headers, &id);
     let status_url = l["status"].as_str().unwrap_or_default().to_string();
     let mut resp = (
         StatusCode::ACCEPTED,
@@ -548,6 +602,7 @@ struct StatusQuery {
 
 async fn status(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
@@ -586,7 +641,7 @@ async fn status(
         last_updated_at: rfc3339(m.last_updated_at),
         custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
         error: error_of(&m),
-        links: links(&state, &id),
+        links: links(&state, &headers, &id),
     };
     let mut resp = (StatusCode::OK, Json(body)).into_response();
     if !m.runtime_status.is_terminal() {
@@ -597,6 +652,7 @@ async fn status(
 
 async fn result(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let m = fetch(&state, &id, true).await?;
@@ -621,11 +677,11 @@ async fn result(
         )
         .with(json!({"id": id, "error": error_of(&m)}))),
         _ => {
-            let status_url = links(&state, &id)["status"]
+            let status_url = links(&state, &headers, &id)["status"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let mut resp = (StatusCode::ACCEPTED, Json(json!({"id": id, "status": operation_status(m.runtime_status), "links": links(&state, &id)}))).into_response();
+            let mut resp = (StatusCode::ACCEPTED, Json(json!({"id": id, "status": operation_status(m.runtime_status), "links": links(&state, &headers, &id)}))).into_response();
             location(&mut resp, &status_url)?;
             retry_after(&mut resp, state.config.retry_after_seconds);
             Ok(resp)
@@ -635,6 +691,7 @@ async fn result(
 
 async fn cancel(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let m = fetch(&state, &id, false).await?;
@@ -654,13 +711,13 @@ async fn cancel(
         state.client.terminate(&id, "canceled by the client", true),
     )
     .await?;
-    let status_url = links(&state, &id)["status"]
+    let status_url = links(&state, &headers, &id)["status"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     let mut resp = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "Canceling", "links": links(&state, &id)})),
+        Json(json!({"id": id, "status": "Canceling", "links": links(&state, &headers, &id)})),
     )
         .into_response();
     location(&mut resp, &status_url)?;
@@ -722,7 +779,10 @@ async fn sample_start(
         Json(json!({"operation_id": id, "status_url": status_url})),
     )
         .into_response();
-    location(&mut resp, &format!("{}{status_url}", base(&state)))?;
+    location(
+        &mut resp,
+        &format!("{}{status_url}", base(&state, &headers)),
+    )?;
     retry_after(&mut resp, state.config.retry_after_seconds);
     Ok(resp)
 }
@@ -805,6 +865,7 @@ fn parse_time(
 /// `nextLink` to the next page.
 async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
@@ -844,7 +905,7 @@ async fn list(
                 "runtime_status": m.runtime_status.as_str(),
                 "created_at": rfc3339(m.created_at),
                 "last_updated_at": rfc3339(m.last_updated_at),
-                "links": links(&state, &m.instance_id),
+                "links": links(&state, &headers, &m.instance_id),
             })
         })
         .collect();
@@ -862,7 +923,11 @@ async fn list(
                 params.push(format!("{k}={}", encode(v)));
             }
         }
-        format!("{}/api/operations?{}", base(&state), params.join("&"))
+        format!(
+            "{}/api/operations?{}",
+            base(&state, &headers),
+            params.join("&")
+        )
     });
     Ok((
         StatusCode::OK,

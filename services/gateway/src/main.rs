@@ -26,6 +26,7 @@ struct Settings {
     dts_timeout_ms: u64,
     retry_after_seconds: u64,
     max_wait_seconds: u64,
+    trust_forwarded: bool,
     shutdown_timeout_seconds: u64,
     log_format: String,
 }
@@ -47,6 +48,7 @@ fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
         .set_default("dts_timeout_ms", 5000)?
         .set_default("retry_after_seconds", 1)?
         .set_default("max_wait_seconds", 30)?
+        .set_default("trust_forwarded", false)?
         .set_default("shutdown_timeout_seconds", 20)?
         .set_default("log_format", "text")?;
     if let Some(f) = file {
@@ -138,6 +140,7 @@ async fn run() -> anyhow::Result<()> {
             dts_timeout: Duration::from_millis(s.dts_timeout_ms),
             retry_after_seconds: s.retry_after_seconds,
             max_wait_seconds: s.max_wait_seconds,
+            trust_forwarded: s.trust_forwarded,
         }),
     };
     let addr: SocketAddr = s.listen.parse()?;

@@ -682,11 +682,101 @@ async fn list_pages_and_long_poll_over_real_processes() {
                 .map(|o| o["id"].as_str().expect("id").to_string()),
         );
         assert!(items.iter().all(|o| o["status"] == "Succeeded"));
-        next = v["nextLink"].as_str().map(str::to_string);
+        // Links are absolute, built from the Host header.
+        let origin = format!("http://localhost:{gw_port}");
+        next = v["nextLink"].as_str().map(|l| {
+            assert!(l.starts_with(&origin), "{l}");
+            l[origin.len()..].to_string()
+        });
         assert!(pages < 10, "paging must end");
     }
     seen.sort();
     ids.sort();
     assert_eq!(seen, ids);
     assert_eq!(pages, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_come_from_host_or_trusted_forwarded_headers() {
+    let sched_port = free_port();
+    let _sched = spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        sched_port,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let start = |st: AppState, extra: Vec<(&'static str, &'static str)>| async move {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/api/process")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::HOST, "gw.internal:8000");
+        for (k, v) in extra {
+            req = req.header(k, v);
+        }
+        let resp = app(st)
+            .oneshot(
+                req.body(Body::from(r#"{"name":"a","delay_seconds":1}"#))
+                    .expect("req"),
+            )
+            .await
+            .expect("resp");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        resp.headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let untrusting = state_for(&endpoint, GatewayConfig::default()).await;
+    let trusting = state_for(
+        &endpoint,
+        GatewayConfig {
+            trust_forwarded: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let fwd = vec![("forwarded", "for=1.2.3.4;proto=https;host=api.example.com")];
+    let xfwd = vec![
+        ("x-forwarded-host", "public.example.org"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let evil = vec![("forwarded", "host=\"evil.com/x?y\";proto=https")];
+
+    assert!(
+        start(untrusting.clone(), vec![])
+            .await
+            .starts_with("http://gw.internal:8000/api/status/")
+    );
+    assert!(
+        start(untrusting, fwd.clone())
+            .await
+            .starts_with("http://gw.internal:8000/"),
+        "proxy headers ignored unless trusted"
+    );
+    assert!(
+        start(trusting.clone(), fwd)
+            .await
+            .starts_with("https://api.example.com/api/status/")
+    );
+    assert!(
+        start(trusting.clone(), xfwd)
+            .await
+            .starts_with("https://public.example.org/api/status/")
+    );
+    assert!(
+        start(trusting, evil)
+            .await
+            .starts_with("http://gw.internal:8000/"),
+        "a malformed host is not used"
+    );
 }
