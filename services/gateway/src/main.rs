@@ -32,12 +32,7 @@ struct Settings {
 }
 
 fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
-    let args: Vec<String> = std::env::args().collect();
-    let file = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| std::env::var("GATEWAY_CONFIG").ok());
+    let file = service_kit::config_file("GATEWAY_CONFIG");
     let mut b = config::Config::builder()
         .set_default("listen", "127.0.0.1:8000")?
         .set_default("endpoint", "http://localhost:8080")?
@@ -54,15 +49,7 @@ fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
     if let Some(f) = file {
         b = b.add_source(config::File::with_name(&f).required(true));
     }
-    if let Ok(v) = std::env::var("ENDPOINT") {
-        b = b.set_override("endpoint", v)?;
-    }
-    if let Ok(v) = std::env::var("TASKHUB") {
-        b = b.set_override("taskhub", v)?;
-    }
-    if let Ok(v) = std::env::var("DURABLE_TASK_SCHEDULER_CONNECTION_STRING") {
-        b = b.set_override("connection_string", v)?;
-    }
+    b = service_kit::with_seed_variables(b)?;
     b = b.add_source(
         config::Environment::with_prefix("GATEWAY")
             .prefix_separator("__")
@@ -98,12 +85,9 @@ fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
             "`public_base_url` must be an absolute http(s) URL without a trailing slash, like https://api.example.com"
         );
     }
-    let conn = match &s.connection_string {
-        Some(cs) => ConnectionOptions::from_connection_string(cs).context("`connection_string`")?,
-        None => {
-            ConnectionOptions::new(&s.endpoint, &s.taskhub).context("`endpoint` / `taskhub`")?
-        }
-    };
+    let conn =
+        service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
+            .context("`endpoint` / `taskhub` / `connection_string`")?;
     Ok((s, conn))
 }
 
@@ -117,16 +101,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let (s, conn_options) = load()?;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if s.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    service_kit::init_logging(&s.log_format);
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
@@ -152,7 +127,7 @@ async fn run() -> anyhow::Result<()> {
     let signal = stop.clone();
     let grace = Duration::from_secs(s.shutdown_timeout_seconds);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        service_kit::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         signal.cancel();
     });
@@ -167,23 +142,4 @@ async fn run() -> anyhow::Result<()> {
     }
     conn.close();
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

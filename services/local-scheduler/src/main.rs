@@ -44,12 +44,7 @@ struct Settings {
 }
 
 fn load_settings() -> anyhow::Result<Settings> {
-    let args: Vec<String> = std::env::args().collect();
-    let file = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| std::env::var("LOCAL_SCHEDULER_CONFIG").ok());
+    let file = service_kit::config_file("LOCAL_SCHEDULER_CONFIG");
     let mut b = config::Config::builder()
         .set_default("listen", "127.0.0.1:8080")?
         .set_default("admin_listen", "127.0.0.1:8081")?
@@ -141,16 +136,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let settings = load_settings()?;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if settings.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    service_kit::init_logging(&settings.log_format);
 
     let mut engine = Engine::new(
         &settings.task_hubs,
@@ -217,7 +203,7 @@ async fn run() -> anyhow::Result<()> {
     .max_encoding_message_size(settings.max_message_bytes);
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        service_kit::shutdown_signal().await;
         tracing::info!("shutting down: ending work-item streams");
         signal.cancel();
     });
@@ -237,25 +223,6 @@ async fn run() -> anyhow::Result<()> {
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn readyz(

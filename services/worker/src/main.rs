@@ -35,12 +35,7 @@ struct Settings {
 }
 
 fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
-    let args: Vec<String> = std::env::args().collect();
-    let file = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| std::env::var("WORKER_CONFIG").ok());
+    let file = service_kit::config_file("WORKER_CONFIG");
     let mut b = config::Config::builder()
         .set_default("endpoint", "http://localhost:8080")?
         .set_default("taskhub", "default")?
@@ -53,15 +48,7 @@ fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
         b = b.add_source(config::File::with_name(&f).required(true));
     }
     // The original sample's variables.
-    if let Ok(v) = std::env::var("ENDPOINT") {
-        b = b.set_override("endpoint", v)?;
-    }
-    if let Ok(v) = std::env::var("TASKHUB") {
-        b = b.set_override("taskhub", v)?;
-    }
-    if let Ok(v) = std::env::var("DURABLE_TASK_SCHEDULER_CONNECTION_STRING") {
-        b = b.set_override("connection_string", v)?;
-    }
+    b = service_kit::with_seed_variables(b)?;
     b = b.add_source(
         config::Environment::with_prefix("WORKER")
             .prefix_separator("__")
@@ -90,12 +77,9 @@ fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
             s.admin_listen
         )
     })?;
-    let conn = match &s.connection_string {
-        Some(cs) => ConnectionOptions::from_connection_string(cs).context("`connection_string`")?,
-        None => {
-            ConnectionOptions::new(&s.endpoint, &s.taskhub).context("`endpoint` / `taskhub`")?
-        }
-    };
+    let conn =
+        service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
+            .context("`endpoint` / `taskhub` / `connection_string`")?;
     Ok((s, conn))
 }
 
@@ -109,16 +93,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let (settings, conn_options) = load_settings()?;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if settings.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    service_kit::init_logging(&settings.log_format);
     tracing::info!(endpoint = %conn_options.endpoint, taskhub = %conn_options.taskhub, "connecting");
     let conn = Connection::connect(conn_options)
         .await
@@ -151,7 +126,7 @@ async fn run() -> anyhow::Result<()> {
     });
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        service_kit::shutdown_signal().await;
         tracing::info!("shutting down: draining in-flight work items");
         signal.cancel();
     });
@@ -176,23 +151,4 @@ async fn readyz(
             "work-item stream not connected\n",
         )
     }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
