@@ -280,6 +280,25 @@ async fn spawn(bin: &str, envs: &[(&str, String)], wait: u16) -> Child {
     child
 }
 
+/// An in-memory local scheduler process and its endpoint.
+async fn local_scheduler() -> (Child, String) {
+    let port = free_port();
+    let child = spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        port,
+    )
+    .await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
 /// Minimal HTTP/1.1 over a real socket: status, headers (lower-case names), JSON body.
 async fn http(
     port: u16,
@@ -324,21 +343,7 @@ fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_from_202_to_result_over_real_processes() {
-    let sched_port = free_port();
-    let _sched = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        sched_port,
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let (_sched, endpoint) = local_scheduler().await;
     let worker_admin = free_port();
     let _worker = spawn(
         "worker",
@@ -526,21 +531,7 @@ async fn malformed_idempotency_key_is_a_400_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_starts_go_through_the_scheduler_not_gateway_memory() {
-    let sched_port = free_port();
-    let _sched = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        sched_port,
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let (_sched, endpoint) = local_scheduler().await;
     let post = |st: AppState, key: &'static str, body: &'static str| async move {
         let req = Request::builder()
             .method("POST")
@@ -604,21 +595,7 @@ async fn bad_list_and_wait_queries_are_400_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_and_long_poll_over_real_processes() {
-    let sched_port = free_port();
-    let _sched = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        sched_port,
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let (_sched, endpoint) = local_scheduler().await;
     let worker_admin = free_port();
     let _worker = spawn(
         "worker",
@@ -698,21 +675,7 @@ async fn list_pages_and_long_poll_over_real_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_come_from_host_or_trusted_forwarded_headers() {
-    let sched_port = free_port();
-    let _sched = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        sched_port,
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let (_sched, endpoint) = local_scheduler().await;
     let start = |st: AppState, extra: Vec<(&'static str, &'static str)>| async move {
         let mut req = Request::builder()
             .method("POST")

@@ -190,6 +190,22 @@ impl Service {
             .map(Response::new)
     }
 
+    /// Hands a leased work item back to its queue; an unknown token is `NOT_FOUND`.
+    fn abandon<R>(&self, req: &Request<R>, token: &str) -> Result<(), Status> {
+        self.op(req, |e, _| {
+            if e.release(token) {
+                Ok(())
+            } else {
+                Err(Status::not_found("unknown or expired completion token"))
+            }
+        })?;
+        self.shared
+            .counters
+            .abandoned
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn wait_for(
         &self,
         req: Request<pb::GetInstanceRequest>,
@@ -464,17 +480,7 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::AbandonActivityTaskRequest>,
     ) -> Res<pb::AbandonActivityTaskResponse> {
         let token = req.get_ref().completion_token.clone();
-        self.op(&req, |e, _| {
-            if e.release(&token) {
-                Ok(pb::AbandonActivityTaskResponse {})
-            } else {
-                Err(Status::not_found("unknown or expired completion token"))
-            }
-        })?;
-        self.shared
-            .counters
-            .abandoned
-            .fetch_add(1, Ordering::Relaxed);
+        self.abandon(&req, &token)?;
         Ok(Response::new(pb::AbandonActivityTaskResponse {}))
     }
 
@@ -483,17 +489,7 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::AbandonOrchestrationTaskRequest>,
     ) -> Res<pb::AbandonOrchestrationTaskResponse> {
         let token = req.get_ref().completion_token.clone();
-        self.op(&req, |e, _| {
-            if e.release(&token) {
-                Ok(pb::AbandonOrchestrationTaskResponse {})
-            } else {
-                Err(Status::not_found("unknown or expired completion token"))
-            }
-        })?;
-        self.shared
-            .counters
-            .abandoned
-            .fetch_add(1, Ordering::Relaxed);
+        self.abandon(&req, &token)?;
         Ok(Response::new(pb::AbandonOrchestrationTaskResponse {}))
     }
 
