@@ -73,6 +73,17 @@ async fn paged_query_against_python_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_versions_purge_by_time_and_filters_against_python_server() {
+    let server = python_server().await;
+    let conn = connection(&server).await;
+    let client = Client::new(&conn);
+    let worker = start_worker(&conn);
+    scenarios::more(&client).await;
+    worker.shutdown().await;
+    scenarios::work_item_filters(&conn, &client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_worker_runs_what_the_rust_client_starts() {
     let server = python_server().await;
     let _py_worker = spawn_python(&[

@@ -77,6 +77,31 @@ pub fn validate_instance_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Upper bound on the actions of one chunked completion held in memory until its last chunk.
+pub const MAX_CHUNKED_COMPLETION_BYTES: usize = 64 * 1024 * 1024;
+
+/// Checks the payloads and ids an orchestrator sends back, with a message naming what is wrong.
+pub fn validate_actions(actions: &[pb::OrchestratorAction]) -> Result<(), Status> {
+    for a in actions {
+        match &a.orchestrator_action_type {
+            Some(Action::ScheduleTask(t)) => validate_payload("activity input", t.input.as_ref())?,
+            Some(Action::CreateSubOrchestration(c)) => {
+                // Empty: the scheduler derives the child's id from the parent's.
+                if !c.instance_id.is_empty() {
+                    validate_instance_id(&c.instance_id)?;
+                }
+                validate_payload("sub-orchestration input", c.input.as_ref())?;
+            }
+            Some(Action::SendEvent(e)) => validate_payload("event data", e.data.as_ref())?,
+            Some(Action::CompleteOrchestration(c)) => {
+                validate_payload("orchestration output", c.result.as_ref())?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_payload(what: &str, p: Option<&String>) -> Result<(), Status> {
     match p {
         Some(v) if v.len() > MAX_PAYLOAD_BYTES => Err(Status::invalid_argument(format!(
@@ -173,6 +198,17 @@ struct Lease {
     kind: LeaseKind,
     stream: u64,
     expires: DateTime<Utc>,
+    /// Chunks of a chunked orchestrator completion (`isPartial`) received so far; applied
+    /// together with the final chunk, dropped with the lease.
+    partial: Option<PartialCompletion>,
+}
+
+#[derive(Debug, Clone)]
+struct PartialCompletion {
+    next_chunk: i32,
+    actions: Vec<pb::OrchestratorAction>,
+    custom_status: Option<String>,
+    trace: Option<pb::OrchestrationTraceContext>,
 }
 
 /// What a work-item stream asks for. `None`: everything. `Some(map)`: only those names (an
@@ -988,6 +1024,7 @@ impl Engine {
                 kind: LeaseKind::Orchestration { instance_id: id },
                 stream,
                 expires: lease_expiry,
+                partial: None,
             },
         );
         Some(pb::WorkItem {
@@ -1037,12 +1074,69 @@ impl Engine {
                 kind: LeaseKind::Activity { key },
                 stream,
                 expires: lease_expiry,
+                partial: None,
             },
         );
         Some(pb::WorkItem {
             request: Some(pb::work_item::Request::ActivityRequest(request)),
             completion_token: token,
         })
+    }
+
+    /// Keeps one `isPartial` chunk of an orchestrator completion with its lease. Chunks must
+    /// arrive in order (`chunkIndex` 0, 1, ...); a gap or repeat is rejected and leaves the
+    /// chunks received so far untouched, so the worker can resend.
+    fn add_partial_chunk(&mut self, resp: pb::OrchestratorResponse) -> Result<(), Status> {
+        let lease = self.leases.get_mut(&resp.completion_token).ok_or_else(|| {
+            Status::not_found(
+                "unknown or expired completion token for this orchestration; the work item was abandoned or redelivered",
+            )
+        })?;
+        let LeaseKind::Orchestration { instance_id } = &lease.kind else {
+            return Err(Status::invalid_argument(
+                "completion token belongs to an activity work item",
+            ));
+        };
+        if !resp.instance_id.is_empty() && &resp.instance_id != instance_id {
+            return Err(Status::invalid_argument(format!(
+                "completion token belongs to instance '{instance_id}', not '{}'",
+                resp.instance_id
+            )));
+        }
+        let partial = lease.partial.get_or_insert_with(|| PartialCompletion {
+            next_chunk: 0,
+            actions: Vec::new(),
+            custom_status: None,
+            trace: None,
+        });
+        #[allow(deprecated)]
+        let index = resp.chunk_index.unwrap_or(partial.next_chunk);
+        if index != partial.next_chunk {
+            return Err(Status::invalid_argument(format!(
+                "chunk {index} of a chunked completion arrived, expected chunk {}",
+                partial.next_chunk
+            )));
+        }
+        let received: usize = partial
+            .actions
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum();
+        let adding: usize = resp.actions.iter().map(prost::Message::encoded_len).sum();
+        if received + adding > MAX_CHUNKED_COMPLETION_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "a chunked completion may carry at most {MAX_CHUNKED_COMPLETION_BYTES} bytes of actions"
+            )));
+        }
+        partial.next_chunk += 1;
+        partial.actions.extend(resp.actions);
+        if resp.custom_status.is_some() {
+            partial.custom_status = resp.custom_status;
+        }
+        if partial.trace.is_none() {
+            partial.trace = resp.orchestration_trace_context;
+        }
+        Ok(())
     }
 
     fn take_lease(&mut self, token: &str, expect: &str) -> Result<Lease, Status> {
@@ -1181,9 +1275,16 @@ impl Engine {
     pub fn complete_orchestration(
         &mut self,
         hub: &str,
-        resp: pb::OrchestratorResponse,
+        mut resp: pb::OrchestratorResponse,
     ) -> Result<(), Status> {
+        // Everything is checked before the lease is taken, so bad input leaves the work item
+        // leased (and redelivered on expiry) instead of half-applied.
         validate_payload("custom status", resp.custom_status.as_ref())?;
+        validate_actions(&resp.actions)?;
+        #[allow(deprecated)]
+        if resp.is_partial {
+            return self.add_partial_chunk(resp);
+        }
         let lease = self.take_lease(&resp.completion_token, "this orchestration")?;
         let LeaseKind::Orchestration { instance_id } = lease.kind.clone() else {
             self.insert_lease(resp.completion_token.clone(), lease);
@@ -1198,10 +1299,13 @@ impl Engine {
                 resp.instance_id
             )));
         }
-        for a in &resp.actions {
-            if let Some(Action::ScheduleTask(s)) = &a.orchestrator_action_type {
-                validate_payload("activity input", s.input.as_ref())?;
-            }
+        if let Some(p) = lease.partial {
+            // Earlier chunks come first; the first chunk carries the trace context.
+            let mut actions = p.actions;
+            actions.append(&mut resp.actions);
+            resp.actions = actions;
+            resp.custom_status = resp.custom_status.or(p.custom_status);
+            resp.orchestration_trace_context = p.trace.or(resp.orchestration_trace_context);
         }
         let now = Utc::now();
         let h = self

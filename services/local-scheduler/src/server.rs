@@ -461,13 +461,12 @@ impl pb::TaskHubSidecarService for Service {
         let hub = hub_of(&req)?;
         let r = req.into_inner();
         #[allow(deprecated)]
-        if r.is_partial {
-            return Err(Status::unimplemented(
-                "chunked orchestrator completions are not supported by the local scheduler",
-            ));
-        }
+        let partial = r.is_partial;
         self.shared
             .with_engine(|e| e.complete_orchestration(&hub, r))?;
+        if partial {
+            return Ok(Response::new(pb::CompleteTaskResponse {}));
+        }
         self.shared
             .counters
             .orchestrations_completed

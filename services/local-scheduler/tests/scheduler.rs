@@ -140,7 +140,16 @@ async fn sdk_scenarios_in_memory() {
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "mem-paged-").await;
     scenarios::rewind(&client).await;
+    let versioned = scenarios::more(&client).await;
+    let m = client
+        .get_instance(&versioned, false)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(m.version.as_deref(), Some("2.0"));
+    scenarios::recursive_terminate(&client).await;
     worker.shutdown().await;
+    scenarios::work_item_filters(&conn, &client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +163,16 @@ async fn sdk_scenarios_on_sqlite() {
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "sql-paged-").await;
     scenarios::rewind(&client).await;
+    let versioned = scenarios::more(&client).await;
+    let m = client
+        .get_instance(&versioned, false)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(m.version.as_deref(), Some("2.0"));
+    scenarios::recursive_terminate(&client).await;
     worker.shutdown().await;
+    scenarios::work_item_filters(&conn, &client).await;
 }
 
 // ------------------------------------------------------------- protocol edges
@@ -322,6 +340,162 @@ async fn stale_completion_token_is_rejected_and_changes_nothing() {
         pb::OrchestrationStatus::Completed as i32
     );
     assert_eq!(state.output.as_deref(), Some("\"done\""));
+}
+
+type Raw = pb::TaskHubSidecarServiceClient<tonic::transport::Channel>;
+
+fn schedule_task(id: i32, name: &str, input: Option<String>) -> pb::OrchestratorAction {
+    pb::OrchestratorAction {
+        id,
+        orchestrator_action_type: Some(
+            pb::orchestrator_action::OrchestratorActionType::ScheduleTask(pb::ScheduleTaskAction {
+                name: name.into(),
+                input,
+                ..Default::default()
+            }),
+        ),
+    }
+}
+
+#[tokio::test]
+#[allow(deprecated)]
+async fn chunked_completion_is_applied_once_with_all_its_chunks() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let mut raw = s.raw().await;
+    raw.start_instance(with_hub(
+        pb::CreateInstanceRequest {
+            instance_id: "chunked-1".into(),
+            name: "o".into(),
+            ..Default::default()
+        },
+        "default",
+    ))
+    .await
+    .expect("start");
+    let mut stream = raw
+        .get_work_items(with_hub(pb::GetWorkItemsRequest::default(), "default"))
+        .await
+        .expect("stream")
+        .into_inner();
+    let item = stream.message().await.expect("msg").expect("item");
+    let token = item.completion_token.clone();
+    let chunk = |index: Option<i32>, partial: bool, actions: Vec<pb::OrchestratorAction>| {
+        pb::OrchestratorResponse {
+            instance_id: "chunked-1".into(),
+            completion_token: token.clone(),
+            actions,
+            is_partial: partial,
+            chunk_index: index,
+            custom_status: (index == Some(0)).then(|| "\"stage-1\"".to_string()),
+            ..Default::default()
+        }
+    };
+
+    // An oversized payload is refused with a reason and the work item stays leased to us.
+    let err = raw
+        .complete_orchestrator_task(with_hub(
+            chunk(
+                Some(0),
+                true,
+                vec![schedule_task(0, "a", Some("x".repeat(1024 * 1024 + 1)))],
+            ),
+            "default",
+        ))
+        .await
+        .expect_err("oversized input");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("activity input"),
+        "{}",
+        err.message()
+    );
+
+    raw.complete_orchestrator_task(with_hub(
+        chunk(Some(0), true, vec![schedule_task(0, "a", None)]),
+        "default",
+    ))
+    .await
+    .expect("chunk 0");
+    raw.complete_orchestrator_task(with_hub(
+        chunk(Some(1), true, vec![schedule_task(1, "b", None)]),
+        "default",
+    ))
+    .await
+    .expect("chunk 1");
+    let err = raw
+        .complete_orchestrator_task(with_hub(
+            chunk(Some(5), true, vec![schedule_task(9, "z", None)]),
+            "default",
+        ))
+        .await
+        .expect_err("out of order");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("expected chunk 2"),
+        "{}",
+        err.message()
+    );
+
+    // Nothing is applied before the last chunk.
+    let state = |raw: &mut Raw| {
+        let mut raw = raw.clone();
+        async move {
+            raw.get_instance(with_hub(
+                pb::GetInstanceRequest {
+                    instance_id: "chunked-1".into(),
+                    get_inputs_and_outputs: true,
+                },
+                "default",
+            ))
+            .await
+            .expect("get")
+            .into_inner()
+            .orchestration_state
+            .expect("state")
+        }
+    };
+    assert_eq!(
+        state(&mut raw).await.orchestration_status,
+        pb::OrchestrationStatus::Pending as i32
+    );
+    raw.complete_orchestrator_task(with_hub(
+        chunk(Some(2), false, vec![schedule_task(2, "c", None)]),
+        "default",
+    ))
+    .await
+    .expect("last chunk");
+    let st = state(&mut raw).await;
+    assert_eq!(
+        st.orchestration_status,
+        pb::OrchestrationStatus::Running as i32
+    );
+    assert_eq!(st.custom_status.as_deref(), Some("\"stage-1\""));
+
+    let mut scheduled = Vec::new();
+    while scheduled.len() < 3 {
+        let item = stream.message().await.expect("msg").expect("item");
+        if let Some(pb::work_item::Request::ActivityRequest(a)) = item.request {
+            scheduled.push((a.task_id, a.name));
+        }
+    }
+    scheduled.sort();
+    assert_eq!(
+        scheduled,
+        vec![
+            (0, "a".to_string()),
+            (1, "b".to_string()),
+            (2, "c".to_string())
+        ]
+    );
+    // The token is spent: a late chunk changes nothing.
+    let err = raw
+        .complete_orchestrator_task(with_hub(
+            chunk(Some(3), true, vec![schedule_task(3, "d", None)]),
+            "default",
+        ))
+        .await
+        .expect_err("spent token");
+    assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
 #[tokio::test]

@@ -98,6 +98,25 @@ pub fn registry() -> Registry {
             .await?)
     });
     r.add_orchestrator(
+        "report_version",
+        |ctx: OrchestrationContext, _: ()| async move { Ok(ctx.version()) },
+    );
+    r.add_orchestrator(
+        "parent_of_waiters",
+        |ctx: OrchestrationContext, _: ()| async move {
+            let me = ctx.instance_id();
+            let children: Vec<_> = (0..2)
+                .map(|i| {
+                    ctx.call_sub_orchestrator::<_, ()>("forever", &(), Some(&format!("{me}-c{i}")))
+                })
+                .collect();
+            for r in ctx.when_all(children).await {
+                r?;
+            }
+            Ok(())
+        },
+    );
+    r.add_orchestrator(
         "countdown",
         |ctx: OrchestrationContext, n: u32| async move {
             if n == 0 {
@@ -410,4 +429,174 @@ pub async fn rewind(client: &Client) {
         matches!(again, Err(durabletask::Error::FailedPrecondition(_))),
         "{again:?}"
     );
+}
+
+async fn wait_for_status(client: &Client, id: &str, want: OrchestrationStatus) {
+    for _ in 0..400 {
+        if let Some(m) = client.get_instance(id, false).await.expect("get")
+            && m.runtime_status == want
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never reached {want:?}");
+}
+
+/// Activity failure, restart (same and new id), versions, purge by creation time.
+/// Returns the id of the instance started with version "2.0".
+pub async fn more(client: &Client) -> String {
+    // An activity failure fails the orchestration with the activity's message.
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let m = run_to_end(client, "rewindable", json!(key)).await;
+    assert_eq!(m.runtime_status, OrchestrationStatus::Failed, "{m:?}");
+    let failure = m.failure_details.expect("failure details");
+    assert!(
+        failure.message.contains("the dependency is down"),
+        "{failure:?}"
+    );
+
+    // Restart with the same id and with a new one: both run the same input again.
+    let m = run_to_end(client, "sequence", json!(["again"])).await;
+    let same = client
+        .restart(&m.instance_id, false)
+        .await
+        .expect("restart");
+    assert_eq!(same, m.instance_id);
+    wait_for_status(client, &same, OrchestrationStatus::Completed).await;
+    let fresh = client
+        .restart(&m.instance_id, true)
+        .await
+        .expect("restart new");
+    assert_ne!(fresh, m.instance_id);
+    let r = client
+        .wait_for_instance_completion(&fresh, true, DONE)
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(r.output::<Value>().expect("json"), json!(["Hello again"]));
+
+    // A versioned start: the orchestration sees its version, and so does the client.
+    let id = client
+        .schedule_new_orchestration(
+            "report_version",
+            &(),
+            StartOptions {
+                version: Some("2.0".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("start");
+    let m = client
+        .wait_for_instance_completion(&id, true, DONE)
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(
+        m.output::<Option<String>>().expect("json").as_deref(),
+        Some("2.0")
+    );
+    // The Python in-memory server leaves the version out of the instance state, so callers
+    // check `version` on the returned id where the server keeps it.
+    let versioned = id.clone();
+
+    // Purge by creation time: only the instance created inside the window goes.
+    let before = run_to_end(client, "sequence", json!(["early"])).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let from = chrono::Utc::now();
+    let inside = run_to_end(client, "sequence", json!(["late"])).await;
+    let to = chrono::Utc::now() + chrono::Duration::milliseconds(1);
+    let r = client
+        .purge_instances(
+            durabletask::PurgeFilter {
+                created_from: Some(from),
+                created_to: Some(to),
+                runtime_status: vec![OrchestrationStatus::Completed],
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .expect("purge");
+    assert_eq!(r.deleted_instance_count, 1);
+    assert!(
+        client
+            .get_instance(&inside.instance_id, false)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        client
+            .get_instance(&before.instance_id, false)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    versioned
+}
+
+/// Recursive terminate reaches the children (the Python in-memory server does not do this).
+pub async fn recursive_terminate(client: &Client) {
+    let id = client
+        .schedule_new_orchestration("parent_of_waiters", &(), StartOptions::default())
+        .await
+        .expect("start");
+    let children = [format!("{id}-c0"), format!("{id}-c1")];
+    for c in &children {
+        wait_for_status(client, c, OrchestrationStatus::Running).await;
+    }
+    client
+        .terminate(&id, &"stop all", true)
+        .await
+        .expect("terminate");
+    wait_for_status(client, &id, OrchestrationStatus::Terminated).await;
+    for c in &children {
+        wait_for_status(client, c, OrchestrationStatus::Terminated).await;
+    }
+}
+
+/// Two workers that each ask only for their own names (work-item filters) on one hub: every
+/// orchestration and activity runs on the worker that registered it. Run it with no unfiltered
+/// worker on the hub.
+pub async fn work_item_filters(conn: &Connection, client: &Client) {
+    let only = |tag: &'static str| {
+        let mut r = Registry::new();
+        r.add_activity(
+            &format!("act_{tag}"),
+            move |_c: ActivityContext, _: ()| async move { Ok(tag.to_string()) },
+        );
+        r.add_orchestrator(
+            &format!("only_{tag}"),
+            move |ctx: OrchestrationContext, _: ()| async move {
+                Ok(ctx
+                    .call_activity::<_, String>(&format!("act_{tag}"), &())
+                    .await?)
+            },
+        );
+        let stop = CancellationToken::new();
+        let worker = Worker::new(
+            conn,
+            r,
+            WorkerOptions {
+                use_work_item_filters: true,
+                max_reconnect_delay: Duration::from_millis(200),
+                drain_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let handle = tokio::spawn(worker.run(stop.clone()));
+        Running { stop, handle }
+    };
+    let (a, b) = (only("a"), only("b"));
+    for _ in 0..3 {
+        for tag in ["a", "b"] {
+            let m = run_to_end(client, &format!("only_{tag}"), json!(null)).await;
+            assert_eq!(m.runtime_status, OrchestrationStatus::Completed, "{m:?}");
+            assert_eq!(m.output::<String>().expect("json"), tag);
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
