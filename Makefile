@@ -6,7 +6,7 @@ VENV        ?= .venv
 PYTHON      ?= python3
 VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
-PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0
+PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000

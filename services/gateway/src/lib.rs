@@ -20,6 +20,11 @@ use durabletask::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+mod openapi;
+pub use openapi::ApiDoc;
 
 /// Gateway behaviour settings (validated by the binary).
 #[derive(Debug, Clone)]
@@ -75,8 +80,10 @@ pub fn app(state: AppState) -> Router {
         // The original sample's routes, with its field names.
         .route("/api/start-operation", post(sample_start))
         .route("/api/operations/{id}", get(sample_status))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // `/openapi.json` is served by the Swagger UI router, from the same generated document.
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::for_config(&state.config)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -92,8 +99,30 @@ pub struct Problem {
     slug: &'static str,
     title: &'static str,
     detail: String,
-    extra: Option<Value>,
+    id: Option<String>,
+    error: Option<OperationError>,
     retry_after: Option<u64>,
+}
+
+/// The body of every error response (`application/problem+json`, RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemDetails {
+    /// A relative URI naming the kind of problem, e.g. `/problems/invalid-request`.
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/invalid-request")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request, specifically.
+    pub detail: String,
+    /// The operation concerned (failed or canceled operations on `/api/result/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Why the operation failed or was canceled (on `/api/result/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<OperationError>,
 }
 
 impl Problem {
@@ -108,28 +137,29 @@ impl Problem {
             slug,
             title,
             detail: detail.into(),
-            extra: None,
+            id: None,
+            error: None,
             retry_after: None,
         }
     }
 
-    fn with(mut self, extra: Value) -> Self {
-        self.extra = Some(extra);
+    fn about(mut self, id: &str, error: Option<OperationError>) -> Self {
+        self.id = Some(id.to_string());
+        self.error = error;
         self
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("/problems/{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let (Some(Value::Object(extra)), Some(obj)) = (self.extra, body.as_object_mut()) {
-            obj.extend(extra);
-        }
+        let body = ProblemDetails {
+            kind: format!("/problems/{}", self.slug),
+            title: self.title.to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            id: self.id,
+            error: self.error,
+        };
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -210,22 +240,30 @@ async fn with_deadline<T>(
 
 // ------------------------------------------------------------------ bodies
 
-#[derive(Debug, Deserialize)]
+/// Starts an operation: greet `name` after `delay_seconds` of (simulated) work.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ProcessBody {
+pub struct ProcessRequest {
+    /// Who to greet: 1 to `max_name_chars` (200 by default) characters once trimmed, so not
+    /// only white space.
+    #[schema(example = "Ada", min_length = 1, pattern = r"\S")]
     name: String,
+    /// Seconds of work, 0 to `max_delay_seconds` (3600 by default).
+    #[schema(example = 5, minimum = 0)]
     delay_seconds: u64,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct SampleBody {
-    #[serde(default = "five")]
-    processing_time: i64,
-}
+/// The original sample's `processing_time` when the request leaves it out.
+pub const SAMPLE_DEFAULT_SECONDS: i64 = 5;
 
-fn five() -> i64 {
-    5
+/// The original sample's start request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SampleStartRequest {
+    /// Seconds of work, 0 to `max_delay_seconds`; 5 (or `max_delay_seconds` if lower) when
+    /// left out.
+    #[schema(example = 5, minimum = 0, default = 5)]
+    processing_time: Option<i64>,
 }
 
 /// Reads a JSON body: 415 for another media type, 413 when too large, 400 when not JSON,
@@ -271,23 +309,35 @@ fn parse_json<T: serde::de::DeserializeOwned>(
             )
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-request",
-                "Unprocessable Content",
-                e.to_string(),
-            ),
-            _ => Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "Bad Request",
-                format!("the body is not valid JSON: {e}"),
-            ),
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Bad Request",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    // serde would also read a struct from an array; the API only takes objects.
+    if !(value.is_object() || value.is_null()) {
+        return Err(invalid("the body must be a JSON object"));
+    }
+    integral_floats_to_integers(&mut value);
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+}
+
+/// JSON Schema counts `5.0` as an integer (and so do JavaScript and pydantic); serde does not.
+fn integral_floats_to_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                // Exact: |f| < 2^53.
+                *v = Value::from(f as i64);
+            }
         }
-    })
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 // ------------------------------------------------------------------ links and status
@@ -347,46 +397,139 @@ fn base(state: &AppState, headers: &HeaderMap) -> String {
     }
 }
 
-fn links(state: &AppState, headers: &HeaderMap, id: &str) -> Value {
-    let b = base(state, headers);
-    json!({
-        "status": format!("{b}/api/status/{id}"),
-        "result": format!("{b}/api/result/{id}"),
-        "cancel": format!("{b}/api/operations/{id}/cancel"),
-    })
+/// Where to find an operation. Absolute when the gateway knows its public address.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OperationLinks {
+    /// The status monitor (`GET`).
+    pub status: String,
+    /// The result (`GET`).
+    pub result: String,
+    /// Cancels the operation (`POST`).
+    pub cancel: String,
 }
 
-/// The status vocabulary of this API (Azure LRO style), mapped once from DTS runtime statuses.
-pub fn operation_status(s: OrchestrationStatus) -> &'static str {
-    match s {
-        OrchestrationStatus::Pending => "NotStarted",
-        OrchestrationStatus::Running | OrchestrationStatus::ContinuedAsNew => "Running",
-        OrchestrationStatus::Suspended => "Suspended",
-        OrchestrationStatus::Completed => "Succeeded",
-        OrchestrationStatus::Failed => "Failed",
-        OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => "Canceled",
+fn links(state: &AppState, headers: &HeaderMap, id: &str) -> OperationLinks {
+    let b = base(state, headers);
+    OperationLinks {
+        status: format!("{b}/api/status/{id}"),
+        result: format!("{b}/api/result/{id}"),
+        cancel: format!("{b}/api/operations/{id}/cancel"),
     }
 }
 
-#[derive(Serialize)]
-struct StatusBody {
-    id: String,
-    status: &'static str,
-    runtime_status: &'static str,
-    created_at: Option<String>,
-    last_updated_at: Option<String>,
+/// The status vocabulary of this API (Azure LRO style). `Succeeded`, `Failed` and `Canceled`
+/// are terminal; `Canceling` only answers a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum OperationState {
+    NotStarted,
+    Running,
+    Suspended,
+    Succeeded,
+    Failed,
+    Canceled,
+    Canceling,
+}
+
+impl std::fmt::Display for OperationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Maps DTS runtime statuses to this API's vocabulary, in one place.
+pub fn operation_status(s: OrchestrationStatus) -> OperationState {
+    match s {
+        OrchestrationStatus::Pending => OperationState::NotStarted,
+        OrchestrationStatus::Running | OrchestrationStatus::ContinuedAsNew => {
+            OperationState::Running
+        }
+        OrchestrationStatus::Suspended => OperationState::Suspended,
+        OrchestrationStatus::Completed => OperationState::Succeeded,
+        OrchestrationStatus::Failed => OperationState::Failed,
+        OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => OperationState::Canceled,
+    }
+}
+
+/// Why an operation failed or was canceled: the innermost error's type and message, never a
+/// stack trace.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OperationError {
+    #[serde(rename = "type")]
+    #[schema(example = "TimeoutError")]
+    pub kind: String,
+    pub message: String,
+}
+
+/// An operation accepted (`202`) or not finished yet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationAccepted {
+    /// The operation id (the orchestration instance id).
+    #[schema(example = "9f1c2e0b6a2d4d7e8b3f5a6c7d8e9f01")]
+    pub id: String,
+    pub status: OperationState,
+    pub links: OperationLinks,
+}
+
+/// The status monitor's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationStatusBody {
+    pub id: String,
+    pub status: OperationState,
+    /// The DTS runtime status, e.g. `RUNNING`.
+    #[schema(example = "RUNNING")]
+    pub runtime_status: &'static str,
+    /// RFC 3339 UTC.
+    pub created_at: Option<String>,
+    /// RFC 3339 UTC.
+    pub last_updated_at: Option<String>,
+    /// Progress the orchestration reports (any JSON value).
     #[serde(skip_serializing_if = "Option::is_none")]
-    custom_status: Option<Value>,
+    #[schema(value_type = Object)]
+    pub custom_status: Option<Value>,
+    /// Present when the operation failed or was canceled.
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<Value>,
-    links: Value,
+    pub error: Option<OperationError>,
+    pub links: OperationLinks,
+}
+
+/// What `/api/result/{id}` returns for a succeeded operation: the output of its orchestration.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OperationOutput {
+    Process(ProcessResult),
+    Sample(SampleResult),
+}
+
+/// The output of the original sample's `async_http_api_orchestrator`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SampleResult {
+    pub operation_id: String,
+    #[schema(example = "completed")]
+    pub status: String,
+    #[schema(example = "Operation 3f2a... completed successfully")]
+    pub result: String,
+    /// Unix time in seconds, as the sample's Python `time.time()`.
+    pub processed_at: f64,
+}
+
+/// The output of a succeeded `process_request` operation, as the bundled worker produces it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessResult {
+    #[schema(example = "Hello Ada! Your request took 5 seconds.")]
+    pub message: String,
+    pub name: String,
+    pub processing_time_seconds: u64,
+    /// The worker instance that ran the activity.
+    pub worker: String,
+    /// RFC 3339 UTC.
+    pub completed_at: String,
 }
 
 fn rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn error_of(m: &OrchestrationMetadata) -> Option<Value> {
+fn error_of(m: &OrchestrationMetadata) -> Option<OperationError> {
     match m.runtime_status {
         OrchestrationStatus::Failed => {
             // The innermost failure is the useful one (the activity's), never a stack trace.
@@ -394,11 +537,22 @@ fn error_of(m: &OrchestrationMetadata) -> Option<Value> {
             while let Some(inner) = f.inner.as_deref() {
                 f = inner;
             }
-            Some(json!({"type": f.error_type, "message": f.message}))
+            Some(OperationError {
+                kind: f.error_type.clone(),
+                message: f.message.clone(),
+            })
         }
-        OrchestrationStatus::Terminated => Some(
-            json!({"type": "Canceled", "message": m.output::<Value>().ok().filter(|v| !v.is_null()).map_or("the operation was canceled".into(), |v| v.as_str().map_or(v.to_string(), str::to_string))}),
-        ),
+        OrchestrationStatus::Terminated => Some(OperationError {
+            kind: "Canceled".into(),
+            // The terminate reason, when there was one.
+            message: m
+                .output::<Value>()
+                .ok()
+                .filter(|v| !v.is_null())
+                .map_or("the operation was canceled".into(), |v| {
+                    v.as_str().map_or(v.to_string(), str::to_string)
+                }),
+        }),
         _ => None,
     }
 }
@@ -513,42 +667,53 @@ fn valid_id(id: &str) -> Result<(), Problem> {
 
 // ------------------------------------------------------------------ handlers
 
+/// Starts `process_request` and answers at once.
+#[utoipa::path(
+    post,
+    path = "/api/process",
+    tag = "operations",
+    request_body(content = ProcessRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[!#-~]([ -~]*[!#-~])?$",
+            description = "Repeat a start safely: the same key and body return the same operation; the same key with another body is refused (422). 1-255 printable ASCII."),
+    ),
+    responses(
+        (status = 202, description = "Accepted; poll the status monitor", body = OperationAccepted,
+            headers(
+                ("Location" = String, description = "The status monitor"),
+                ("Operation-Location" = String, description = "The status monitor (Azure LRO)"),
+                ("Retry-After" = u64, description = "Seconds to wait before polling"),
+            )),
+        (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong, missing or unknown fields, values out of range, or an `Idempotency-Key` reused with another body", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow; retry after `Retry-After`", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn start_process(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let req: ProcessBody = parse_json(&headers, body)?;
+    let req: ProcessRequest = parse_json(&headers, body)?;
     let name = req.name.trim();
     if name.is_empty() {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-request",
-            "Unprocessable Content",
-            "`name` must not be empty",
-        ));
+        return Err(invalid("`name` must not be empty"));
     }
     if name.chars().count() > state.config.max_name_chars {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-request",
-            "Unprocessable Content",
-            format!(
-                "`name` must be at most {} characters",
-                state.config.max_name_chars
-            ),
-        ));
+        return Err(invalid(format!(
+            "`name` must be at most {} characters",
+            state.config.max_name_chars
+        )));
     }
     if req.delay_seconds > state.config.max_delay_seconds {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-request",
-            "Unprocessable Content",
-            format!(
-                "`delay_seconds` must be between 0 and {}",
-                state.config.max_delay_seconds
-            ),
-        ));
+        return Err(invalid(format!(
+            "`delay_seconds` must be between 0 and {}",
+            state.config.max_delay_seconds
+        )));
     }
     let input = json!({"name": name, "delay_seconds": req.delay_seconds});
     let id = match idempotency_key(&headers)? {
@@ -570,11 +735,30 @@ async fn start_process(
             id
         }
     };
-    let l = links(&state, &headers, &id);
-    let status_url = l["status"].as_str().unwrap_or_default().to_string();
+    accepted(&state, &headers, id, OperationState::NotStarted)
+}
+
+fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-request",
+        "Unprocessable Content",
+        detail,
+    )
+}
+
+/// `202 Accepted` pointing at the status monitor.
+fn accepted(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: String,
+    status: OperationState,
+) -> Result<Response, Problem> {
+    let links = links(state, headers, &id);
+    let status_url = links.status.clone();
     let mut resp = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "NotStarted", "links": l})),
+        Json(OperationAccepted { id, status, links }),
     )
         .into_response();
     location(&mut resp, &status_url)?;
@@ -593,27 +777,39 @@ async fn fetch(
         .ok_or_else(|| operation_not_found(id))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
-    /// Long poll: hold the request up to this many seconds (capped) until the operation ends.
+    /// Long poll: hold the request up to this many seconds (capped by `max_wait_seconds`, 30 by
+    /// default) until the operation ends.
+    #[param(minimum = 0)]
     wait: Option<u64>,
 }
 
+/// The status monitor.
+#[utoipa::path(
+    get,
+    path = "/api/status/{id}",
+    tag = "operations",
+    params(("id" = String, Path, description = "The operation id"), StatusQuery),
+    responses(
+        (status = 200, description = "The operation's status; `Retry-After` while it is not finished", body = OperationStatusBody,
+            headers(("Retry-After" = u64, description = "Present while the operation is not finished"))),
+        (status = 400, description = "Bad query parameters", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    let Query(q) = query.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-query",
-            "Bad Request",
-            e.body_text(),
-        )
-    })?;
+    let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
     let mut m = fetch(&state, &id, true).await?;
     let wait = q.wait.unwrap_or(0).min(state.config.max_wait_seconds);
     if wait > 0 && !m.runtime_status.is_terminal() {
@@ -633,7 +829,7 @@ async fn status(
             Ok(Err(e)) => return Err(dts_problem(e)),
         }
     }
-    let body = StatusBody {
+    let body = OperationStatusBody {
         id: id.clone(),
         status: operation_status(m.runtime_status),
         runtime_status: m.runtime_status.as_str(),
@@ -650,6 +846,28 @@ async fn status(
     Ok(resp)
 }
 
+/// The result of an operation.
+#[utoipa::path(
+    get,
+    path = "/api/result/{id}",
+    tag = "operations",
+    params(("id" = String, Path, description = "The operation id")),
+    responses(
+        (status = 200, description = "The operation succeeded: its output (a `ProcessResult` for `/api/process` operations, a `SampleResult` for `/api/start-operation` ones)",
+            body = OperationOutput),
+        (status = 202, description = "Not finished yet; poll the status monitor", body = OperationAccepted,
+            headers(
+                ("Location" = String, description = "The status monitor"),
+                ("Operation-Location" = String, description = "The status monitor"),
+                ("Retry-After" = u64),
+            )),
+        (status = 404, description = "No such operation", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "The operation failed (`/problems/operation-failed`) or was canceled (`/problems/operation-canceled`); `error` says why", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn result(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -668,27 +886,38 @@ async fn result(
             "Operation Failed",
             "the operation failed; see `error`",
         )
-        .with(json!({"id": id, "error": error_of(&m)}))),
+        .about(&id, error_of(&m))),
         OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => Err(Problem::new(
             StatusCode::CONFLICT,
             "operation-canceled",
             "Operation Canceled",
             "the operation was canceled before it produced a result",
         )
-        .with(json!({"id": id, "error": error_of(&m)}))),
-        _ => {
-            let status_url = links(&state, &headers, &id)["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let mut resp = (StatusCode::ACCEPTED, Json(json!({"id": id, "status": operation_status(m.runtime_status), "links": links(&state, &headers, &id)}))).into_response();
-            location(&mut resp, &status_url)?;
-            retry_after(&mut resp, state.config.retry_after_seconds);
-            Ok(resp)
-        }
+        .about(&id, error_of(&m))),
+        other => accepted(&state, &headers, id, operation_status(other)),
     }
 }
 
+/// Cancels an operation (terminates its orchestration, and any it started, with a reason).
+#[utoipa::path(
+    post,
+    path = "/api/operations/{id}/cancel",
+    tag = "operations",
+    params(("id" = String, Path, description = "The operation id")),
+    responses(
+        (status = 202, description = "Cancellation requested; the status monitor shows `Canceled` once done", body = OperationAccepted,
+            headers(
+                ("Location" = String, description = "The status monitor"),
+                ("Operation-Location" = String, description = "The status monitor"),
+                ("Retry-After" = u64),
+            )),
+        (status = 404, description = "No such operation", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "The operation already ended", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -711,20 +940,30 @@ async fn cancel(
         state.client.terminate(&id, "canceled by the client", true),
     )
     .await?;
-    let status_url = links(&state, &headers, &id)["status"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "Canceling", "links": links(&state, &headers, &id)})),
-    )
-        .into_response();
-    location(&mut resp, &status_url)?;
-    retry_after(&mut resp, state.config.retry_after_seconds);
-    Ok(resp)
+    accepted(&state, &headers, id, OperationState::Canceling)
 }
 
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")),
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the scheduler answered just now.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "The scheduler is unreachable", body = String, content_type = "text/plain"),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(
         Duration::from_secs(2),
@@ -739,6 +978,50 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 // ------------------------------------------------------------------ the sample's routes
 
+/// The original sample's `202` body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SampleAccepted {
+    pub operation_id: String,
+    /// Relative URL of the sample's status route.
+    pub status_url: String,
+}
+
+/// The original sample's status body: `result` when completed, `error` when failed,
+/// `last_updated` otherwise.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SampleStatus {
+    pub operation_id: String,
+    /// `Completed`, `Failed`, or the DTS runtime status name while not finished.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339 UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
+}
+
+/// The original sample's start route: starts `async_http_api_orchestrator`.
+#[utoipa::path(
+    post,
+    path = "/api/start-operation",
+    tag = "sample compatibility",
+    request_body(content = Option<SampleStartRequest>, content_type = "application/json",
+        description = "May be empty (then `processing_time` is 5)"),
+    responses(
+        (status = 202, description = "Accepted", body = SampleAccepted,
+            headers(("Location" = String), ("Operation-Location" = String), ("Retry-After" = u64))),
+        (status = 400, description = "Malformed JSON", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong or unknown fields, or `processing_time` out of range", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn sample_start(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -746,22 +1029,22 @@ async fn sample_start(
 ) -> Result<Response, Problem> {
     // The sample accepted an empty body as `{}`.
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
-    let req: SampleBody = if empty {
-        SampleBody { processing_time: 5 }
-    } else {
-        parse_json(&headers, body)?
-    };
     let max = i64::try_from(state.config.max_delay_seconds).unwrap_or(i64::MAX);
-    if !(0..=max).contains(&req.processing_time) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-request",
-            "Unprocessable Content",
-            format!("`processing_time` must be between 0 and {max}"),
-        ));
+    let requested = if empty {
+        None
+    } else {
+        // FastAPI took a JSON `null` body like an empty one.
+        parse_json::<Option<SampleStartRequest>>(&headers, body)?.and_then(|r| r.processing_time)
+    };
+    // The sample's default of 5 s, within this deployment's limit.
+    let processing_time = requested.unwrap_or_else(|| SAMPLE_DEFAULT_SECONDS.min(max));
+    if !(0..=max).contains(&processing_time) {
+        return Err(invalid(format!(
+            "`processing_time` must be between 0 and {max}"
+        )));
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let input = json!({"operation_id": id, "processing_time": req.processing_time});
+    let input = json!({"operation_id": id, "processing_time": processing_time});
     let opts = StartOptions {
         instance_id: Some(id.clone()),
         ..Default::default()
@@ -774,36 +1057,60 @@ async fn sample_start(
     )
     .await?;
     let status_url = format!("/api/operations/{id}");
+    let absolute = format!("{}{status_url}", base(&state, &headers));
     let mut resp = (
         StatusCode::ACCEPTED,
-        Json(json!({"operation_id": id, "status_url": status_url})),
+        Json(SampleAccepted {
+            operation_id: id,
+            status_url,
+        }),
     )
         .into_response();
-    location(
-        &mut resp,
-        &format!("{}{status_url}", base(&state, &headers)),
-    )?;
+    location(&mut resp, &absolute)?;
     retry_after(&mut resp, state.config.retry_after_seconds);
     Ok(resp)
 }
 
+/// The original sample's status route, with its field names.
+#[utoipa::path(
+    get,
+    path = "/api/operations/{id}",
+    tag = "sample compatibility",
+    params(("id" = String, Path, description = "The operation id")),
+    responses(
+        (status = 200, description = "The operation's status", body = SampleStatus,
+            headers(("Retry-After" = u64, description = "Present while the operation is not finished"))),
+        (status = 404, description = "No such operation", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn sample_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let m = fetch(&state, &id, true).await?;
-    let last_updated = rfc3339(m.last_updated_at);
-    let body = match m.runtime_status {
+    let mut body = SampleStatus {
+        operation_id: id,
+        status: m.runtime_status.as_str().to_string(),
+        result: None,
+        error: None,
+        last_updated: None,
+    };
+    match m.runtime_status {
         OrchestrationStatus::Completed => {
-            json!({"operation_id": id, "status": "Completed", "result": m.output::<Value>().unwrap_or(Value::Null)})
+            body.status = "Completed".into();
+            body.result = Some(m.output::<Value>().unwrap_or(Value::Null));
         }
         OrchestrationStatus::Failed => {
-            json!({"operation_id": id, "status": "Failed", "error": error_of(&m).and_then(|e| e["message"].as_str().map(str::to_string))})
+            body.status = "Failed".into();
+            body.error = Some(
+                error_of(&m).map_or_else(|| "the operation failed".to_string(), |e| e.message),
+            );
         }
-        other => {
-            json!({"operation_id": id, "status": other.as_str(), "last_updated": last_updated})
-        }
-    };
+        _ => body.last_updated = rfc3339(m.last_updated_at),
+    }
     let mut resp = (StatusCode::OK, Json(body)).into_response();
     if !m.runtime_status.is_terminal() {
         retry_after(&mut resp, state.config.retry_after_seconds);
@@ -813,14 +1120,49 @@ async fn sample_status(
 
 // ------------------------------------------------------------------ list
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Comma-separated statuses: NotStarted, Running, Suspended, Succeeded, Failed, Canceled.
+    #[param(
+        example = "Running,NotStarted",
+        pattern = "^(NotStarted|Running|Suspended|Succeeded|Failed|Canceled)(,(NotStarted|Running|Suspended|Succeeded|Failed|Canceled))*$"
+    )]
     status: Option<String>,
+    /// Only operations created at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     created_from: Option<String>,
+    /// Only operations created at or before this RFC 3339 time.
+    #[param(format = DateTime)]
     created_to: Option<String>,
+    /// Operations per page, 1 to 1000 (50 by default).
+    #[param(minimum = 1, maximum = 1000)]
     page_size: Option<u32>,
+    /// Opaque token from a previous page's `nextLink`.
     continuation_token: Option<String>,
+}
+
+/// One operation in a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationSummary {
+    pub id: String,
+    /// The orchestration that runs it.
+    pub name: String,
+    pub status: OperationState,
+    pub runtime_status: &'static str,
+    pub created_at: Option<String>,
+    pub last_updated_at: Option<String>,
+    pub links: OperationLinks,
+}
+
+/// One page of operations (Azure paging: `value` and `nextLink`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationPage {
+    pub value: Vec<OperationSummary>,
+    /// The next page, or null on the last one.
+    #[serde(rename = "nextLink")]
+    pub next_link: Option<String>,
 }
 
 fn runtime_statuses(status: &str) -> Option<Vec<OrchestrationStatus>> {
@@ -861,8 +1203,20 @@ fn parse_time(
     .transpose()
 }
 
-/// `GET /api/operations`: one page of operations, newest filters applied by the scheduler, with
-/// `nextLink` to the next page.
+/// Lists operations, filtered by status and creation time, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/operations",
+    tag = "operations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page; follow `nextLink` for the next", body = OperationPage),
+        (status = 400, description = "Bad query parameters", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 502, description = "The scheduler rejected the request", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "The scheduler is unreachable or slow", body = ProblemDetails, content_type = "application/problem+json",
+            headers(("Retry-After" = u64))),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -873,7 +1227,7 @@ async fn list(
         None => vec![],
         Some(list) => {
             let mut out = Vec::new();
-            for s in list.split(',').map(str::trim) {
+            for s in list.split(',') {
                 out.extend(runtime_statuses(s).ok_or_else(|| {
                     bad_query(format!("unknown status '{s}'; use NotStarted, Running, Suspended, Succeeded, Failed or Canceled"))
                 })?);
@@ -893,20 +1247,33 @@ async fn list(
         continuation_token: q.continuation_token.clone(),
         ..Default::default()
     };
-    let page = with_deadline(&state, state.client.query_instances(query)).await?;
-    let value: Vec<Value> = page
+    let page = match tokio::time::timeout(
+        state.config.dts_timeout,
+        state.client.query_instances(query),
+    )
+    .await
+    {
+        Ok(Ok(page)) => page,
+        // The scheduler only refuses a query for a token it did not issue.
+        Ok(Err(DtsError::InvalidArgument(_))) => {
+            return Err(bad_query(
+                "`continuation_token` is not valid; use the `nextLink` of a previous page",
+            ));
+        }
+        Ok(Err(e)) => return Err(dts_problem(e)),
+        Err(_) => return Err(unavailable()),
+    };
+    let value = page
         .instances
         .iter()
-        .map(|m| {
-            json!({
-                "id": m.instance_id,
-                "name": m.name,
-                "status": operation_status(m.runtime_status),
-                "runtime_status": m.runtime_status.as_str(),
-                "created_at": rfc3339(m.created_at),
-                "last_updated_at": rfc3339(m.last_updated_at),
-                "links": links(&state, &headers, &m.instance_id),
-            })
+        .map(|m| OperationSummary {
+            id: m.instance_id.clone(),
+            name: m.name.clone(),
+            status: operation_status(m.runtime_status),
+            runtime_status: m.runtime_status.as_str(),
+            created_at: rfc3339(m.created_at),
+            last_updated_at: rfc3339(m.last_updated_at),
+            links: links(&state, &headers, &m.instance_id),
         })
         .collect();
     let next_link = page.continuation_token.map(|t| {
@@ -929,11 +1296,7 @@ async fn list(
             params.join("&")
         )
     });
-    Ok((
-        StatusCode::OK,
-        Json(json!({"value": value, "nextLink": next_link})),
-    )
-        .into_response())
+    Ok((StatusCode::OK, Json(OperationPage { value, next_link })).into_response())
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

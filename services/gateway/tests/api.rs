@@ -1,84 +1,16 @@
 //! Router tests with `oneshot`, and an end-to-end run over real sockets with the local scheduler
 //! and worker binaries.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use durabletask::{Client, Connection, ConnectionOptions};
 use gateway::{AppState, GatewayConfig, app};
 use serde_json::Value;
-use tokio::process::{Child, Command};
 use tower::ServiceExt;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-async fn state_for(endpoint: &str, config: GatewayConfig) -> AppState {
-    let conn = Connection::connect(ConnectionOptions::new(endpoint, "default").expect("opts"))
-        .await
-        .expect("connect");
-    AppState {
-        client: Client::new(&conn),
-        config: Arc::new(config),
-    }
-}
-
-/// A state whose scheduler is unreachable (nothing listens on the port).
-async fn offline_state() -> AppState {
-    let cfg = GatewayConfig {
-        dts_timeout: Duration::from_millis(1500),
-        ..Default::default()
-    };
-    state_for(&format!("http://127.0.0.1:{}", free_port()), cfg).await
-}
-
-async fn call(
-    state: AppState,
-    method: &str,
-    uri: &str,
-    ct: Option<&str>,
-    body: &str,
-) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(ct) = ct {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    let resp = app(state)
-        .oneshot(req.body(Body::from(body.to_string())).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, headers, v)
-}
-
-fn is_problem(h: &axum::http::HeaderMap, v: &Value, status: StatusCode) {
-    assert_eq!(
-        h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
-        Some("application/problem+json"),
-        "{v}"
-    );
-    assert_eq!(v["status"], status.as_u16(), "{v}");
-    assert!(
-        v["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("/problems/")),
-        "{v}"
-    );
-    assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
-}
+mod common;
+use common::*;
 
 // ------------------------------------------------------------------ oneshot
 
@@ -238,108 +170,6 @@ async fn scheduler_down_is_503_with_retry_after_within_the_deadline() {
 }
 
 // ------------------------------------------------------------------ end to end
-
-fn sibling_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (`cargo test --workspace` does)",
-        bin.display()
-    );
-    bin
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listening on {port}");
-}
-
-async fn spawn(bin: &str, envs: &[(&str, String)], wait: u16) -> Child {
-    let mut cmd = Command::new(sibling_bin(bin));
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawn");
-    wait_port(wait).await;
-    child
-}
-
-/// An in-memory local scheduler process and its endpoint.
-async fn local_scheduler() -> (Child, String) {
-    let port = free_port();
-    let child = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        port,
-    )
-    .await;
-    (child, format!("http://127.0.0.1:{port}"))
-}
-
-/// Minimal HTTP/1.1 over a real socket: status, headers (lower-case names), JSON body.
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, Vec<(String, String)>, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (
-        status,
-        headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
-fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_from_202_to_result_over_real_processes() {

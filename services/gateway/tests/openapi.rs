@@ -1,0 +1,322 @@
+//! The OpenAPI document and the docs page: structure checked with `oneshot`, conformance of the
+//! running gateway checked by Schemathesis (PyPI), and the docs page rendered offline by headless
+//! Chromium.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use gateway::{GatewayConfig, app};
+use serde_json::Value;
+use tower::ServiceExt;
+
+mod common;
+use common::*;
+
+async fn get(state: gateway::AppState, uri: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app(state)
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
+        .await
+        .expect("body")
+        .to_vec();
+    (status, headers, body)
+}
+
+/// Every `$ref` in the document, e.g. `#/components/schemas/ProblemDetails`.
+fn refs(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref" {
+                    out.extend(v.as_str().map(str::to_string));
+                }
+                refs(v, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_covers_every_route_status_and_schema() {
+    let state = offline_state_with(GatewayConfig {
+        max_delay_seconds: 120,
+        max_name_chars: 40,
+        ..Default::default()
+    })
+    .await;
+    let (status, headers, body) = get(state, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ct")
+            .starts_with("application/json")
+    );
+    let doc: Value = serde_json::from_slice(&body).expect("json");
+    assert!(
+        doc["openapi"].as_str().expect("version").starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+
+    // Every route of the router, with the status codes its handler can answer.
+    let expected: &[(&str, &str, &[u16])] = &[
+        ("/api/process", "post", &[202, 400, 413, 415, 422, 502, 503]),
+        ("/api/status/{id}", "get", &[200, 400, 404, 502, 503]),
+        ("/api/result/{id}", "get", &[200, 202, 404, 409, 502, 503]),
+        (
+            "/api/operations/{id}/cancel",
+            "post",
+            &[202, 404, 409, 502, 503],
+        ),
+        ("/api/operations", "get", &[200, 400, 502, 503]),
+        (
+            "/api/start-operation",
+            "post",
+            &[202, 400, 413, 415, 422, 502, 503],
+        ),
+        ("/api/operations/{id}", "get", &[200, 404, 502, 503]),
+        ("/healthz", "get", &[200]),
+        ("/readyz", "get", &[200, 503]),
+    ];
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let routes: BTreeSet<&str> = expected.iter().map(|(p, _, _)| *p).collect();
+    assert_eq!(paths, routes, "documented paths differ from the router's");
+    for (path, method, codes) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        let documented: BTreeSet<u16> = op["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .map(|c| c.parse().expect("numeric status"))
+            .collect();
+        let want: BTreeSet<u16> = codes.iter().copied().collect();
+        assert_eq!(documented, want, "{method} {path}");
+        for code in codes.iter().filter(|c| **c >= 400) {
+            let content = &op["responses"][code.to_string()]["content"];
+            if path.starts_with("/api/") {
+                assert_eq!(
+                    content["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/ProblemDetails",
+                    "{method} {path} {code}"
+                );
+            }
+        }
+    }
+    // The 202 of a start carries the polling headers.
+    let h = &doc["paths"]["/api/process"]["post"]["responses"]["202"]["headers"];
+    for name in ["Location", "Operation-Location", "Retry-After"] {
+        assert!(h[name].is_object(), "202 lacks {name}");
+    }
+    // This deployment's limits are in the schema.
+    let req = &doc["components"]["schemas"]["ProcessRequest"];
+    assert_eq!(req["properties"]["delay_seconds"]["maximum"], 120);
+    assert_eq!(req["properties"]["name"]["maxLength"], 40);
+    assert_eq!(req["additionalProperties"], false);
+    // Every reference resolves.
+    let mut all = BTreeSet::new();
+    refs(&doc, &mut all);
+    assert!(all.len() >= 10, "{all:?}");
+    for r in all {
+        let pointer = r.strip_prefix('#').expect("local ref");
+        assert!(doc.pointer(pointer).is_some(), "dangling {r}");
+    }
+}
+
+#[tokio::test]
+async fn docs_page_and_its_assets_are_served_from_the_binary() {
+    let state = offline_state().await;
+    let (status, headers, _) = get(state.clone(), "/docs").await;
+    assert!(status.is_redirection(), "{status}");
+    assert_eq!(headers[header::LOCATION], "/docs/");
+    let (status, _, body) = get(state.clone(), "/docs/").await;
+    assert_eq!(status, StatusCode::OK);
+    let html = String::from_utf8(body).expect("utf8");
+    assert!(html.contains("swagger-ui-bundle.js"), "{html}");
+    // No asset comes from another host.
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    let (status, _, js) = get(state.clone(), "/docs/swagger-ui-bundle.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        js.len() > 100_000,
+        "the bundle is embedded ({} bytes)",
+        js.len()
+    );
+    let (status, _, init) = get(state, "/docs/swagger-initializer.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&init).contains("/openapi.json"),
+        "the page loads our document"
+    );
+}
+
+// ------------------------------------------------------------------ real processes
+
+/// The whole system on loopback: scheduler, worker and gateway (short limits, so that operations
+/// started by the tools finish quickly and long polls stay short).
+async fn system() -> (Vec<tokio::process::Child>, u16) {
+    let (scheduler, endpoint) = local_scheduler().await;
+    let worker_admin = free_port();
+    let worker = spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
+        ],
+        worker_admin,
+    )
+    .await;
+    let port = free_port();
+    let gateway = spawn(
+        "gateway",
+        &[
+            ("ENDPOINT", endpoint),
+            ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+            ("GATEWAY__MAX_WAIT_SECONDS", "1".into()),
+            ("GATEWAY__MAX_DELAY_SECONDS", "2".into()),
+        ],
+        port,
+    )
+    .await;
+    (vec![scheduler, worker, gateway], port)
+}
+
+fn venv_tool(name: &str) -> PathBuf {
+    let python = std::env::var_os("DURABLETASK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+        });
+    let tool = python.parent().expect("venv bin").join(name);
+    assert!(
+        tool.exists(),
+        "{} is missing: run `make venv` (it installs the pinned Python tools)",
+        tool.display()
+    );
+    tool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_deviation_from_the_document() {
+    let (_procs, port) = system().await;
+    let config =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
+    let work = std::env::temp_dir().join(format!("st-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("dir");
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(venv_tool("schemathesis"))
+            .current_dir(&work)
+            .arg("--config-file")
+            .arg(&config)
+            .args(["run", &format!("http://127.0.0.1:{port}/openapi.json")])
+            .args(["--checks", "all", "--no-color"])
+            .output(),
+    )
+    .await
+    .expect("schemathesis finished in time")
+    .expect("run schemathesis");
+    let _ = std::fs::remove_dir_all(&work);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found deviations:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It really exercised the API: all operations, and hundreds of generated cases.
+    assert!(text.contains("Tested: 9"), "{text}");
+    let generated: u32 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" generated"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .expect("a 'N generated' line");
+    assert!(generated >= 200, "only {generated} cases:\n{text}");
+}
+
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Some(dir) = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .find(|d| d.join(name).exists())
+        {
+            return dir.join(name);
+        }
+    }
+    panic!(
+        "the docs page test needs headless Chromium: `apt-get install chromium` (.ci/run does), or set CHROMIUM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_page_renders_every_operation_in_headless_chromium_offline() {
+    let (_procs, port) = system().await;
+    let profile = std::env::temp_dir().join(format!("chromium-{}", std::process::id()));
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                // Offline: any host but loopback fails to resolve.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("http://127.0.0.1:{port}/docs/"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finished in time")
+    .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Swagger UI ran (from the embedded assets), fetched /openapi.json and rendered each path.
+    for path in [
+        "/api/process",
+        "/api/status/{id}",
+        "/api/result/{id}",
+        "/api/operations/{id}/cancel",
+        "/api/operations",
+        "/api/start-operation",
+        "/api/operations/{id}",
+    ] {
+        assert!(
+            dom.contains(&format!("data-path=\"{path}\"")),
+            "{path} not rendered; DOM:\n{}",
+            &dom[..dom.len().min(4000)]
+        );
+    }
+    assert!(dom.contains("Async HTTP API on the Durable Task Scheduler"));
+}
