@@ -5,6 +5,7 @@ original sample's `async_http_api_orchestrator` / `process_long_running_operatio
 Prints READY once started and runs until stdin closes.
 """
 import sys
+import time
 
 from durabletask import task
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
@@ -22,10 +23,14 @@ def py_greeting_sequence(ctx: task.OrchestrationContext, names: list):
 
 
 def process_long_running_operation(ctx: task.ActivityContext, input_data: dict) -> dict:
+    # As the original sample's worker.py: a blocking sleep, then this exact shape.
+    operation_id = input_data.get("operation_id", "unknown")
+    time.sleep(input_data.get("processing_time", 5))
     return {
-        "operation_id": input_data.get("operation_id"),
+        "operation_id": operation_id,
         "status": "completed",
-        "result": f"Processed in {input_data.get('processing_time')} seconds",
+        "result": f"Operation {operation_id} completed successfully",
+        "processed_at": time.time(),
     }
 
 
