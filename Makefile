@@ -6,7 +6,8 @@ VENV        ?= .venv
 PYTHON      ?= python3
 VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
-PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5
+PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5 \
+               fastapi==0.165.0 uvicorn==0.54.0
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000
@@ -41,10 +42,12 @@ fmt-check:
 lint: ## Clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: venv ## Benchmarks: replay throughput and worker items/s vs the raw gRPC ceiling
+bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs the sample's FastAPI client
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
+	cargo build --release --locked -p local-scheduler -p worker
+	cargo bench -p gateway --bench gateway_throughput
 
 run: ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT)
 	@cargo build --locked -p local-scheduler -p worker -p gateway
