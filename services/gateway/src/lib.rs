@@ -569,21 +569,31 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = v
-        .to_str()
-        .ok()
-        .map(|k| k.trim().trim_matches('"').to_string())
-        .unwrap_or_default();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-    {
-        return Err(Problem::new(
+    let raw = v.to_str().unwrap_or("");
+    // The draft makes the value a structured-field string (`"..."`); a bare token is accepted
+    // too and names the same key. Escapes are not supported, so no `"` or `\` inside quotes.
+    let key = match raw.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .filter(|k| !k.is_empty() && k.len() <= 253 && !k.contains(['"', '\\'])),
+        None => Some(raw).filter(|k| {
+            !k.is_empty()
+                && k.len() <= 255
+                && !k.contains('"')
+                && !k.starts_with(' ')
+                && !k.ends_with(' ')
+        }),
+    }
+    .filter(|k| k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    match key {
+        Some(k) => Ok(Some(k.to_string())),
+        None => Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-idempotency-key",
             "Bad Request",
-            "`Idempotency-Key` must be 1 to 255 printable ASCII characters",
-        ));
+            "`Idempotency-Key` must be 1 to 255 printable ASCII characters, optionally in double quotes",
+        )),
     }
-    Ok(Some(key))
 }
 
 /// Starts at most one operation per key, with no state in the gateway: the instance id is
@@ -674,7 +684,7 @@ fn valid_id(id: &str) -> Result<(), Problem> {
     tag = "operations",
     request_body(content = ProcessRequest, content_type = "application/json"),
     params(
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[!#-~]([ -~]*[!#-~])?$",
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r#"^(?:"[ !#-\[\]-~]{1,253}"|[!#-~](?:[ !#-~]{0,253}[!#-~])?)$"#,
             description = "Repeat a start safely: the same key and body return the same operation; the same key with another body is refused (422). 1-255 printable ASCII."),
     ),
     responses(
@@ -784,7 +794,7 @@ struct StatusQuery {
     /// Long poll: hold the request up to this many seconds (capped by `max_wait_seconds`, 30 by
     /// default) until the operation ends.
     #[param(minimum = 0)]
-    wait: Option<u64>,
+    wait: Option<i32>,
 }
 
 /// The status monitor.
@@ -810,8 +820,13 @@ async fn status(
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
+    let wait = match q.wait {
+        Some(w) => u64::try_from(w)
+            .map_err(|_| bad_query("`wait` must be a number of seconds, 0 or more"))?,
+        None => 0,
+    }
+    .min(state.config.max_wait_seconds);
     let mut m = fetch(&state, &id, true).await?;
-    let wait = q.wait.unwrap_or(0).min(state.config.max_wait_seconds);
     if wait > 0 && !m.runtime_status.is_terminal() {
         let deadline = Duration::from_secs(wait);
         // WaitForInstanceCompletion on the scheduler; running out of time is a normal answer.

@@ -341,7 +341,16 @@ async fn an_operation_from_202_to_result_over_real_processes() {
 #[tokio::test]
 async fn malformed_idempotency_key_is_a_400_problem() {
     let st = offline_state().await;
-    for key in ["", &"k".repeat(256)] {
+    let long_quoted = format!("\"{}\"", "k".repeat(254));
+    for key in [
+        "",
+        &"k".repeat(256),
+        "\"\"",
+        "\"open",
+        "a\"b",
+        "\"a\\b\"",
+        &long_quoted,
+    ] {
         let req = Request::builder()
             .method("POST")
             .uri("/api/process")
@@ -392,6 +401,10 @@ async fn idempotent_starts_go_through_the_scheduler_not_gateway_memory() {
     let (s3, v3) = post(b, "order-42", r#"{"name":"Bob","delay_seconds":5}"#).await;
     assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{v3}");
     assert_eq!(v3["type"], "/problems/idempotency-key-reused");
+    // The draft's structured-field form names the same key.
+    let (s5, v5) = post(a.clone(), "\"order-42\"", body).await;
+    assert_eq!(s5, StatusCode::ACCEPTED, "{v5}");
+    assert_eq!(v5["id"], v1["id"], "a quoted key is the same key");
     let (_, v4) = post(a.clone(), "order-43", body).await;
     assert_ne!(v4["id"], v1["id"], "another key, another operation");
     // Exactly one instance exists for the key.
@@ -416,6 +429,8 @@ async fn bad_list_and_wait_queries_are_400_problems() {
         "/api/operations?created_from=yesterday",
         "/api/operations?colour=red",
         "/api/status/abc?wait=soon",
+        "/api/status/abc?wait=-1",
+        "/api/status/abc?wait=99999999999",
     ] {
         let (s, h, v) = call(st.clone(), "GET", uri, None, "").await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
