@@ -1,7 +1,8 @@
 //! Start throughput and latency of the gateway at 64 keep-alive connections, next to the
 //! original sample's FastAPI client (recreated in `sample_client.py`) against the same local
-//! scheduler, in one run. One Rust worker runs the started operations (delay 0) throughout, and
-//! the peak RSS of the gateway and the worker is read from /proc.
+//! scheduler, in one run: once with starts only, once with a Rust worker running the started
+//! operations (delay 0) on the same two cores. Peak RSS of the front end and the worker comes
+//! from /proc.
 //!
 //! `make bench` (or `cargo build --release -p local-scheduler -p worker && cargo bench -p gateway
 //! --bench gateway_throughput`). Prints a table; no assertions.
@@ -74,6 +75,20 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks / 100.0
 }
 
 /// Reads one HTTP/1.1 response (Content-Length bodies); returns the status code.
@@ -184,6 +199,107 @@ fn free_port() -> u16 {
     pyenv::free_port()
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Front {
+    Gateway,
+    FastApi,
+}
+
+struct Measured {
+    outcome: Outcome,
+    /// Peak RSS in MiB of the front end and of the worker (when one ran).
+    front_rss: f64,
+    worker_rss: Option<f64>,
+    /// CPU µs per start in the front end and in the scheduler (approximate: the warm-up's
+    /// starts are estimated at the measured rate).
+    cpu_us_per_start: [f64; 2],
+}
+
+/// One measurement on a fresh system: a new in-memory scheduler, optionally a worker running
+/// the started operations, and the front end under test. Everything is stopped afterwards, so
+/// no run inherits another's backlog.
+async fn measure(front: Front, path: &str, body: &str, with_worker: bool) -> Measured {
+    let sched_port = free_port();
+    let scheduler = spawn(
+        release_bin("local-scheduler"),
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        sched_port,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let worker = if with_worker {
+        let admin = free_port();
+        Some(
+            spawn(
+                release_bin("worker"),
+                &[
+                    ("ENDPOINT", endpoint.clone()),
+                    ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+                ],
+                admin,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let port = free_port();
+    let (front_child, want) = match front {
+        Front::Gateway => (
+            spawn(
+                PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+                &[
+                    ("ENDPOINT", endpoint.clone()),
+                    ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+                ],
+                port,
+            )
+            .await,
+            202,
+        ),
+        Front::FastApi => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/sample_client.py");
+            let child = Command::new(pyenv::python())
+                .arg(&script)
+                .arg(port.to_string())
+                .env("ENDPOINT", &endpoint)
+                .env("TASKHUB", "default")
+                .stdout(Stdio::null())
+                // The SDK logs every start at INFO, as in the sample; keep the table readable.
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start the FastAPI client");
+            wait_port(port).await;
+            (child, 200)
+        }
+    };
+    let pids = [front_child.id().expect("pid"), scheduler.id().expect("pid")];
+    let before = pids.map(cpu_seconds);
+    let outcome = load(port, path, body, want).await;
+    let after = pids.map(cpu_seconds);
+    let starts = outcome.rate * (WARM_UP + MEASURE).as_secs_f64();
+    let cpu_us_per_start = [0, 1].map(|i| (after[i] - before[i]) / starts * 1e6);
+    let front_rss = rss_mib(front_child.id().expect("pid")).0;
+    let worker_rss = worker.as_ref().map(|w| rss_mib(w.id().expect("pid")).0);
+    drop(front_child);
+    drop(worker);
+    drop(scheduler);
+    Measured {
+        outcome,
+        front_rss,
+        worker_rss,
+        cpu_us_per_start,
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -193,88 +309,48 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let sched_port = free_port();
-        let _scheduler = spawn(
-            release_bin("local-scheduler"),
-            &[
-                ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
-                ("LOCAL_SCHEDULER__ADMIN_LISTEN", format!("127.0.0.1:{}", free_port())),
-                ("LOCAL_SCHEDULER__STORE", "memory".into()),
-            ],
-            sched_port,
-        )
-        .await;
-        let endpoint = format!("http://127.0.0.1:{sched_port}");
-        let worker_admin = free_port();
-        let worker = spawn(
-            release_bin("worker"),
-            &[
-                ("ENDPOINT", endpoint.clone()),
-                ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
-            ],
-            worker_admin,
-        )
-        .await;
-        let gw_port = free_port();
-        let gateway = spawn(
-            PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
-            &[
-                ("ENDPOINT", endpoint.clone()),
-                ("GATEWAY__LISTEN", format!("127.0.0.1:{gw_port}")),
-            ],
-            gw_port,
-        )
-        .await;
-
-        let ours = load(gw_port, "/api/process", r#"{"name":"bench","delay_seconds":0}"#, 202).await;
-        let ours_sample_route =
-            load(gw_port, "/api/start-operation", r#"{"processing_time":0}"#, 202).await;
-        let (gw_peak, gw_now) = rss_mib(gateway.id().expect("pid"));
-        let (wk_peak, wk_now) = rss_mib(worker.id().expect("pid"));
-
-        let py_port = free_port();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/sample_client.py");
-        let _fastapi = {
-            let child = Command::new(pyenv::python())
-                .arg(&script)
-                .arg(py_port.to_string())
-                .env("ENDPOINT", &endpoint)
-                .env("TASKHUB", "default")
-                .stdout(Stdio::null())
-                // The SDK logs every start at INFO, as in the sample; keep the table readable.
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start the FastAPI client");
-            wait_port(py_port).await;
-            child
-        };
-        let fastapi = load(py_port, "/api/start-operation", r#"{"processing_time":0}"#, 200).await;
+        const SAMPLE: &str = "/api/start-operation";
+        const SAMPLE_BODY: &str = r#"{"processing_time":0}"#;
+        const PROCESS_BODY: &str = r#"{"name":"bench","delay_seconds":0}"#;
+        let mut rows = Vec::new();
+        for with_worker in [false, true] {
+            let py = measure(Front::FastApi, SAMPLE, SAMPLE_BODY, with_worker).await;
+            let ours_sample = measure(Front::Gateway, SAMPLE, SAMPLE_BODY, with_worker).await;
+            let ours = measure(Front::Gateway, "/api/process", PROCESS_BODY, with_worker).await;
+            rows.push((with_worker, py, ours_sample, ours));
+        }
 
         println!(
-            "gateway start throughput: {CONNECTIONS} keep-alive connections, {}s measured after {}s warm-up, local scheduler in memory, one Rust worker running the operations, all on this machine",
+            "gateway start throughput: {CONNECTIONS} keep-alive connections, {}s measured after {}s warm-up, each run on a fresh in-memory local scheduler, all on this machine",
             MEASURE.as_secs(),
             WARM_UP.as_secs()
         );
-        println!("| server | route | starts/s | p50 ms | p99 ms | errors |");
-        println!("|---|---|---|---|---|---|");
-        for (name, route, o) in [
-            ("our gateway", "POST /api/process", &ours),
-            ("our gateway", "POST /api/start-operation", &ours_sample_route),
-            ("sample FastAPI client (recreated)", "POST /api/start-operation", &fastapi),
-        ] {
+        println!("| worker running the operations | server | route | starts/s | p50 ms | p99 ms | errors | peak RSS MiB (front / worker) | CPU µs per start (front / scheduler) |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (with_worker, py, ours_sample, ours) in &rows {
+            let w = if *with_worker { "yes" } else { "no" };
+            for (name, route, m) in [
+                ("sample FastAPI client (recreated)", SAMPLE, py),
+                ("our gateway", SAMPLE, ours_sample),
+                ("our gateway", "/api/process", ours),
+            ] {
+                let o = &m.outcome;
+                println!(
+                    "| {w} | {name} | POST {route} | {:.0} | {:.2} | {:.2} | {} | {:.1} / {} | {:.0} / {:.0} |",
+                    o.rate,
+                    o.p50_ms,
+                    o.p99_ms,
+                    o.errors,
+                    m.front_rss,
+                    m.worker_rss.map_or("-".to_string(), |r| format!("{r:.1}")),
+                    m.cpu_us_per_start[0],
+                    m.cpu_us_per_start[1],
+                );
+            }
             println!(
-                "| {name} | {route} | {:.0} | {:.2} | {:.2} | {} |",
-                o.rate, o.p50_ms, o.p99_ms, o.errors
+                "| {w} | ratio ours / FastAPI, same route | | {:.1} | | | | | |",
+                ours_sample.outcome.rate / py.outcome.rate
             );
         }
-        println!(
-            "| ratio ours / FastAPI, same route | | {:.1} | | | |",
-            ours_sample_route.rate / fastapi.rate
-        );
-        println!();
-        println!(
-            "RSS after our runs: gateway peak {gw_peak:.1} MiB (now {gw_now:.1}), worker peak {wk_peak:.1} MiB (now {wk_now:.1})"
-        );
     });
 }
