@@ -1,5 +1,7 @@
 //! Start-up and shutdown plumbing shared by `local-scheduler`, `worker` and `gateway`.
 
+pub mod metrics;
+
 use durabletask::{ConfigError, ConnectionOptions};
 
 /// Resolves when the process is asked to stop (SIGTERM, or Ctrl-C on a terminal).

@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
+mod metrics;
 mod openapi;
+pub use metrics::GatewayMetrics;
 pub use openapi::ApiDoc;
 
 /// Gateway behaviour settings (validated by the binary).
@@ -62,6 +64,17 @@ impl Default for GatewayConfig {
 pub struct AppState {
     pub client: Client,
     pub config: Arc<GatewayConfig>,
+    pub metrics: Arc<GatewayMetrics>,
+}
+
+impl AppState {
+    pub fn new(client: Client, config: GatewayConfig) -> Self {
+        Self {
+            client,
+            config: Arc::new(config),
+            metrics: Arc::new(GatewayMetrics::default()),
+        }
+    }
 }
 
 /// The orchestration the product runs.
@@ -82,11 +95,16 @@ pub fn app(state: AppState) -> Router {
         .route("/api/operations/{id}", get(sample_status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         // `/openapi.json` is served by the Swagger UI router, from the same generated document.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::for_config(&state.config)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -228,11 +246,36 @@ fn unavailable() -> Problem {
     p
 }
 
+/// One scheduler call under `limit`, timed and counted by method and outcome.
+async fn dts_call<T>(
+    state: &AppState,
+    method: &str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, DtsError>>,
+) -> Result<Result<T, DtsError>, tokio::time::error::Elapsed> {
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(limit, fut).await;
+    let code = match &r {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(
+            e.status()
+                .map_or_else(|| "Unknown".to_string(), |s| format!("{:?}", s.code())),
+        ),
+        Err(_) => Some("DeadlineExceeded".to_string()),
+    };
+    state
+        .metrics
+        .rpc(method, started.elapsed(), code.as_deref());
+    r
+}
+
+/// A scheduler call under the configured deadline; errors become problems.
 async fn with_deadline<T>(
     state: &AppState,
+    method: &str,
     fut: impl Future<Output = Result<T, DtsError>>,
 ) -> Result<T, Problem> {
-    match tokio::time::timeout(state.config.dts_timeout, fut).await {
+    match dts_call(state, method, state.config.dts_timeout, fut).await {
         Ok(r) => r.map_err(dts_problem),
         Err(_) => Err(unavailable()),
     }
@@ -613,7 +656,9 @@ async fn start_idempotent(state: &AppState, key: &str, input: &Value) -> Result<
         replaceable_statuses: Some(vec![]),
         ..Default::default()
     };
-    let started = tokio::time::timeout(
+    let started = dts_call(
+        state,
+        "StartInstance",
         state.config.dts_timeout,
         state
             .client
@@ -622,11 +667,18 @@ async fn start_idempotent(state: &AppState, key: &str, input: &Value) -> Result<
     .await
     .map_err(|_| unavailable())?;
     match started {
-        Ok(_) => Ok(id),
+        Ok(_) => {
+            state.metrics.started.inc();
+            Ok(id)
+        }
         Err(DtsError::AlreadyExists(_)) => {
-            let existing = with_deadline(state, state.client.get_instance(&id, false)).await?;
+            let existing =
+                with_deadline(state, "GetInstance", state.client.get_instance(&id, false)).await?;
             match existing.and_then(|m| m.tags.get(FINGERPRINT_TAG).cloned()) {
-                Some(fp) if fp == fingerprint => Ok(id),
+                Some(fp) if fp == fingerprint => {
+                    state.metrics.deduplicated.inc();
+                    Ok(id)
+                }
                 _ => Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "idempotency-key-reused",
@@ -737,11 +789,13 @@ async fn start_process(
             };
             with_deadline(
                 &state,
+                "StartInstance",
                 state
                     .client
                     .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
             )
             .await?;
+            state.metrics.started.inc();
             id
         }
     };
@@ -782,9 +836,13 @@ async fn fetch(
     payloads: bool,
 ) -> Result<OrchestrationMetadata, Problem> {
     valid_id(id)?;
-    with_deadline(state, state.client.get_instance(id, payloads))
-        .await?
-        .ok_or_else(|| operation_not_found(id))
+    with_deadline(
+        state,
+        "GetInstance",
+        state.client.get_instance(id, payloads),
+    )
+    .await?
+    .ok_or_else(|| operation_not_found(id))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -830,7 +888,9 @@ async fn status(
     if wait > 0 && !m.runtime_status.is_terminal() {
         let deadline = Duration::from_secs(wait);
         // WaitForInstanceCompletion on the scheduler; running out of time is a normal answer.
-        match tokio::time::timeout(
+        match dts_call(
+            &state,
+            "WaitForInstanceCompletion",
             deadline + state.config.dts_timeout,
             state
                 .client
@@ -952,10 +1012,28 @@ async fn cancel(
     }
     with_deadline(
         &state,
+        "TerminateInstance",
         state.client.terminate(&id, "canceled by the client", true),
     )
     .await?;
+    state.metrics.canceled.inc();
     accepted(&state, &headers, id, OperationState::Canceling)
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String,
+        content_type = "application/openmetrics-text")),
+)]
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, service_kit::metrics::CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves HTTP.
@@ -980,7 +1058,9 @@ async fn healthz() -> &'static str {
     ),
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(
+    match dts_call(
+        &state,
+        "Hello",
         Duration::from_secs(2),
         state.client.hello(Duration::from_secs(2)),
     )
@@ -1066,11 +1146,13 @@ async fn sample_start(
     };
     with_deadline(
         &state,
+        "StartInstance",
         state
             .client
             .schedule_new_orchestration(SAMPLE_ORCHESTRATION, &input, opts),
     )
     .await?;
+    state.metrics.started.inc();
     let status_url = format!("/api/operations/{id}");
     let absolute = format!("{}{status_url}", base(&state, &headers));
     let mut resp = (
@@ -1262,7 +1344,9 @@ async fn list(
         continuation_token: q.continuation_token.clone(),
         ..Default::default()
     };
-    let page = match tokio::time::timeout(
+    let page = match dts_call(
+        &state,
+        "QueryInstances",
         state.config.dts_timeout,
         state.client.query_instances(query),
     )

@@ -5,7 +5,6 @@
 //! `DURABLE_TASK_SCHEDULER_CONNECTION_STRING` as for the worker.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -105,9 +104,9 @@ async fn run() -> anyhow::Result<()> {
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
-    let state = AppState {
-        client: Client::new(&conn),
-        config: Arc::new(GatewayConfig {
+    let state = AppState::new(
+        Client::new(&conn),
+        GatewayConfig {
             public_base_url: s.public_base_url.clone(),
             max_delay_seconds: s.max_delay_seconds,
             max_name_chars: s.max_name_chars,
@@ -116,8 +115,8 @@ async fn run() -> anyhow::Result<()> {
             retry_after_seconds: s.retry_after_seconds,
             max_wait_seconds: s.max_wait_seconds,
             trust_forwarded: s.trust_forwarded,
-        }),
-    };
+        },
+    );
     let addr: SocketAddr = s.listen.parse()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -26,6 +26,7 @@ use crate::{
         crate::sample_status,
         crate::healthz,
         crate::readyz,
+        crate::metrics_text,
     ),
     components(schemas(
         ProcessRequest,
@@ -47,7 +48,7 @@ use crate::{
     tags(
         (name = "operations", description = "The async request-reply API"),
         (name = "sample compatibility", description = "The original Python sample's routes and field names"),
-        (name = "health", description = "Kubernetes probes"),
+        (name = "health", description = "Kubernetes probes and Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;

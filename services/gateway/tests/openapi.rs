@@ -87,6 +87,7 @@ async fn openapi_document_covers_every_route_status_and_schema() {
         ("/api/operations/{id}", "get", &[200, 404, 502, 503]),
         ("/healthz", "get", &[200]),
         ("/readyz", "get", &[200, 503]),
+        ("/metrics", "get", &[200]),
     ];
     let paths: BTreeSet<&str> = doc["paths"]
         .as_object()
@@ -242,7 +243,7 @@ async fn schemathesis_finds_no_deviation_from_the_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really exercised the API: all operations, and hundreds of generated cases.
-    assert!(text.contains("Tested: 9"), "{text}");
+    assert!(text.contains("Tested: 10"), "{text}");
     let generated: u32 = text
         .lines()
         .find_map(|l| l.trim().split_once(" generated"))

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -26,10 +25,7 @@ pub async fn state_for(endpoint: &str, config: GatewayConfig) -> AppState {
     let conn = Connection::connect(ConnectionOptions::new(endpoint, "default").expect("opts"))
         .await
         .expect("connect");
-    AppState {
-        client: Client::new(&conn),
-        config: Arc::new(config),
-    }
+    AppState::new(Client::new(&conn), config)
 }
 
 /// A state whose scheduler is unreachable (nothing listens on the port).

@@ -1,0 +1,173 @@
+//! The gateway's Prometheus metrics. Labels are bounded: routes are the router's templates
+//! (never an operation id), methods outside the usual set count as `other`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcErrorLabels {
+    method: String,
+    code: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Everything the gateway counts.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    requests: Family<HttpLabels, Counter>,
+    request_duration: Histograms<RouteLabels>,
+    pub(crate) started: Counter,
+    pub(crate) deduplicated: Counter,
+    pub(crate) canceled: Counter,
+    rpc_duration: Histograms<RpcLabels>,
+    rpc_errors: Family<RpcErrorLabels, Counter>,
+}
+
+fn http_buckets() -> Histogram {
+    // 1 ms to about 33 s (long polls).
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn rpc_buckets() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let mut registry = service_kit::metrics::registry("gateway");
+        let requests = Family::<HttpLabels, Counter>::default();
+        let request_duration: Histograms<RouteLabels> = Family::new_with_constructor(http_buckets);
+        let (started, deduplicated, canceled) =
+            (Counter::default(), Counter::default(), Counter::default());
+        let rpc_duration: Histograms<RpcLabels> = Family::new_with_constructor(rpc_buckets);
+        let rpc_errors = Family::<RpcErrorLabels, Counter>::default();
+        registry.register(
+            "gateway_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            request_duration.clone(),
+        );
+        registry.register(
+            "gateway_operations_started",
+            "Operations started (a new orchestration instance)",
+            started.clone(),
+        );
+        registry.register(
+            "gateway_operations_deduplicated",
+            "Starts answered with an existing operation (same Idempotency-Key and body)",
+            deduplicated.clone(),
+        );
+        registry.register(
+            "gateway_operations_canceled",
+            "Cancel requests accepted",
+            canceled.clone(),
+        );
+        registry.register(
+            "gateway_dts_rpc_duration_seconds",
+            "Duration of calls to the Durable Task Scheduler, by gRPC method",
+            rpc_duration.clone(),
+        );
+        registry.register(
+            "gateway_dts_rpc_errors",
+            "Calls to the Durable Task Scheduler that failed, by gRPC method and code",
+            rpc_errors.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            started,
+            deduplicated,
+            canceled,
+            rpc_duration,
+            rpc_errors,
+        }
+    }
+}
+
+impl GatewayMetrics {
+    pub fn encode(&self) -> String {
+        service_kit::metrics::encode(&self.registry)
+    }
+
+    /// Records one scheduler call; `code` is `None` on success.
+    pub(crate) fn rpc(&self, method: &str, took: Duration, code: Option<&str>) {
+        self.rpc_duration
+            .get_or_create(&RpcLabels {
+                method: method.to_string(),
+            })
+            .observe(took.as_secs_f64());
+        if let Some(code) = code {
+            self.rpc_errors
+                .get_or_create(&RpcErrorLabels {
+                    method: method.to_string(),
+                    code: code.to_string(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Middleware: counts and times every request by its route template.
+pub(crate) async fn track(
+    State(state): State<crate::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = &state.metrics;
+    m.request_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
+}
