@@ -27,4 +27,6 @@ pub use orchestration::{
 };
 pub use registry::Registry;
 pub use types::{FailureDetails, OrchestrationMetadata, OrchestrationStatus, TraceContext};
-pub use worker::{Worker, WorkerOptions, WorkerStats};
+pub use worker::{
+    WorkItemKind, WorkItemOutcome, Worker, WorkerObserver, WorkerOptions, WorkerStats,
+};

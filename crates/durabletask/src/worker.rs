@@ -45,6 +45,66 @@ pub struct WorkerOptions {
     pub use_work_item_filters: bool,
     /// Sent as `workerid`; `<host>,<pid>,<uuid>` when `None`.
     pub worker_id: Option<String>,
+    /// Told about every work item, stream state change and finished orchestration (metrics).
+    pub observer: Option<Arc<dyn WorkerObserver>>,
+}
+
+/// The two kinds of work this worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkItemKind {
+    Orchestration,
+    Activity,
+}
+
+impl WorkItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Orchestration => "orchestration",
+            Self::Activity => "activity",
+        }
+    }
+}
+
+/// How a work item ended on this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkItemOutcome {
+    /// Completed and reported (an orchestration episode, or an activity that returned a value).
+    Completed,
+    /// Reported as a failure (an activity error, or an episode that failed its orchestration).
+    Failed,
+    /// Handed back to the scheduler (shutdown) or never reported (the completion call failed):
+    /// the scheduler will run it again.
+    Abandoned,
+}
+
+impl WorkItemOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Hooks for metrics. Every method has an empty default; they run on the worker's tasks, so
+/// keep them cheap and never block.
+pub trait WorkerObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// A work item arrived and is about to run.
+    fn work_item_started(&self, _kind: WorkItemKind, _name: &str) {}
+    /// A work item ended on this worker after `took`.
+    fn work_item_finished(
+        &self,
+        _kind: WorkItemKind,
+        _name: &str,
+        _outcome: WorkItemOutcome,
+        _took: Duration,
+    ) {
+    }
+    /// The work-item stream connected (`true`) or went away (`false`).
+    fn stream_state(&self, _connected: bool) {}
+    /// An orchestration episode ended its instance; `age` is the time since it started.
+    fn orchestration_ended(&self, _name: &str, _failed: bool, _age: Option<Duration>) {}
 }
 
 impl Default for WorkerOptions {
@@ -58,6 +118,7 @@ impl Default for WorkerOptions {
             drain_timeout: Duration::from_secs(30),
             use_work_item_filters: false,
             worker_id: None,
+            observer: None,
         }
     }
 }
@@ -100,6 +161,28 @@ struct Shared {
     /// Cancelled when the drain deadline passes: in-flight activities stop and are abandoned.
     abort: CancellationToken,
     stats: Arc<WorkerStats>,
+    observer: Option<Arc<dyn WorkerObserver>>,
+}
+
+impl Shared {
+    fn started(&self, kind: WorkItemKind, name: &str) -> std::time::Instant {
+        if let Some(o) = &self.observer {
+            o.work_item_started(kind, name);
+        }
+        std::time::Instant::now()
+    }
+
+    fn finished(
+        &self,
+        kind: WorkItemKind,
+        name: &str,
+        outcome: WorkItemOutcome,
+        since: std::time::Instant,
+    ) {
+        if let Some(o) = &self.observer {
+            o.work_item_finished(kind, name, outcome, since.elapsed());
+        }
+    }
 }
 
 /// A Durable Task worker. Build it, then `run` it until the shutdown token is cancelled.
@@ -129,6 +212,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             abort: CancellationToken::new(),
             stats: Arc::new(WorkerStats::default()),
+            observer: options.observer.clone(),
         });
         let (ready, _) = watch::channel(false);
         Self {
@@ -160,7 +244,11 @@ impl Worker {
                 break;
             }
             let end = self.stream_once(&shutdown, &mut attempt).await;
-            self.ready.send_replace(false);
+            if self.ready.send_replace(false)
+                && let Some(o) = &self.shared.observer
+            {
+                o.stream_state(false);
+            }
             match end {
                 StreamEnd::Shutdown => break,
                 StreamEnd::ServerClosed => {
@@ -198,6 +286,9 @@ impl Worker {
         };
         bump(&self.shared.stats.streams_opened);
         self.ready.send_replace(true);
+        if let Some(o) = &self.shared.observer {
+            o.stream_state(true);
+        }
         tracing::info!(worker_id = %self.worker_id, "work-item stream connected");
         loop {
             let next = tokio::select! {
@@ -275,7 +366,10 @@ impl Worker {
                 let permit = tokio::select! {
                     p = shared.orchestration_slots.clone().acquire_owned() => p,
                     _ = shutdown.cancelled() => {
+                        let name = orchestration_name(&req).unwrap_or_default();
+                        let since = shared.started(WorkItemKind::Orchestration, &name);
                         abandon_orchestration(&shared, token).await;
+                        shared.finished(WorkItemKind::Orchestration, &name, WorkItemOutcome::Abandoned, since);
                         return false;
                     }
                 };
@@ -289,7 +383,9 @@ impl Worker {
                 let permit = tokio::select! {
                     p = shared.activity_slots.clone().acquire_owned() => p,
                     _ = shutdown.cancelled() => {
+                        let since = shared.started(WorkItemKind::Activity, &req.name);
                         abandon_activity(&shared, token).await;
+                        shared.finished(WorkItemKind::Activity, &req.name, WorkItemOutcome::Abandoned, since);
                         return false;
                     }
                 };
@@ -338,15 +434,28 @@ impl Worker {
     }
 }
 
-async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token: String) {
-    let name = req
-        .past_events
+/// The orchestration's name and start time, from its ExecutionStarted event.
+fn execution_started(req: &pb::OrchestratorRequest) -> Option<(String, Option<pb::Timestamp>)> {
+    req.past_events
         .iter()
         .chain(req.new_events.iter())
         .find_map(|e| match &e.event_type {
-            Some(pb::history_event::EventType::ExecutionStarted(es)) => Some(es.name.clone()),
+            Some(pb::history_event::EventType::ExecutionStarted(es)) => {
+                Some((es.name.clone(), e.timestamp))
+            }
             _ => None,
-        });
+        })
+}
+
+fn orchestration_name(req: &pb::OrchestratorRequest) -> Option<String> {
+    execution_started(req).map(|(n, _)| n)
+}
+
+async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token: String) {
+    let started = execution_started(&req);
+    let name = started.as_ref().map(|(n, _)| n.clone());
+    let label = name.clone().unwrap_or_default();
+    let since = shared.started(WorkItemKind::Orchestration, &label);
     let response = match name
         .as_deref()
         .map(|n| (n, shared.registry.orchestrator(n)))
@@ -377,10 +486,43 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
         async move { grpc.complete_orchestrator_task(r).await.map(|_| ()) }
     })
     .await;
+    // Did this episode end the instance, and how?
+    let ended = response
+        .actions
+        .iter()
+        .find_map(|a| match &a.orchestrator_action_type {
+            Some(pb::orchestrator_action::OrchestratorActionType::CompleteOrchestration(c))
+                if c.orchestration_status != pb::OrchestrationStatus::ContinuedAsNew as i32 =>
+            {
+                Some(c.orchestration_status == pb::OrchestrationStatus::Failed as i32)
+            }
+            _ => None,
+        });
     match result {
-        Ok(()) => bump(&shared.stats.orchestrations_completed),
+        Ok(()) => {
+            bump(&shared.stats.orchestrations_completed);
+            let outcome = if ended == Some(true) {
+                WorkItemOutcome::Failed
+            } else {
+                WorkItemOutcome::Completed
+            };
+            shared.finished(WorkItemKind::Orchestration, &label, outcome, since);
+            if let (Some(failed), Some(o)) = (ended, &shared.observer) {
+                let age = started.and_then(|(_, t)| t).and_then(|t| {
+                    let at = chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)?;
+                    (chrono::Utc::now() - at).to_std().ok()
+                });
+                o.orchestration_ended(&label, failed, age);
+            }
+        }
         Err(status) => {
             bump(&shared.stats.completion_errors);
+            shared.finished(
+                WorkItemKind::Orchestration,
+                &label,
+                WorkItemOutcome::Abandoned,
+                since,
+            );
             tracing::warn!(instance_id = %req.instance_id, code = ?status.code(), message = status.message(), "could not complete orchestration work item");
         }
     }
@@ -402,6 +544,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
             .and_then(TraceContext::from_proto),
         cancellation: shared.abort.child_token(),
     };
+    let since = shared.started(WorkItemKind::Activity, &req.name);
     let outcome = match shared.registry.activity(&req.name) {
         None => Some(Err(FailureDetails::new(
             "ActivityTaskNotFound",
@@ -423,6 +566,12 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
     // cancellation: hand the item back instead of completing it.
     let Some(outcome) = outcome.filter(|_| !shared.abort.is_cancelled()) else {
         abandon_activity(shared, token).await;
+        shared.finished(
+            WorkItemKind::Activity,
+            &req.name,
+            WorkItemOutcome::Abandoned,
+            since,
+        );
         return;
     };
     let failed = outcome.is_err();
@@ -443,6 +592,12 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         async move { grpc.complete_activity_task(r).await.map(|_| ()) }
     })
     .await;
+    let outcome = match (&delivered, failed) {
+        (Ok(()), true) => WorkItemOutcome::Failed,
+        (Ok(()), false) => WorkItemOutcome::Completed,
+        (Err(_), _) => WorkItemOutcome::Abandoned,
+    };
+    shared.finished(WorkItemKind::Activity, &req.name, outcome, since);
     match delivered {
         Ok(()) if failed => bump(&shared.stats.activities_failed),
         Ok(()) => bump(&shared.stats.activities_completed),

@@ -9,9 +9,11 @@
 // A binary: `pub` inside its modules only means "used across modules".
 #![allow(unreachable_pub)]
 
+mod metrics;
 mod orchestrations;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -98,10 +100,12 @@ async fn run() -> anyhow::Result<()> {
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
+    let metrics = Arc::new(metrics::WorkerMetrics::default());
     let options = WorkerOptions {
         max_concurrent_orchestrations: settings.max_concurrent_orchestrations,
         max_concurrent_activities: settings.max_concurrent_activities,
         drain_timeout: Duration::from_secs(settings.drain_timeout_seconds),
+        observer: Some(metrics.clone()),
         ..Default::default()
     };
     let worker_name =
@@ -117,7 +121,22 @@ async fn run() -> anyhow::Result<()> {
     let admin = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(ready);
+        .with_state(ready)
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            service_kit::metrics::CONTENT_TYPE,
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        );
     let admin_stop = shutdown.clone();
     let admin_task = tokio::spawn(async move {
         axum::serve(listener, admin)

@@ -195,6 +195,82 @@ async fn process_request_and_the_sample_pair_complete() {
         m.failure_details.expect("failure").error_type,
         "InputDeserializationError"
     );
+
+    // What the worker counted for all of that.
+    let text = http_get(w.admin, "/metrics").await;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    let act = "simulate_long_running_activity";
+    assert_eq!(
+        value(&format!(
+            r#"worker_work_items_received_total{{kind="activity",name="{act}"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"worker_work_items_finished_total{{kind="activity",name="{act}",outcome="completed"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"worker_work_items_finished_total{kind="activity",name="process_long_running_operation",outcome="completed"}"#
+        ),
+        1.0
+    );
+    // Two episodes of the good run; the bad input fails in its first.
+    assert_eq!(
+        value(
+            r#"worker_work_items_finished_total{kind="orchestration",name="process_request",outcome="completed"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            r#"worker_work_items_finished_total{kind="orchestration",name="process_request",outcome="failed"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"worker_operation_duration_seconds_count{name="process_request",status="completed"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"worker_operation_duration_seconds_count{name="process_request",status="failed"}"#),
+        1.0
+    );
+    assert!(
+        value(
+            r#"worker_operation_duration_seconds_sum{name="process_request",status="completed"}"#
+        ) >= 1.0
+    );
+    assert!(
+        value(&format!(
+            r#"worker_work_item_duration_seconds_sum{{kind="activity",name="{act}"}}"#
+        )) >= 1.0
+    );
+    assert_eq!(
+        value(r#"worker_work_items_in_flight{kind="activity"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"worker_work_items_in_flight{kind="orchestration"}"#),
+        0.0
+    );
+    assert_eq!(value("worker_stream_connected"), 1.0);
+    assert_eq!(value("worker_stream_connects_total"), 1.0);
+    assert_eq!(value("worker_stream_reconnects_total"), 0.0);
+    assert!(text.contains("worker_build_info{version="), "{text}");
+    assert!(value("process_open_fds") > 0.0);
+    assert!(!text.contains("op-7"), "no ids in labels");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

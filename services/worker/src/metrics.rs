@@ -1,0 +1,191 @@
+//! The worker's Prometheus metrics, fed by the SDK's `WorkerObserver` hooks. Labels are the
+//! work-item kind and the registered orchestration/activity name (a bounded set), never ids.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use durabletask::{WorkItemKind, WorkItemOutcome, WorkerObserver};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ItemLabels {
+    kind: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: String,
+    name: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    name: String,
+    status: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn execution_buckets() -> Histogram {
+    // 0.1 ms to about 55 min: replays are sub-millisecond, activities may take an hour.
+    Histogram::new(exponential_buckets(0.0001, 2.5, 18))
+}
+
+fn operation_buckets() -> Histogram {
+    // 10 ms to about 3 h.
+    Histogram::new(exponential_buckets(0.01, 2.5, 15))
+}
+
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    received: Family<ItemLabels, Counter>,
+    finished: Family<OutcomeLabels, Counter>,
+    duration: Histograms<ItemLabels>,
+    in_flight: Family<KindLabels, Gauge>,
+    connected: Gauge,
+    connects: Counter,
+    reconnects: Counter,
+    ever_connected: AtomicBool,
+    operation_duration: Histograms<EndLabels>,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        let mut registry = service_kit::metrics::registry("worker");
+        let m = Self {
+            registry: Registry::default(),
+            received: Family::default(),
+            finished: Family::default(),
+            duration: Family::new_with_constructor(execution_buckets),
+            in_flight: Family::default(),
+            connected: Gauge::default(),
+            connects: Counter::default(),
+            reconnects: Counter::default(),
+            ever_connected: AtomicBool::new(false),
+            operation_duration: Family::new_with_constructor(operation_buckets),
+        };
+        registry.register(
+            "worker_work_items_received",
+            "Work items received, by kind and orchestration/activity name",
+            m.received.clone(),
+        );
+        registry.register(
+            "worker_work_items_finished",
+            "Work items ended on this worker, by kind, name and outcome (completed, failed, abandoned)",
+            m.finished.clone(),
+        );
+        registry.register(
+            "worker_work_item_duration_seconds",
+            "Execution time of work items (orchestration episodes and activities), by kind and name",
+            m.duration.clone(),
+        );
+        registry.register(
+            "worker_work_items_in_flight",
+            "Work items running now, by kind",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "worker_stream_connected",
+            "1 while the work-item stream to the scheduler is connected",
+            m.connected.clone(),
+        );
+        registry.register(
+            "worker_stream_connects",
+            "Work-item streams opened",
+            m.connects.clone(),
+        );
+        registry.register(
+            "worker_stream_reconnects",
+            "Work-item streams opened again after the first",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "worker_operation_duration_seconds",
+            "Time from an orchestration's start to its end, by name and final status",
+            m.operation_duration.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl WorkerMetrics {
+    pub fn encode(&self) -> String {
+        service_kit::metrics::encode(&self.registry)
+    }
+}
+
+fn item(kind: WorkItemKind, name: &str) -> ItemLabels {
+    ItemLabels {
+        kind: kind.as_str().to_string(),
+        name: name.to_string(),
+    }
+}
+
+impl WorkerObserver for WorkerMetrics {
+    fn work_item_started(&self, kind: WorkItemKind, name: &str) {
+        self.received.get_or_create(&item(kind, name)).inc();
+        self.in_flight
+            .get_or_create(&KindLabels {
+                kind: kind.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    fn work_item_finished(
+        &self,
+        kind: WorkItemKind,
+        name: &str,
+        outcome: WorkItemOutcome,
+        took: Duration,
+    ) {
+        self.in_flight
+            .get_or_create(&KindLabels {
+                kind: kind.as_str().to_string(),
+            })
+            .dec();
+        self.finished
+            .get_or_create(&OutcomeLabels {
+                kind: kind.as_str().to_string(),
+                name: name.to_string(),
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&item(kind, name))
+            .observe(took.as_secs_f64());
+    }
+
+    fn stream_state(&self, connected: bool) {
+        self.connected.set(i64::from(connected));
+        if connected {
+            self.connects.inc();
+            if self.ever_connected.swap(true, Ordering::Relaxed) {
+                self.reconnects.inc();
+            }
+        }
+    }
+
+    fn orchestration_ended(&self, name: &str, failed: bool, age: Option<Duration>) {
+        if let Some(age) = age {
+            self.operation_duration
+                .get_or_create(&EndLabels {
+                    name: name.to_string(),
+                    status: if failed { "failed" } else { "completed" }.to_string(),
+                })
+                .observe(age.as_secs_f64());
+        }
+    }
+}
