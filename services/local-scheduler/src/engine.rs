@@ -179,6 +179,30 @@ pub struct ActivityItem {
     pub request: pb::ActivityRequest,
     pub lease: Option<String>,
     pub avoid: Option<(u64, DateTime<Utc>)>,
+    /// When it was queued (again), for the dispatch latency.
+    pub queued: std::time::Instant,
+}
+
+/// Time from a work item becoming runnable to its dispatch, by kind.
+#[derive(Debug, Clone)]
+pub struct DispatchLatency {
+    pub orchestration: prometheus_client::metrics::histogram::Histogram,
+    pub activity: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for DispatchLatency {
+    fn default() -> Self {
+        // 50 µs to about 1.6 s.
+        let buckets = || {
+            prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
+            )
+        };
+        Self {
+            orchestration: buckets(),
+            activity: buckets(),
+        }
+    }
 }
 
 /// Whether `stream` should leave this item to others for now (it let the lease expire).
@@ -266,11 +290,23 @@ impl StreamFilter {
     }
 }
 
+/// Adds an instance to the ready set; `true` when it was not there (then queue it).
+fn mark_ready(set: &mut HashMap<String, std::time::Instant>, id: String) -> bool {
+    match set.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(std::time::Instant::now());
+            true
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Hub {
     pub instances: HashMap<String, Instance>,
     ready: VecDeque<String>,
-    ready_set: HashSet<String>,
+    /// Instances in `ready`, with when they became runnable (for the dispatch latency).
+    ready_set: HashMap<String, std::time::Instant>,
     /// Pending activities by key `instance|execution|taskId`, and their dispatch order.
     pub activities: HashMap<String, ActivityItem>,
     activity_order: VecDeque<String>,
@@ -290,6 +326,7 @@ pub struct Engine {
     record_instances: bool,
     /// Leased (orchestration, activity) work items per stream.
     stream_counts: HashMap<u64, (usize, usize)>,
+    pub dispatch_latency: DispatchLatency,
 }
 
 pub fn activity_key(instance_id: &str, execution_id: &str, task_id: i32) -> String {
@@ -310,6 +347,7 @@ impl Engine {
             changes: Vec::new(),
             record_instances: true,
             stream_counts: HashMap::new(),
+            dispatch_latency: DispatchLatency::default(),
         }
     }
 
@@ -414,7 +452,7 @@ impl Engine {
             return; // completed instances take no more messages
         }
         inst.inbox.push_back(msg);
-        if inst.lease.is_none() && h.ready_set.insert(instance_id.to_string()) {
+        if inst.lease.is_none() && mark_ready(&mut h.ready_set, instance_id.to_string()) {
             h.ready.push_back(instance_id.to_string());
         }
         self.persist(hub, instance_id);
@@ -728,7 +766,7 @@ impl Engine {
                 ..Default::default()
             }),
         ));
-        if inst.lease.is_none() && h.ready_set.insert(id.to_string()) {
+        if inst.lease.is_none() && mark_ready(&mut h.ready_set, id.to_string()) {
             h.ready.push_back(id.to_string());
         }
         self.persist(hub, id);
@@ -985,7 +1023,11 @@ impl Engine {
                 skipped.push(id);
                 continue;
             }
-            h.ready_set.remove(&id);
+            if let Some(since) = h.ready_set.remove(&id) {
+                self.dispatch_latency
+                    .orchestration
+                    .observe(since.elapsed().as_secs_f64());
+            }
             found = Some(id);
             break;
         }
@@ -1066,6 +1108,9 @@ impl Engine {
         let item = h.activities.get_mut(&key)?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         item.lease = Some(token.clone());
+        self.dispatch_latency
+            .activity
+            .observe(item.queued.elapsed().as_secs_f64());
         let request = item.request.clone();
         self.insert_lease(
             token.clone(),
@@ -1174,7 +1219,7 @@ impl Engine {
                     for e in events.into_iter().rev() {
                         inst.inbox.push_front(e);
                     }
-                    if !inst.inbox.is_empty() && h.ready_set.insert(instance_id.clone()) {
+                    if !inst.inbox.is_empty() && mark_ready(&mut h.ready_set, instance_id.clone()) {
                         h.ready.push_front(instance_id);
                     }
                 }
@@ -1183,6 +1228,7 @@ impl Engine {
                 if let Some(item) = h.activities.get_mut(&key) {
                     item.lease = None;
                     item.avoid = avoid;
+                    item.queued = std::time::Instant::now();
                     h.activity_order.push_front(key);
                 }
             }
@@ -1621,7 +1667,7 @@ impl Engine {
             }
         }
         let runnable = !inst.inbox.is_empty() && !is_terminal(inst.row.status);
-        if runnable && h.ready_set.insert(instance_id.clone()) {
+        if runnable && mark_ready(&mut h.ready_set, instance_id.clone()) {
             h.ready.push_back(instance_id.clone());
         }
         for req in new_activities {
@@ -1638,6 +1684,7 @@ impl Engine {
                     request: req,
                     lease: None,
                     avoid: None,
+                    queued: std::time::Instant::now(),
                 },
             );
         }
@@ -1751,7 +1798,7 @@ impl Engine {
             let id = inst.row.instance_id.clone();
             if !inst.inbox.is_empty()
                 && !is_terminal(inst.row.status)
-                && h.ready_set.insert(id.clone())
+                && mark_ready(&mut h.ready_set, id.clone())
             {
                 h.ready.push_back(id.clone());
             }
@@ -1765,6 +1812,7 @@ impl Engine {
                     request,
                     lease: None,
                     avoid: None,
+                    queued: std::time::Instant::now(),
                 },
             );
         }

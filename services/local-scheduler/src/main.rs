@@ -8,13 +8,13 @@
 #![allow(unreachable_pub)]
 
 mod engine;
+mod metrics;
 mod server;
 mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -184,11 +184,28 @@ async fn run() -> anyhow::Result<()> {
         .with_context(|| format!("`listen`: cannot bind {grpc_addr}"))?;
     tracing::info!(%grpc_addr, %admin_addr, hubs = ?settings.task_hubs, store = %settings.store, "local scheduler listening");
 
+    let (registry, latency) = metrics::registry(shared.clone());
+    shared.set_dispatch_latency(latency);
+    let registry = Arc::new(registry);
     let admin = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(shared.clone());
+        .with_state(shared.clone())
+        .route(
+            "/metrics",
+            get(move || {
+                let r = registry.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            service_kit::metrics::CONTENT_TYPE,
+                        )],
+                        service_kit::metrics::encode(&r),
+                    )
+                }
+            }),
+        );
     let admin_shutdown = shutdown.clone();
     let admin_task = tokio::spawn(async move {
         axum::serve(admin_listener, admin)
@@ -235,120 +252,4 @@ async fn readyz(
         );
     }
     (axum::http::StatusCode::OK, "ready\n")
-}
-
-async fn metrics(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    use std::fmt::Write;
-    let mut out = String::new();
-    if let Some(((orch, act, timers), statuses)) =
-        shared.engine_snapshot(|e| (e.backlog(), e.status_counts()))
-    {
-        let _ = writeln!(
-            out,
-            "# HELP dts_local_backlog_work_items Work items waiting to be dispatched, by kind."
-        );
-        let _ = writeln!(out, "# TYPE dts_local_backlog_work_items gauge");
-        let _ = writeln!(
-            out,
-            "dts_local_backlog_work_items{{kind=\"orchestration\"}} {orch}"
-        );
-        let _ = writeln!(
-            out,
-            "dts_local_backlog_work_items{{kind=\"activity\"}} {act}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP dts_local_pending_timers Durable timers and scheduled starts not yet due."
-        );
-        let _ = writeln!(out, "# TYPE dts_local_pending_timers gauge");
-        let _ = writeln!(out, "dts_local_pending_timers {timers}");
-        let _ = writeln!(
-            out,
-            "# HELP dts_local_instances Orchestration instances by runtime status."
-        );
-        let _ = writeln!(out, "# TYPE dts_local_instances gauge");
-        for s in [
-            "PENDING",
-            "RUNNING",
-            "SUSPENDED",
-            "COMPLETED",
-            "FAILED",
-            "TERMINATED",
-            "CANCELED",
-            "CONTINUED_AS_NEW",
-        ] {
-            let _ = writeln!(
-                out,
-                "dts_local_instances{{status=\"{s}\"}} {}",
-                statuses.get(s).copied().unwrap_or(0)
-            );
-        }
-    }
-    let c = &shared.counters;
-    let counters = [
-        (
-            "dts_local_work_items_dispatched_total",
-            "Work items sent to workers.",
-            vec![
-                ("orchestration", &c.orchestrations_dispatched),
-                ("activity", &c.activities_dispatched),
-            ],
-        ),
-        (
-            "dts_local_work_items_completed_total",
-            "Work items completed by workers.",
-            vec![
-                ("orchestration", &c.orchestrations_completed),
-                ("activity", &c.activities_completed),
-            ],
-        ),
-    ];
-    for (name, help, series) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (kind, v) in series {
-            let _ = writeln!(
-                out,
-                "{name}{{kind=\"{kind}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-    }
-    for (name, help, v) in [
-        (
-            "dts_local_work_items_abandoned_total",
-            "Work items handed back by workers.",
-            &c.abandoned,
-        ),
-        (
-            "dts_local_work_items_redelivered_total",
-            "Work items queued again after a lost stream or an expired lease.",
-            &c.redelivered,
-        ),
-        (
-            "dts_local_store_errors_total",
-            "State changes the store failed to persist.",
-            &c.store_errors,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            v.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP dts_local_worker_streams Open work-item streams.\n# TYPE dts_local_worker_streams gauge\ndts_local_worker_streams {}",
-        c.streams_open.load(Ordering::Relaxed)
-    );
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
 }

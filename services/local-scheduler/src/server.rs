@@ -103,6 +103,13 @@ impl Shared {
         self.engine.lock().ok().map(|mut e| f(&mut e))
     }
 
+    /// Points the engine's dispatch-latency histograms at the ones `/metrics` exposes.
+    pub fn set_dispatch_latency(&self, latency: crate::engine::DispatchLatency) {
+        if let Ok(mut e) = self.engine.lock() {
+            e.dispatch_latency = latency;
+        }
+    }
+
     pub fn engine_snapshot<T>(&self, f: impl FnOnce(&Engine) -> T) -> Option<T> {
         self.engine.lock().ok().map(|e| f(&e))
     }

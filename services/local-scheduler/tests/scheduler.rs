@@ -150,6 +150,37 @@ async fn sdk_scenarios_in_memory() {
     scenarios::recursive_terminate(&client).await;
     worker.shutdown().await;
     scenarios::work_item_filters(&conn, &client).await;
+
+    // What the scheduler counted for all of that.
+    let text = s.metrics().await;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    for kind in ["orchestration", "activity"] {
+        let dispatched = value(&format!(
+            r#"dts_local_work_items_dispatched_total{{kind="{kind}"}}"#
+        ));
+        let timed = value(&format!(
+            r#"dts_local_dispatch_latency_seconds_count{{kind="{kind}"}}"#
+        ));
+        assert!(dispatched >= 20.0, "{kind}: {dispatched}");
+        assert_eq!(timed, dispatched, "every {kind} dispatch is timed");
+        assert_eq!(
+            value(&format!(r#"dts_local_backlog_work_items{{kind="{kind}"}}"#)),
+            0.0
+        );
+    }
+    assert!(value(r#"dts_local_instances{status="COMPLETED"}"#) >= 5.0);
+    assert!(value(r#"dts_local_instances{status="TERMINATED"}"#) >= 1.0);
+    assert!(
+        text.contains("local_scheduler_build_info{version="),
+        "{text}"
+    );
+    assert!(value("process_resident_memory_bytes") > 1e6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

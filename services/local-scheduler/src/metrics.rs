@@ -1,0 +1,190 @@
+//! The local scheduler's `/metrics`: what DTS itself does not expose, above all the backlog of
+//! work items (what an autoscaler needs), plus instances by status, dispatch latency, and the
+//! build and process basics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::engine::DispatchLatency;
+use crate::server::Shared;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// The registry, and the histograms the engine observes into.
+pub fn registry(shared: Arc<Shared>) -> (Registry, DispatchLatency) {
+    let mut registry = service_kit::metrics::registry("local_scheduler");
+    let family = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+        DispatchLatency::default().orchestration
+    });
+    let handle = |kind: &str| {
+        family
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .clone()
+    };
+    let latency = DispatchLatency {
+        orchestration: handle("orchestration"),
+        activity: handle("activity"),
+    };
+    registry.register(
+        "dts_local_dispatch_latency_seconds",
+        "Time from a work item becoming runnable to its dispatch to a worker, by kind",
+        family,
+    );
+    registry.register_collector(Box::new(StateCollector { shared }));
+    (registry, latency)
+}
+
+struct StateCollector {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(&str, &str, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (key, value, v) in series {
+        if key.is_empty() {
+            ConstGauge::new(*v).encode(family.encode_family(&Vec::<(&str, &str)>::new())?)?;
+        } else {
+            ConstGauge::new(*v).encode(family.encode_family(&vec![(*key, *value)])?)?;
+        }
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (key, value, v) in series {
+        if key.is_empty() {
+            ConstCounter::new(*v).encode(family.encode_family(&Vec::<(&str, &str)>::new())?)?;
+        } else {
+            ConstCounter::new(*v).encode(family.encode_family(&vec![(*key, *value)])?)?;
+        }
+    }
+    Ok(())
+}
+
+const STATUSES: [&str; 8] = [
+    "PENDING",
+    "RUNNING",
+    "SUSPENDED",
+    "COMPLETED",
+    "FAILED",
+    "TERMINATED",
+    "CANCELED",
+    "CONTINUED_AS_NEW",
+];
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(((orch, act, timers), statuses)) = self
+            .shared
+            .engine_snapshot(|e| (e.backlog(), e.status_counts()))
+        {
+            gauge(
+                &mut encoder,
+                "dts_local_backlog_work_items",
+                "Work items waiting to be dispatched, by kind",
+                &[
+                    ("kind", "orchestration", as_i64(orch)),
+                    ("kind", "activity", as_i64(act)),
+                ],
+            )?;
+            gauge(
+                &mut encoder,
+                "dts_local_pending_timers",
+                "Durable timers and scheduled starts not yet due",
+                &[("", "", as_i64(timers))],
+            )?;
+            let series: Vec<(&str, &str, i64)> = STATUSES
+                .iter()
+                .map(|s| ("status", *s, as_i64(statuses.get(s).copied().unwrap_or(0))))
+                .collect();
+            gauge(
+                &mut encoder,
+                "dts_local_instances",
+                "Orchestration instances by runtime status",
+                &series,
+            )?;
+        }
+        let c = &self.shared.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut encoder,
+            "dts_local_work_items_dispatched",
+            "Work items sent to workers, by kind",
+            &[
+                ("kind", "orchestration", load(&c.orchestrations_dispatched)),
+                ("kind", "activity", load(&c.activities_dispatched)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "dts_local_work_items_completed",
+            "Work items completed by workers, by kind",
+            &[
+                ("kind", "orchestration", load(&c.orchestrations_completed)),
+                ("kind", "activity", load(&c.activities_completed)),
+            ],
+        )?;
+        for (name, help, v) in [
+            (
+                "dts_local_work_items_abandoned",
+                "Work items handed back by workers",
+                load(&c.abandoned),
+            ),
+            (
+                "dts_local_work_items_redelivered",
+                "Work items queued again after a lost stream or an expired lease",
+                load(&c.redelivered),
+            ),
+            (
+                "dts_local_store_errors",
+                "State changes the store failed to persist",
+                load(&c.store_errors),
+            ),
+        ] {
+            counter(&mut encoder, name, help, &[("", "", v)])?;
+        }
+        gauge(
+            &mut encoder,
+            "dts_local_worker_streams",
+            "Open work-item streams",
+            &[(
+                "",
+                "",
+                i64::try_from(load(&c.streams_open)).unwrap_or(i64::MAX),
+            )],
+        )?;
+        Ok(())
+    }
+}
