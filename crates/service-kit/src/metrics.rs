@@ -43,6 +43,58 @@ pub fn encode(registry: &Registry) -> String {
 /// The content type that goes with [`encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The classic Prometheus text format's content type.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition for a scrape: OpenMetrics when the client asks for it (Prometheus does),
+/// otherwise the classic text format (curl, `promtool check metrics`, older scrapers).
+pub fn exposition(registry: &Registry, accept: Option<&str>) -> (&'static str, String) {
+    let openmetrics = encode(registry);
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (CONTENT_TYPE, openmetrics)
+    } else {
+        (TEXT_CONTENT_TYPE, to_text_format(&openmetrics))
+    }
+}
+
+/// OpenMetrics to the classic text format: counter families are named with their `_total`
+/// suffix (as their samples are), and the `# EOF` / `# UNIT` lines go.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = help.take() {
+                let _ = writeln!(out, "# HELP {h}");
+            }
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if let Some(h) = help.take() {
+            let _ = writeln!(out, "# HELP {h}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
 #[derive(Debug)]
 struct ProcessCollector;
 
@@ -163,5 +215,27 @@ mod tests {
             assert!(value > 0.0, "{line}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn text_format_names_counter_families_with_total() {
+        let om = "# HELP demo_started Operations started.\n# TYPE demo_started counter\ndemo_started_total 3\n# HELP demo_up Up.\n# TYPE demo_up gauge\ndemo_up 1\n# EOF\n";
+        let text = to_text_format(om);
+        assert_eq!(
+            text,
+            "# HELP demo_started_total Operations started.\n# TYPE demo_started_total counter\ndemo_started_total 3\n# HELP demo_up Up.\n# TYPE demo_up gauge\ndemo_up 1\n"
+        );
+        let (ct, _) = exposition(
+            &registry("demo"),
+            Some("application/openmetrics-text;version=1.0.0"),
+        );
+        assert_eq!(ct, CONTENT_TYPE);
+        let (ct, body) = exposition(&registry("demo"), None);
+        assert_eq!(ct, TEXT_CONTENT_TYPE);
+        assert!(
+            body.contains("# TYPE process_cpu_seconds_total counter"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"));
     }
 }

@@ -1025,15 +1025,13 @@ async fn cancel(
     get,
     path = "/metrics",
     tag = "health",
-    responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String,
-        content_type = "application/openmetrics-text")),
+    responses((status = 200, description = "Metrics: OpenMetrics when asked for in `Accept` (as Prometheus does), else the classic text format", body = String,
+        content_type = "text/plain")),
 )]
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, service_kit::metrics::CONTENT_TYPE)],
-        state.metrics.encode(),
-    )
-        .into_response()
+async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = state.metrics.exposition(accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Liveness: the process serves HTTP.

@@ -118,8 +118,9 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    pub fn encode(&self) -> String {
-        service_kit::metrics::encode(&self.registry)
+    /// The scrape body and its content type, negotiated on `Accept`.
+    pub fn exposition(&self, accept: Option<&str>) -> (&'static str, String) {
+        service_kit::metrics::exposition(&self.registry, accept)
     }
 
     /// Records one scheduler call; `code` is `None` on success.

@@ -193,16 +193,14 @@ async fn run() -> anyhow::Result<()> {
         .with_state(shared.clone())
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let r = registry.clone();
                 async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            service_kit::metrics::CONTENT_TYPE,
-                        )],
-                        service_kit::metrics::encode(&r),
-                    )
+                    let accept = headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    let (content_type, body) = service_kit::metrics::exposition(&r, accept);
+                    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
                 }
             }),
         );

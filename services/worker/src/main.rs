@@ -100,7 +100,14 @@ async fn run() -> anyhow::Result<()> {
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
-    let metrics = Arc::new(metrics::WorkerMetrics::default());
+
+    let worker_name =
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
+    let registry = orchestrations::registry(worker_name);
+    let metrics = Arc::new(
+        metrics::WorkerMetrics::default()
+            .with_names(registry.orchestrator_names(), registry.activity_names()),
+    );
     let options = WorkerOptions {
         max_concurrent_orchestrations: settings.max_concurrent_orchestrations,
         max_concurrent_activities: settings.max_concurrent_activities,
@@ -108,9 +115,7 @@ async fn run() -> anyhow::Result<()> {
         observer: Some(metrics.clone()),
         ..Default::default()
     };
-    let worker_name =
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
-    let worker = Worker::new(&conn, orchestrations::registry(worker_name), options);
+    let worker = Worker::new(&conn, registry, options);
     let ready = worker.readiness();
 
     let shutdown = CancellationToken::new();
@@ -124,16 +129,14 @@ async fn run() -> anyhow::Result<()> {
         .with_state(ready)
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let m = metrics.clone();
                 async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            service_kit::metrics::CONTENT_TYPE,
-                        )],
-                        m.encode(),
-                    )
+                    let accept = headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    let (content_type, body) = m.exposition(accept);
+                    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
                 }
             }),
         );

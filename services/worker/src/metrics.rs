@@ -122,8 +122,52 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn encode(&self) -> String {
-        service_kit::metrics::encode(&self.registry)
+    /// Creates every series of the registered names at zero, so that the first failure (or
+    /// completion) is an increase Prometheus can see, not a series appearing at 1.
+    pub fn with_names<'a>(
+        self,
+        orchestrations: impl IntoIterator<Item = &'a str>,
+        activities: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let outcomes = [
+            WorkItemOutcome::Completed,
+            WorkItemOutcome::Failed,
+            WorkItemOutcome::Abandoned,
+        ];
+        let touch = |kind: WorkItemKind, name: &str| {
+            let _ = self.received.get_or_create(&item(kind, name));
+            let _ = self.duration.get_or_create(&item(kind, name));
+            for o in outcomes {
+                let _ = self.finished.get_or_create(&OutcomeLabels {
+                    kind: kind.as_str().to_string(),
+                    name: name.to_string(),
+                    outcome: o.as_str().to_string(),
+                });
+            }
+        };
+        for name in orchestrations {
+            touch(WorkItemKind::Orchestration, name);
+            for status in ["completed", "failed"] {
+                let _ = self.operation_duration.get_or_create(&EndLabels {
+                    name: name.to_string(),
+                    status: status.to_string(),
+                });
+            }
+        }
+        for name in activities {
+            touch(WorkItemKind::Activity, name);
+        }
+        for kind in [WorkItemKind::Orchestration, WorkItemKind::Activity] {
+            let _ = self.in_flight.get_or_create(&KindLabels {
+                kind: kind.as_str().to_string(),
+            });
+        }
+        self
+    }
+
+    /// The scrape body and its content type, negotiated on `Accept`.
+    pub fn exposition(&self, accept: Option<&str>) -> (&'static str, String) {
+        service_kit::metrics::exposition(&self.registry, accept)
     }
 }
 

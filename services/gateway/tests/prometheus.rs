@@ -1,0 +1,430 @@
+//! A real Prometheus server (Debian package) scrapes the gateway, two workers and the local
+//! scheduler during an end-to-end run that includes failing operations; then every PromQL
+//! expression of the dashboard and of the alert rules must be valid and return data, the rules
+//! must load in the server, and `promtool` must accept the rules and every `/metrics` page.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use durabletask::{Client, Connection, ConnectionOptions, StartOptions};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+mod common;
+use common::*;
+
+fn tool(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is needed: `apt-get install prometheus` (.ci/run does), or set {env}")
+        })
+}
+
+fn chart_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../charts/async-http-api/files")
+        .join(name)
+}
+
+/// HTTP/1.0 GET (so the answer is never chunked), JSON body.
+async fn get_json(port: u16, path: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+async fn get_text(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    text.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Evaluates `expr` now; returns the API answer.
+async fn query(port: u16, expr: &str) -> Value {
+    get_json(port, &format!("/api/v1/query?query={}", encode(expr))).await
+}
+
+/// Polls until `expr` returns at least one series (rates need a few scrapes).
+async fn eventually_data(port: u16, expr: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = query(port, expr).await;
+        assert_eq!(v["status"], "success", "invalid PromQL `{expr}`: {v}");
+        if v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "`{expr}` returned no data: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The alert's signal: its expression without the final top-level comparison.
+fn signal(expr: &str) -> &str {
+    let bytes = expr.as_bytes();
+    let mut depth = 0i32;
+    let mut cut = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            b'>' | b'<' if depth == 0 && bytes.get(i + 1) != Some(&b'=') => cut = Some(i),
+            _ => {}
+        }
+    }
+    cut.map_or(expr, |i| expr[..i].trim())
+}
+
+fn rule_exprs(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {} uses the datasource variable",
+            panel["title"]
+        );
+        for t in panel["targets"].as_array().expect("targets") {
+            out.push((
+                panel["title"].as_str().unwrap_or("").to_string(),
+                t["expr"].as_str().expect("expr").to_string(),
+            ));
+        }
+    }
+    out
+}
+
+async fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(tool("promtool", "PROMTOOL"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .await
+        .expect("write");
+    drop(input);
+    let out = child.wait_with_output().await.expect("promtool output");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn write_config(dir: &Path, targets: &[(&str, Vec<u16>)], rules: &Path) -> PathBuf {
+    let mut cfg = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
+        rules.display()
+    );
+    for (job, ports) in targets {
+        let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        cfg.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ));
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, cfg).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_returns_data() {
+    let rules_file = chart_file("alerts.rules.yaml");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart_file("dashboard.json")).expect("read"))
+            .expect("dashboard json");
+    let (ok, out) = promtool(&["check", "rules", &rules_file.display().to_string()], None).await;
+    assert!(ok, "promtool check rules: {out}");
+
+    // The system: scheduler, two workers, gateway, each with its metrics port.
+    let sched_port = free_port();
+    let sched_admin = free_port();
+    let _sched = spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{sched_admin}"),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ],
+        sched_port,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{sched_port}");
+    let mut workers = Vec::new();
+    let mut worker_ports = Vec::new();
+    for name in ["worker-a", "worker-b"] {
+        let admin = free_port();
+        workers.push(
+            spawn(
+                "worker",
+                &[
+                    ("ENDPOINT", endpoint.clone()),
+                    ("HOSTNAME", name.into()),
+                    ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+                ],
+                admin,
+            )
+            .await,
+        );
+        worker_ports.push(admin);
+    }
+    let gw = free_port();
+    let _gateway = spawn(
+        "gateway",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("GATEWAY__LISTEN", format!("127.0.0.1:{gw}")),
+        ],
+        gw,
+    )
+    .await;
+
+    let dir = std::env::temp_dir().join(format!("prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = write_config(
+        &dir,
+        &[
+            ("gateway", vec![gw]),
+            ("worker", worker_ports.clone()),
+            ("local-scheduler", vec![sched_admin]),
+        ],
+        &rules_file,
+    );
+    let prom_port = free_port();
+    let _prometheus = Command::new(tool("prometheus", "PROMETHEUS"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    wait_port(prom_port).await;
+
+    // Every target is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = query(prom_port, "sum(up)").await;
+        let up = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if up == 4.0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let targets = get_json(prom_port, "/api/v1/targets").await;
+            panic!("targets not all up: {v}\n{targets}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Traffic: successes, an idempotent repeat, a cancel, unknown ids, and failing operations.
+    // Spread over a few scrapes, so that rates see the counters move.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        if i % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let body = json!({"name": format!("user-{i}"), "delay_seconds": i % 2}).to_string();
+        let (s, _, v) = http(gw, "POST", "/api/process", Some(&body)).await;
+        assert_eq!(s, 202, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    let body = json!({"name": "once", "delay_seconds": 0}).to_string();
+    for _ in 0..3 {
+        let (s, ..) = http_with_key(gw, "/api/process", &body, "metrics-key").await;
+        assert_eq!(s, 202);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let long = json!({"name": "long", "delay_seconds": 600}).to_string();
+    let (_, _, v) = http(gw, "POST", "/api/process", Some(&long)).await;
+    let long_id = v["id"].as_str().expect("id").to_string();
+    let (s, ..) = http(
+        gw,
+        "POST",
+        &format!("/api/operations/{long_id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+    let (s, ..) = http(gw, "GET", "/api/status/nope", None).await;
+    assert_eq!(s, 404);
+    let conn = Connection::connect(ConnectionOptions::new(&endpoint, "default").expect("opts"))
+        .await
+        .expect("connect");
+    let client = Client::new(&conn);
+    for i in 0..3 {
+        client
+            .schedule_new_orchestration(
+                "async_http_api_orchestrator",
+                &json!({"operation_id": format!("bad-{i}"), "processing_time": -1}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("start failing operation");
+    }
+    for id in &ids {
+        let (s, _, v) = http(gw, "GET", &format!("/api/status/{id}?wait=10"), None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    // Let a few scrapes see the final counts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The dashboard's queries, with Grafana's rate interval set as Grafana would at 1 s scrapes.
+    let mut report = Vec::new();
+    for (title, expr) in dashboard_exprs(&dashboard) {
+        let concrete = expr.replace("$__rate_interval", "30s");
+        let v = eventually_data(prom_port, &concrete).await;
+        report.push(format!(
+            "{title}: {} series, e.g. {}",
+            v["data"]["result"].as_array().map_or(0, Vec::len),
+            v["data"]["result"][0]["value"][1]
+        ));
+    }
+    assert!(report.len() >= 16, "{report:?}");
+    // And the run shows in them: counters moved while Prometheus watched.
+    for expr in [
+        "sum(rate(gateway_operations_started_total[30s]))",
+        "sum(rate(gateway_operations_deduplicated_total[30s]))",
+        "sum(rate(gateway_operations_canceled_total[30s]))",
+        r#"sum(rate(worker_operation_duration_seconds_count{status="completed"}[30s]))"#,
+        r#"sum(rate(worker_operation_duration_seconds_count{status="failed"}[30s]))"#,
+        r#"sum(rate(gateway_http_requests_total{route="/api/process"}[30s]))"#,
+        r#"sum(rate(gateway_dts_rpc_errors_total{code="AlreadyExists"}[30s]))"#,
+        "sum(worker_stream_connected)",
+    ] {
+        let v = eventually_data(prom_port, expr).await;
+        let x: f64 = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        assert!(x > 0.0, "{expr} = {x}");
+    }
+
+    // The alert rules: loaded and healthy in the server, every expression valid, every signal
+    // with data (the failure ratio too: operations failed above).
+    let exprs = rule_exprs(&std::fs::read_to_string(&rules_file).expect("rules"));
+    assert_eq!(exprs.len(), 5, "{exprs:?}");
+    for expr in &exprs {
+        let v = query(prom_port, expr).await;
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+        let sig = signal(expr);
+        assert_ne!(sig, expr.as_str(), "no comparison in {expr}");
+        eventually_data(prom_port, sig).await;
+    }
+    let failed = eventually_data(
+        prom_port,
+        r#"sum(worker_operation_duration_seconds_count{status="failed"})"#,
+    )
+    .await;
+    assert_eq!(failed["data"]["result"][0]["value"][1], "3", "{failed}");
+    let rules = get_json(prom_port, "/api/v1/rules").await;
+    let loaded: Vec<Value> = rules["data"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(loaded.len(), 5, "{rules}");
+    for r in loaded {
+        assert_eq!(r["health"], "ok", "{r}");
+    }
+
+    // promtool accepts every exposition.
+    for port in [gw, worker_ports[0], worker_ports[1], sched_admin] {
+        let text = get_text(port, "/metrics").await;
+        let (ok, out) = promtool(&["check", "metrics"], Some(&text)).await;
+        assert!(ok, "promtool check metrics on :{port}: {out}\n{text}");
+    }
+    println!("dashboard queries:\n{}", report.join("\n"));
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn http_with_key(port: u16, path: &str, body: &str, key: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
