@@ -1,6 +1,7 @@
 //! Start-up and shutdown plumbing shared by `local-scheduler`, `worker` and `gateway`.
 
 pub mod metrics;
+pub mod telemetry;
 
 use durabletask::{ConfigError, ConnectionOptions};
 
@@ -22,20 +23,6 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Logs to stderr as readable text or JSON lines; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
 }
 
 /// The path of `--config <path>`, else of the `<env_var>` variable.

@@ -20,6 +20,7 @@ use durabletask::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -244,6 +245,43 @@ fn unavailable() -> Problem {
     );
     p.retry_after = Some(5);
     p
+}
+
+/// The span around starting an orchestration, and the trace context to hand to it: this span's
+/// when traces are exported, else the caller's `traceparent` passed through unchanged.
+fn create_span(
+    name: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> (tracing::Span, Option<durabletask::TraceContext>) {
+    tracing::Span::current().record("operation.id", id);
+    let span = tracing::info_span!(
+        "create_orchestration",
+        otel.name = %format!("create_orchestration:{name}"),
+        otel.kind = "client",
+        durabletask.type = "orchestration",
+        durabletask.task.name = %name,
+        durabletask.task.instance_id = %id,
+        operation.id = %id,
+    );
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let context = service_kit::telemetry::traceparent(&span)
+        .map(|traceparent| durabletask::TraceContext {
+            traceparent,
+            tracestate: header("tracestate"),
+        })
+        .or_else(|| {
+            header("traceparent").map(|traceparent| durabletask::TraceContext {
+                traceparent,
+                tracestate: header("tracestate"),
+            })
+        });
+    (span, context)
 }
 
 /// One scheduler call under `limit`, timed and counted by method and outcome.
@@ -643,17 +681,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 /// derived from the key, the scheduler refuses a second instance with that id (no status is
 /// replaceable), and a fingerprint of the request in the instance's tags tells a retry (same
 /// body: same operation) from a misuse of the key (different body: 422).
-async fn start_idempotent(state: &AppState, key: &str, input: &Value) -> Result<String, Problem> {
+async fn start_idempotent(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &str,
+    input: &Value,
+) -> Result<String, Problem> {
     let id = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
         .simple()
         .to_string();
     let fingerprint = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, input.to_string().as_bytes())
         .simple()
         .to_string();
+    let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, headers);
     let opts = StartOptions {
         instance_id: Some(id.clone()),
         tags: [(FINGERPRINT_TAG.to_string(), fingerprint.clone())].into(),
         replaceable_statuses: Some(vec![]),
+        parent_trace_context: trace,
         ..Default::default()
     };
     let started = dts_call(
@@ -664,6 +709,7 @@ async fn start_idempotent(state: &AppState, key: &str, input: &Value) -> Result<
             .client
             .schedule_new_orchestration(PROCESS_ORCHESTRATION, input, opts),
     )
+    .instrument(span)
     .await
     .map_err(|_| unavailable())?;
     match started {
@@ -779,12 +825,14 @@ async fn start_process(
     }
     let input = json!({"name": name, "delay_seconds": req.delay_seconds});
     let id = match idempotency_key(&headers)? {
-        Some(key) => start_idempotent(&state, &key, &input).await?,
+        Some(key) => start_idempotent(&state, &headers, &key, &input).await?,
         None => {
             // Random and unguessable: the id is the only key to the operation's status and result.
             let id = uuid::Uuid::new_v4().simple().to_string();
+            let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, &headers);
             let opts = StartOptions {
                 instance_id: Some(id.clone()),
+                parent_trace_context: trace,
                 ..Default::default()
             };
             with_deadline(
@@ -794,6 +842,7 @@ async fn start_process(
                     .client
                     .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
             )
+            .instrument(span)
             .await?;
             state.metrics.started.inc();
             id
@@ -836,6 +885,7 @@ async fn fetch(
     payloads: bool,
 ) -> Result<OrchestrationMetadata, Problem> {
     valid_id(id)?;
+    tracing::Span::current().record("operation.id", id);
     with_deadline(
         state,
         "GetInstance",
@@ -1138,8 +1188,10 @@ async fn sample_start(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let input = json!({"operation_id": id, "processing_time": processing_time});
+    let (span, trace) = create_span(SAMPLE_ORCHESTRATION, &id, &headers);
     let opts = StartOptions {
         instance_id: Some(id.clone()),
+        parent_trace_context: trace,
         ..Default::default()
     };
     with_deadline(
@@ -1149,6 +1201,7 @@ async fn sample_start(
             .client
             .schedule_new_orchestration(SAMPLE_ORCHESTRATION, &input, opts),
     )
+    .instrument(span)
     .await?;
     state.metrics.started.inc();
     let status_url = format!("/api/operations/{id}");

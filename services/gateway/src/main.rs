@@ -100,7 +100,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let (s, conn_options) = load()?;
-    service_kit::init_logging(&s.log_format);
+    let telemetry = service_kit::telemetry::init("gateway", &s.log_format);
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
@@ -140,5 +140,6 @@ async fn run() -> anyhow::Result<()> {
         _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => tracing::warn!("shutdown deadline passed"),
     }
     conn.close();
+    telemetry.shutdown();
     Ok(())
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tracing::Instrument;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -155,8 +156,36 @@ pub(crate) async fn track(
         m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
         _ => "other".to_string(),
     };
+    // The server span: continues the caller's trace (W3C `traceparent`), and its context goes
+    // back in `traceresponse` so the caller can find the trace of its operation.
+    // (Owned copies: a borrow of the request must not live across the await below.)
+    let (parent, state_header) = {
+        let h = request.headers();
+        let get = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (get("traceparent"), get("tracestate"))
+    };
+    let span = tracing::info_span!(
+        "http_request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        operation.id = tracing::field::Empty,
+    );
+    service_kit::telemetry::set_remote_parent(&span, parent.as_deref(), state_header.as_deref());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Some(tp) = service_kit::telemetry::traceparent(&span)
+        && let Ok(v) = axum::http::HeaderValue::from_str(&tp)
+    {
+        response.headers_mut().insert("traceresponse", v);
+    }
     let m = &state.metrics;
     m.request_duration
         .get_or_create(&RouteLabels {

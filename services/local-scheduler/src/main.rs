@@ -136,7 +136,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let settings = load_settings()?;
-    service_kit::init_logging(&settings.log_format);
+    let telemetry = service_kit::telemetry::init("local-scheduler", &settings.log_format);
 
     let mut engine = Engine::new(
         &settings.task_hubs,
@@ -237,6 +237,7 @@ async fn run() -> anyhow::Result<()> {
         .await?;
     let _ = admin_task.await;
     tracing::info!("stopped");
+    telemetry.shutdown();
     Ok(())
 }
 

@@ -95,7 +95,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let (settings, conn_options) = load_settings()?;
-    service_kit::init_logging(&settings.log_format);
+    let telemetry = service_kit::telemetry::init("worker", &settings.log_format);
     tracing::info!(endpoint = %conn_options.endpoint, taskhub = %conn_options.taskhub, "connecting");
     let conn = Connection::connect(conn_options)
         .await
@@ -158,6 +158,7 @@ async fn run() -> anyhow::Result<()> {
     let _ = admin_task.await;
     conn.close();
     tracing::info!("stopped");
+    telemetry.shutdown();
     Ok(())
 }
 

@@ -1,0 +1,143 @@
+//! Logs and traces. Logs go to stderr (text or JSON lines, `RUST_LOG` filters). Spans are
+//! exported over OTLP/gRPC when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the other `OTEL_*` variables honoured by
+//! the OpenTelemetry SDK (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`). Export is batched on its own thread, so it never
+//! blocks a request; [`Telemetry::shutdown`] flushes what is left.
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps the exporter alive; call [`Telemetry::shutdown`] before exiting.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("telemetry: could not flush spans: {e}");
+        }
+    }
+}
+
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+/// Sets up logging and, when configured, span export. `service` is the default
+/// `service.name` (`OTEL_SERVICE_NAME` wins).
+pub fn init(service: &str, log_format: &str) -> Telemetry {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = otlp_configured()
+        .then(|| build_provider(service))
+        .and_then(|r| match r {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("telemetry: OTLP export is off: {e}");
+                None
+            }
+        });
+    // `RUST_LOG` filters the logs only; spans at INFO and above are traced regardless.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service.to_string()))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let registry = tracing_subscriber::registry().with(otel);
+    if log_format == "json" {
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_filter(filter))
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .init();
+    }
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    Telemetry { provider }
+}
+
+fn build_provider(service: &str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resource = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name(service.to_string());
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// The W3C `traceparent` of a tracing span, when it is being traced.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Continues the caller's trace: makes `span` a child of the context in `traceparent` /
+/// `tracestate` (when well-formed).
+pub fn set_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    struct Headers<'a>(Option<&'a str>, Option<&'a str>);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                "traceparent" => self.0,
+                "tracestate" => self.1,
+                _ => None,
+            }
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent", "tracestate"]
+        }
+    }
+    if traceparent.is_none() {
+        return;
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&Headers(traceparent, tracestate))
+    });
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
