@@ -12,6 +12,7 @@ pub mod client;
 pub mod connection;
 mod error;
 pub mod orchestration;
+pub mod otel;
 pub mod registry;
 pub mod testing;
 pub mod types;

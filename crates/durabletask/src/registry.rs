@@ -85,6 +85,19 @@ impl Registry {
         self
     }
 
+    /// Keeps only the orchestrators: for a worker that leaves activities to others (run it with
+    /// `WorkerOptions::use_work_item_filters`).
+    pub fn without_activities(mut self) -> Self {
+        self.activities.clear();
+        self
+    }
+
+    /// Keeps only the activities (see [`Registry::without_activities`]).
+    pub fn without_orchestrators(mut self) -> Self {
+        self.orchestrators.clear();
+        self
+    }
+
     pub fn orchestrator(&self, name: &str) -> Option<Arc<OrchestratorFn>> {
         self.orchestrators.get(name).cloned()
     }

@@ -486,6 +486,7 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
         async move { grpc.complete_orchestrator_task(r).await.map(|_| ()) }
     })
     .await;
+    crate::otel::orchestration_episode(&req, &response, &label);
     // Did this episode end the instance, and how?
     let ended = response
         .actions
@@ -545,6 +546,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         cancellation: shared.abort.child_token(),
     };
     let since = shared.started(WorkItemKind::Activity, &req.name);
+    let span = crate::otel::ActivitySpan::start(&req, &instance_id);
     let outcome = match shared.registry.activity(&req.name) {
         None => Some(Err(FailureDetails::new(
             "ActivityTaskNotFound",
@@ -565,6 +567,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
     // Past the drain deadline, whatever the activity returned may be a partial result of its
     // cancellation: hand the item back instead of completing it.
     let Some(outcome) = outcome.filter(|_| !shared.abort.is_cancelled()) else {
+        span.end(Some("abandoned: the worker is shutting down"));
         abandon_activity(shared, token).await;
         shared.finished(
             WorkItemKind::Activity,
@@ -575,6 +578,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         return;
     };
     let failed = outcome.is_err();
+    span.end(outcome.as_ref().err().map(|f| f.message.as_str()));
     let (result, failure_details) = match outcome {
         Ok(r) => (r, None),
         Err(f) => (None, Some(f.to_proto())),

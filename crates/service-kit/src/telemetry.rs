@@ -92,6 +92,7 @@ fn build_provider(service: &str) -> Result<SdkTracerProvider, String> {
         resource = resource.with_service_name(service.to_string());
     }
     Ok(SdkTracerProvider::builder()
+        .with_id_generator(PinnableIds::default())
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
         .build())
@@ -139,5 +140,20 @@ pub fn set_remote_parent(
     });
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
+    }
+}
+
+/// Random ids, except where the Durable Task SDK pins the id of the span it is starting (the
+/// orchestration span, stable across episodes; the activity call's client span).
+#[derive(Debug, Default)]
+struct PinnableIds(opentelemetry_sdk::trace::RandomIdGenerator);
+
+impl opentelemetry_sdk::trace::IdGenerator for PinnableIds {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
+        self.0.new_trace_id()
+    }
+
+    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
+        durabletask::otel::take_pinned_span_id().unwrap_or_else(|| self.0.new_span_id())
     }
 }

@@ -7,9 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use durabletask::{
-    Connection, ConnectionOptions, OrchestrationContext, Registry, Worker, WorkerOptions,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -19,7 +16,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::*;
@@ -27,6 +23,7 @@ use common::*;
 #[derive(Debug, Clone)]
 struct Collected {
     service: String,
+    instance: String,
     span: Span,
 }
 
@@ -43,21 +40,24 @@ impl TraceService for Receiver {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut out = self.spans.lock().expect("lock");
         for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(AnyValue::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let resource = |key: &str| {
+                rs.resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == key)
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+            };
+            let (service, instance) = (resource("service.name"), resource("service.instance.id"));
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     out.push(Collected {
                         service: service.clone(),
+                        instance: instance.clone(),
                         span,
                     });
                 }
@@ -137,20 +137,32 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     });
 
     let (_sched, endpoint) = local_scheduler().await;
-    // A worker in this process whose `process_request` reports the trace context it was given.
-    let conn = Connection::connect(ConnectionOptions::new(&endpoint, "default").expect("opts"))
-        .await
-        .expect("connect");
-    let mut registry = Registry::new();
-    registry.add_orchestrator(
-        "process_request",
-        |ctx: OrchestrationContext, _: Value| async move {
-            Ok(ctx.trace_context().map(|t| t.traceparent))
-        },
-    );
-    let stop = CancellationToken::new();
-    let worker =
-        tokio::spawn(Worker::new(&conn, registry, WorkerOptions::default()).run(stop.clone()));
+    // Two worker processes exporting to the same receiver, told apart by service.instance.id:
+    // one runs only orchestrations, the other only activities, so the trace has to cross them.
+    let otlp = format!("http://127.0.0.1:{otlp_port}");
+    let mut workers = Vec::new();
+    for (name, runs) in [("worker-a", "orchestrations"), ("worker-b", "activities")] {
+        let admin = free_port();
+        workers.push(
+            spawn(
+                "worker",
+                &[
+                    ("ENDPOINT", endpoint.clone()),
+                    ("HOSTNAME", name.into()),
+                    ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+                    ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+                    (
+                        "OTEL_RESOURCE_ATTRIBUTES",
+                        format!("service.instance.id={name}"),
+                    ),
+                    ("WORKER__RUNS", runs.into()),
+                ],
+                admin,
+            )
+            .await,
+        );
+    }
 
     let port = free_port();
     let _gateway = spawn(
@@ -238,16 +250,95 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
         Some("orchestration")
     );
 
-    // Through the scheduler to the orchestration: same trace, below create_orchestration.
-    let client = durabletask::Client::new(&conn);
-    let done = client
-        .wait_for_instance_completion(&id, true, Duration::from_secs(30))
-        .await
-        .expect("wait")
-        .expect("exists");
-    let seen: Option<String> = done.output().expect("json");
-    let seen = seen.expect("the orchestration got a trace context");
-    assert_eq!(seen.split('-').nth(1), Some(caller_trace), "{seen}");
-    stop.cancel();
-    let _ = worker.await;
+    // The operation runs; its orchestration and activity spans join the same trace.
+    let (status, _, done) = http(port, "GET", &format!("/api/status/{id}?wait=20"), None).await;
+    assert_eq!(
+        (status, done["status"].as_str()),
+        (200, Some("Succeeded")),
+        "{done}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (orch, call, run) = loop {
+        let spans = receiver.spans.lock().expect("lock").clone();
+        let find = |name: &str, kind: i32| {
+            spans
+                .iter()
+                .find(|c| c.span.name == name && c.span.kind == kind)
+                .cloned()
+        };
+        let act = "activity:simulate_long_running_activity";
+        if let (Some(o), Some(c), Some(r)) = (
+            find("orchestration:process_request", 2),
+            find(act, 3),
+            find(act, 2),
+        ) {
+            break (o, c, r);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker spans never arrived: {:?}",
+            spans
+                .iter()
+                .map(|c| (c.span.name.clone(), c.span.kind))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(orch.instance, "worker-a");
+    assert_eq!(
+        call.instance, "worker-a",
+        "the orchestration records the call"
+    );
+    assert_eq!(
+        run.instance, "worker-b",
+        "the activity ran in the other process"
+    );
+    for c in [&orch, &call, &run] {
+        assert_eq!(c.service, "worker");
+        assert_eq!(hex(&c.span.trace_id), caller_trace, "{}", c.span.name);
+        assert_eq!(
+            attrs(&c.span).get("operation.id"),
+            Some(&id),
+            "{}",
+            c.span.name
+        );
+    }
+    assert_eq!(
+        orch.span.parent_span_id, create.span.span_id,
+        "orchestration below create_orchestration"
+    );
+    assert_eq!(
+        call.span.parent_span_id, orch.span.span_id,
+        "the activity call below the orchestration"
+    );
+    assert_eq!(
+        run.span.parent_span_id, call.span.span_id,
+        "the activity run below its scheduling context"
+    );
+    // One orchestration span, though the orchestration ran in two episodes.
+    let spans = receiver.spans.lock().expect("lock").clone();
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|c| c.span.name == "orchestration:process_request")
+            .count(),
+        1
+    );
+    println!(
+        "trace {caller_trace}:\n  caller {caller_span}\n  └ {} {} (gateway)\n    └ {} {} (gateway)\n      └ {} {} ({})\n        └ {} {} client ({})\n          └ {} {} server ({})",
+        server.span.name,
+        hex(&server.span.span_id),
+        create.span.name,
+        hex(&create.span.span_id),
+        orch.span.name,
+        hex(&orch.span.span_id),
+        orch.instance,
+        call.span.name,
+        hex(&call.span.span_id),
+        call.instance,
+        run.span.name,
+        hex(&run.span.span_id),
+        run.instance,
+    );
+    drop(workers);
 }

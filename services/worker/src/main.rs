@@ -34,6 +34,8 @@ struct Settings {
     drain_timeout_seconds: u64,
     admin_listen: String,
     log_format: String,
+    /// `all`, `orchestrations` or `activities`: split the two kinds across deployments.
+    runs: String,
 }
 
 fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
@@ -45,7 +47,8 @@ fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
         .set_default("max_concurrent_activities", 100)?
         .set_default("drain_timeout_seconds", 25)?
         .set_default("admin_listen", "127.0.0.1:9091")?
-        .set_default("log_format", "text")?;
+        .set_default("log_format", "text")?
+        .set_default("runs", "all")?;
     if let Some(f) = file {
         b = b.add_source(config::File::with_name(&f).required(true));
     }
@@ -72,6 +75,11 @@ fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
     anyhow::ensure!(
         matches!(s.log_format.as_str(), "text" | "json"),
         "`log_format` must be `text` or `json`"
+    );
+    anyhow::ensure!(
+        matches!(s.runs.as_str(), "all" | "orchestrations" | "activities"),
+        "`runs` must be `all`, `orchestrations` or `activities` (got '{}')",
+        s.runs
     );
     s.admin_listen.parse::<SocketAddr>().with_context(|| {
         format!(
@@ -103,7 +111,11 @@ async fn run() -> anyhow::Result<()> {
 
     let worker_name =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
-    let registry = orchestrations::registry(worker_name);
+    let registry = match settings.runs.as_str() {
+        "orchestrations" => orchestrations::registry(worker_name).without_activities(),
+        "activities" => orchestrations::registry(worker_name).without_orchestrators(),
+        _ => orchestrations::registry(worker_name),
+    };
     let metrics = Arc::new(
         metrics::WorkerMetrics::default()
             .with_names(registry.orchestrator_names(), registry.activity_names()),
@@ -113,6 +125,8 @@ async fn run() -> anyhow::Result<()> {
         max_concurrent_activities: settings.max_concurrent_activities,
         drain_timeout: Duration::from_secs(settings.drain_timeout_seconds),
         observer: Some(metrics.clone()),
+        // A worker that runs one kind asks the scheduler for its names only.
+        use_work_item_filters: settings.runs != "all",
         ..Default::default()
     };
     let worker = Worker::new(&conn, registry, options);
