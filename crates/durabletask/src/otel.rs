@@ -21,6 +21,11 @@ use crate::types::TraceContext;
 
 const SCOPE: &str = "durabletask";
 
+/// Target of the `tracing` spans the worker enters around each work item, so that log lines
+/// written inside carry `operation_id`, `trace_id` and `span_id`. They are for logs only:
+/// a process exporting `tracing` spans should leave this target out (`service-kit` does).
+pub const LOG_CONTEXT_TARGET: &str = "durabletask::work";
+
 thread_local! {
     static PINNED_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
 }
@@ -81,7 +86,7 @@ fn time(ts: Option<&pb::Timestamp>) -> Option<SystemTime> {
 }
 
 /// A live span around one activity execution.
-pub(crate) struct ActivitySpan(Option<global::BoxedSpan>);
+pub(crate) struct ActivitySpan(Option<global::BoxedSpan>, Option<(TraceId, SpanId)>);
 
 impl ActivitySpan {
     pub(crate) fn start(req: &pb::ActivityRequest, instance_id: &str) -> Self {
@@ -91,7 +96,7 @@ impl ActivitySpan {
             .and_then(TraceContext::from_proto)
             .and_then(|t| parse(&t.traceparent))
         else {
-            return Self(None);
+            return Self(None, None);
         };
         let tracer = global::tracer(SCOPE);
         let span = tracer
@@ -105,7 +110,32 @@ impl ActivitySpan {
                 KeyValue::new("operation.id", instance_id.to_string()),
             ])
             .start_with_context(&tracer, &remote(trace, parent, flags));
-        Self(Some(span))
+        // Without an exporter the span is a no-op: log the scheduling context's ids instead.
+        let sc = span.span_context();
+        let ids = if sc.is_valid() {
+            (sc.trace_id(), sc.span_id())
+        } else {
+            (trace, parent)
+        };
+        Self(Some(span), Some(ids))
+    }
+
+    /// The `tracing` span to run the activity in, for log correlation.
+    pub(crate) fn log_context(&self, name: &str, instance_id: &str, task_id: i32) -> tracing::Span {
+        let span = tracing::info_span!(
+            target: "durabletask::work",
+            "activity",
+            activity = %name,
+            task_id,
+            operation_id = %instance_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        if let Some((t, s)) = self.1 {
+            span.record("trace_id", t.to_string());
+            span.record("span_id", s.to_string());
+        }
+        span
     }
 
     pub(crate) fn end(self, failure: Option<&str>) {

@@ -557,7 +557,10 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         )
         .non_retriable())),
         Some(activity) => {
-            let fut = AssertUnwindSafe(activity(ctx, req.input.clone())).catch_unwind();
+            use tracing::Instrument as _;
+            let context = span.log_context(&req.name, &instance_id, req.task_id);
+            let fut = AssertUnwindSafe(activity(ctx, req.input.clone()).instrument(context))
+                .catch_unwind();
             tokio::select! {
                 r = fut => Some(r.unwrap_or_else(|panic| Err(FailureDetails::from_panic(panic.as_ref())))),
                 _ = shared.abort.cancelled() => None,

@@ -60,20 +60,43 @@ pub fn init(service: &str, log_format: &str) -> Telemetry {
                 None
             }
         });
-    // `RUST_LOG` filters the logs only; spans at INFO and above are traced regardless.
+    // `RUST_LOG` filters the logs only; spans at INFO and above are traced regardless, except
+    // the Durable Task SDK's log-context spans (it exports its own spans with the protocol's ids).
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service.to_string()))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_default(tracing::Level::INFO)
+                    .with_target(
+                        durabletask::otel::LOG_CONTEXT_TARGET,
+                        tracing_subscriber::filter::LevelFilter::OFF,
+                    ),
+            )
     });
     let registry = tracing_subscriber::registry().with(otel);
-    if log_format == "json" {
+    // `auto`: readable text on a terminal, JSON lines otherwise (containers, files).
+    let json = match log_format {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .init();
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .init();
     }
     if let Some(p) = &provider {

@@ -255,6 +255,7 @@ fn create_span(
     headers: &HeaderMap,
 ) -> (tracing::Span, Option<durabletask::TraceContext>) {
     tracing::Span::current().record("operation.id", id);
+    tracing::Span::current().record("operation_id", id);
     let span = tracing::info_span!(
         "create_orchestration",
         otel.name = %format!("create_orchestration:{name}"),
@@ -886,6 +887,7 @@ async fn fetch(
 ) -> Result<OrchestrationMetadata, Problem> {
     valid_id(id)?;
     tracing::Span::current().record("operation.id", id);
+    tracing::Span::current().record("operation_id", id);
     with_deadline(
         state,
         "GetInstance",

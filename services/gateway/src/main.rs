@@ -44,7 +44,7 @@ fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
         .set_default("max_wait_seconds", 30)?
         .set_default("trust_forwarded", false)?
         .set_default("shutdown_timeout_seconds", 20)?
-        .set_default("log_format", "text")?;
+        .set_default("log_format", "auto")?;
     if let Some(f) = file {
         b = b.add_source(config::File::with_name(&f).required(true));
     }
@@ -75,8 +75,8 @@ fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
         "`dts_timeout_ms` must be at least 100"
     );
     anyhow::ensure!(
-        matches!(s.log_format.as_str(), "text" | "json"),
-        "`log_format` must be `text` or `json`"
+        matches!(s.log_format.as_str(), "auto" | "text" | "json"),
+        "`log_format` must be `auto`, `text` or `json`"
     );
     if let Some(u) = &s.public_base_url {
         anyhow::ensure!(

@@ -176,8 +176,17 @@ pub(crate) async fn track(
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         operation.id = tracing::field::Empty,
+        // The same, for log lines written while handling the request.
+        operation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     service_kit::telemetry::set_remote_parent(&span, parent.as_deref(), state_header.as_deref());
+    if let Some(tp) = service_kit::telemetry::traceparent(&span) {
+        let mut parts = tp.split('-').skip(1);
+        span.record("trace_id", parts.next().unwrap_or_default());
+        span.record("span_id", parts.next().unwrap_or_default());
+    }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());

@@ -141,27 +141,32 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     // one runs only orchestrations, the other only activities, so the trace has to cross them.
     let otlp = format!("http://127.0.0.1:{otlp_port}");
     let mut workers = Vec::new();
+    // worker-b writes JSON logs to a file, to check what its log lines carry.
+    let log_path = std::env::temp_dir().join(format!("worker-b-{}.log", std::process::id()));
     for (name, runs) in [("worker-a", "orchestrations"), ("worker-b", "activities")] {
         let admin = free_port();
-        workers.push(
-            spawn(
-                "worker",
-                &[
-                    ("ENDPOINT", endpoint.clone()),
-                    ("HOSTNAME", name.into()),
-                    ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
-                    ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-                    (
-                        "OTEL_RESOURCE_ATTRIBUTES",
-                        format!("service.instance.id={name}"),
-                    ),
-                    ("WORKER__RUNS", runs.into()),
-                ],
-                admin,
+        let mut cmd = tokio::process::Command::new(sibling_bin("worker"));
+        cmd.env("ENDPOINT", &endpoint)
+            .env("HOSTNAME", name)
+            .env("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                format!("service.instance.id={name}"),
             )
-            .await,
-        );
+            .env("WORKER__RUNS", runs)
+            .env("WORKER__LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if name == "worker-b" {
+            cmd.stderr(std::fs::File::create(&log_path).expect("log file"));
+        } else {
+            cmd.stderr(std::process::Stdio::null());
+        }
+        workers.push(cmd.spawn().expect("spawn worker"));
+        wait_port(admin).await;
     }
 
     let port = free_port();
@@ -324,6 +329,22 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
             .count(),
         1
     );
+    // The log-context spans stay out of the export (the SDK exports its own, with protocol ids).
+    assert!(
+        !spans.iter().any(|c| c.span.name == "activity"),
+        "log-context span exported"
+    );
+    // worker-b's log line from inside the activity carries the operation and its trace.
+    let logs = std::fs::read_to_string(&log_path).expect("worker log");
+    let line: Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "processing request")
+        .unwrap_or_else(|| panic!("no activity log line in:\n{logs}"));
+    assert_eq!(line["span"]["operation_id"], id.as_str(), "{line}");
+    assert_eq!(line["span"]["trace_id"], caller_trace, "{line}");
+    assert_eq!(line["span"]["span_id"], hex(&run.span.span_id), "{line}");
+    let _ = std::fs::remove_file(&log_path);
     println!(
         "trace {caller_trace}:\n  caller {caller_span}\n  └ {} {} (gateway)\n    └ {} {} (gateway)\n      └ {} {} ({})\n        └ {} {} client ({})\n          └ {} {} server ({})",
         server.span.name,

@@ -54,7 +54,7 @@ fn load_settings() -> anyhow::Result<Settings> {
         .set_default("lease_seconds", 120)?
         .set_default("health_ping_seconds", 30)?
         .set_default("max_message_bytes", 16 * 1024 * 1024)?
-        .set_default("log_format", "text")?;
+        .set_default("log_format", "auto")?;
     if let Some(f) = file {
         b = b.add_source(config::File::with_name(&f).required(true));
     }
@@ -120,8 +120,8 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
         "`max_message_bytes` must be at least 4 MiB (4194304)"
     );
     anyhow::ensure!(
-        matches!(s.log_format.as_str(), "text" | "json"),
-        "`log_format` must be `text` or `json`"
+        matches!(s.log_format.as_str(), "auto" | "text" | "json"),
+        "`log_format` must be `auto`, `text` or `json`"
     );
     Ok(())
 }

@@ -47,7 +47,7 @@ fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
         .set_default("max_concurrent_activities", 100)?
         .set_default("drain_timeout_seconds", 25)?
         .set_default("admin_listen", "127.0.0.1:9091")?
-        .set_default("log_format", "text")?
+        .set_default("log_format", "auto")?
         .set_default("runs", "all")?;
     if let Some(f) = file {
         b = b.add_source(config::File::with_name(&f).required(true));
@@ -73,8 +73,8 @@ fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
         "`max_concurrent_activities` must be at least 1"
     );
     anyhow::ensure!(
-        matches!(s.log_format.as_str(), "text" | "json"),
-        "`log_format` must be `text` or `json`"
+        matches!(s.log_format.as_str(), "auto" | "text" | "json"),
+        "`log_format` must be `auto`, `text` or `json`"
     );
     anyhow::ensure!(
         matches!(s.runs.as_str(), "all" | "orchestrations" | "activities"),

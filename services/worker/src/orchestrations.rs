@@ -54,6 +54,7 @@ pub fn registry(worker_name: String) -> Registry {
         move |ctx: ActivityContext, req: ProcessRequest| {
             let worker = name.clone();
             async move {
+                tracing::info!(name = %req.name, delay_seconds = req.delay_seconds, "processing request");
                 // A timer, not a blocked thread; it gives way at once when the worker must stop, and the
                 // work item then goes back to the scheduler for another worker.
                 tokio::select! {
