@@ -28,6 +28,55 @@ pub const LOG_CONTEXT_TARGET: &str = "durabletask::work";
 
 thread_local! {
     static PINNED_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
+    static REPLAYING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the orchestrator code running on this thread is replaying history. A log filter
+/// that drops events while this is `true` makes orchestration logging replay-safe: each line is
+/// written once, when the code first runs (`service-kit` installs such a filter).
+pub fn replaying_now() -> bool {
+    REPLAYING.with(Cell::get)
+}
+
+pub(crate) fn set_replaying(replaying: bool) {
+    REPLAYING.with(|c| c.set(replaying));
+}
+
+/// The `tracing` span an orchestration episode runs in, for log correlation: the operation,
+/// the trace it belongs to, and the orchestration's span when already known.
+pub(crate) fn orchestration_log_context(
+    req: &pb::OrchestratorRequest,
+    name: &str,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "durabletask::work",
+        "orchestration",
+        orchestration = %name,
+        operation_id = %req.instance_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let parent = req
+        .past_events
+        .iter()
+        .chain(req.new_events.iter())
+        .find_map(|e| match &e.event_type {
+            Some(EventType::ExecutionStarted(es)) => es.parent_trace_context.as_ref(),
+            _ => None,
+        })
+        .and_then(TraceContext::from_proto)
+        .and_then(|t| parse(&t.traceparent));
+    if let Some((trace, _, _)) = parent {
+        span.record("trace_id", trace.to_string());
+        if let Some(id) = req
+            .orchestration_trace_context
+            .as_ref()
+            .and_then(|t| t.span_id.as_deref())
+        {
+            span.record("span_id", id);
+        }
+    }
+    span
 }
 
 /// The span id the next span started on this thread must have, if any. A process's tracer

@@ -461,6 +461,8 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
         .map(|n| (n, shared.registry.orchestrator(n)))
     {
         Some((_, Some(orchestrator))) => {
+            let context = crate::otel::orchestration_log_context(&req, &label);
+            let _entered = context.enter();
             execute(orchestrator.as_ref(), &req).into_response(&req.instance_id, token)
         }
         Some((n, None)) => {

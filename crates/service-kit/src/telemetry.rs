@@ -75,6 +75,14 @@ pub fn init(service: &str, log_format: &str) -> Telemetry {
             )
     });
     let registry = tracing_subscriber::registry().with(otel);
+    // Replay-safe orchestration logs: events written while the SDK replays history are dropped.
+    let filter = tracing_subscriber::filter::FilterExt::and(
+        filter,
+        // Dynamic: decided per event (a plain `filter_fn` would be cached per call site).
+        tracing_subscriber::filter::dynamic_filter_fn(|m, _| {
+            !(m.is_event() && durabletask::otel::replaying_now())
+        }),
+    );
     // `auto`: readable text on a terminal, JSON lines otherwise (containers, files).
     let json = match log_format {
         "json" => true,

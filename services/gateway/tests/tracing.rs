@@ -141,8 +141,10 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     // one runs only orchestrations, the other only activities, so the trace has to cross them.
     let otlp = format!("http://127.0.0.1:{otlp_port}");
     let mut workers = Vec::new();
-    // worker-b writes JSON logs to a file, to check what its log lines carry.
-    let log_path = std::env::temp_dir().join(format!("worker-b-{}.log", std::process::id()));
+    // Both write JSON logs to files, to check what their log lines carry.
+    let log_of =
+        |name: &str| std::env::temp_dir().join(format!("{name}-{}.log", std::process::id()));
+    let log_path = log_of("worker-b");
     for (name, runs) in [("worker-a", "orchestrations"), ("worker-b", "activities")] {
         let admin = free_port();
         let mut cmd = tokio::process::Command::new(sibling_bin("worker"));
@@ -160,11 +162,7 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
-        if name == "worker-b" {
-            cmd.stderr(std::fs::File::create(&log_path).expect("log file"));
-        } else {
-            cmd.stderr(std::process::Stdio::null());
-        }
+        cmd.stderr(std::fs::File::create(log_of(name)).expect("log file"));
         workers.push(cmd.spawn().expect("spawn worker"));
         wait_port(admin).await;
     }
@@ -345,6 +343,23 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     assert_eq!(line["span"]["trace_id"], caller_trace, "{line}");
     assert_eq!(line["span"]["span_id"], hex(&run.span.span_id), "{line}");
     let _ = std::fs::remove_file(&log_path);
+    // worker-a's orchestration log line: once, though the orchestration ran two episodes
+    // (replay-safe), with the operation and its trace.
+    let logs = std::fs::read_to_string(log_of("worker-a")).expect("worker log");
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "starting the activity")
+        .collect();
+    assert_eq!(lines.len(), 1, "replays must not repeat the line:\n{logs}");
+    assert_eq!(
+        lines[0]["span"]["operation_id"],
+        id.as_str(),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[0]["span"]["trace_id"], caller_trace, "{}", lines[0]);
+    let _ = std::fs::remove_file(log_of("worker-a"));
     println!(
         "trace {caller_trace}:\n  caller {caller_span}\n  └ {} {} (gateway)\n    └ {} {} (gateway)\n      └ {} {} ({})\n        └ {} {} client ({})\n          └ {} {} server ({})",
         server.span.name,

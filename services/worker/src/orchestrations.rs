@@ -40,6 +40,8 @@ pub fn registry(worker_name: String) -> Registry {
     r.add_orchestrator(
         "process_request",
         |ctx: OrchestrationContext, req: ProcessRequest| async move {
+            // Written once per operation: replays do not repeat it.
+            tracing::info!(name = %req.name, "starting the activity");
             ctx.set_custom_status(&serde_json::json!({"stage": "processing"}));
             let result: ProcessResult = ctx
                 .call_activity("simulate_long_running_activity", &req)

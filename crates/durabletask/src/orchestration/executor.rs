@@ -150,6 +150,7 @@ pub fn execute(
 
     for (replaying, events) in [(true, &request.past_events), (false, &request.new_events)] {
         state.borrow_mut().is_replaying = replaying;
+        crate::otel::set_replaying(replaying);
         for event in events {
             if matches!(
                 run.finished,
@@ -171,6 +172,7 @@ pub fn execute(
         )
         .non_retriable())));
     }
+    crate::otel::set_replaying(false);
     run.finish(span.to_proto())
 }
 
