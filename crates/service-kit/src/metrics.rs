@@ -90,7 +90,9 @@ pub fn to_text_format(openmetrics: &str) -> String {
         if let Some(h) = help.take() {
             let _ = writeln!(out, "# HELP {h}");
         }
-        let _ = writeln!(out, "{line}");
+        // Exemplars (` # {trace_id="…"} value`) exist in OpenMetrics only.
+        let sample = line.split_once(" # {").map_or(line, |(s, _)| s);
+        let _ = writeln!(out, "{sample}");
     }
     out
 }

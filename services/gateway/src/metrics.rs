@@ -8,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -23,6 +24,12 @@ struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
+}
+
+/// Exemplar labels: the trace of one request in a histogram bucket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceLabels {
+    trace_id: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,7 +50,11 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct GatewayMetrics {
     registry: Registry,
     requests: Family<HttpLabels, Counter>,
-    request_duration: Histograms<RouteLabels>,
+    request_duration: Family<
+        RouteLabels,
+        HistogramWithExemplars<TraceLabels>,
+        fn() -> HistogramWithExemplars<TraceLabels>,
+    >,
     pub(crate) started: Counter,
     pub(crate) deduplicated: Counter,
     pub(crate) canceled: Counter,
@@ -51,9 +62,9 @@ pub struct GatewayMetrics {
     rpc_errors: Family<RpcErrorLabels, Counter>,
 }
 
-fn http_buckets() -> Histogram {
+fn http_buckets() -> HistogramWithExemplars<TraceLabels> {
     // 1 ms to about 33 s (long polls).
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    HistogramWithExemplars::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 fn rpc_buckets() -> Histogram {
@@ -65,7 +76,8 @@ impl Default for GatewayMetrics {
     fn default() -> Self {
         let mut registry = service_kit::metrics::registry("gateway");
         let requests = Family::<HttpLabels, Counter>::default();
-        let request_duration: Histograms<RouteLabels> = Family::new_with_constructor(http_buckets);
+        let request_duration: Family<_, _, fn() -> HistogramWithExemplars<TraceLabels>> =
+            Family::new_with_constructor(http_buckets);
         let (started, deduplicated, canceled) =
             (Counter::default(), Counter::default(), Counter::default());
         let rpc_duration: Histograms<RpcLabels> = Family::new_with_constructor(rpc_buckets);
@@ -196,11 +208,17 @@ pub(crate) async fn track(
         response.headers_mut().insert("traceresponse", v);
     }
     let m = &state.metrics;
+    // The request's trace as exemplar, so a slow bucket leads to a trace.
+    let exemplar = service_kit::telemetry::traceparent(&span).and_then(|tp| {
+        tp.split('-').nth(1).map(|t| TraceLabels {
+            trace_id: t.to_string(),
+        })
+    });
     m.request_duration
         .get_or_create(&RouteLabels {
             route: route.clone(),
         })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(started.elapsed().as_secs_f64(), exemplar, None);
     m.requests
         .get_or_create(&HttpLabels {
             route,

@@ -233,6 +233,12 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
         &[
             ("ENDPOINT", endpoint.clone()),
             ("GATEWAY__LISTEN", format!("127.0.0.1:{gw}")),
+            // Traced requests, so that latency buckets carry trace ids as exemplars (nothing
+            // listens there: spans are dropped, their ids still exist).
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", free_port()),
+            ),
         ],
         gw,
     )
@@ -258,6 +264,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
             dir.join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .arg("--enable-feature=exemplar-storage")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -395,6 +402,35 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }
+
+    // Exemplars: latency buckets point at traces.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let exemplars = get_json(
+        prom_port,
+        &format!(
+            "/api/v1/query_exemplars?query={}&start={}&end={}",
+            encode("gateway_http_request_duration_seconds_bucket"),
+            now - 300,
+            now + 60
+        ),
+    )
+    .await;
+    let trace_ids: Vec<String> = exemplars["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        trace_ids
+            .iter()
+            .any(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())),
+        "no exemplar with a trace id: {exemplars}"
+    );
 
     // promtool accepts every exposition.
     for port in [gw, worker_ports[0], worker_ports[1], sched_admin] {
