@@ -60,21 +60,28 @@ pub fn init(service: &str, log_format: &str) -> Telemetry {
                 None
             }
         });
+    // Boxed layers in a Vec: a layer that is absent must not exist at all (an `Option` layer
+    // set to `None` declares interest in everything, which would create every span).
+    let mut layers: Vec<
+        Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+    > = Vec::new();
     // `RUST_LOG` filters the logs only; spans at INFO and above are traced regardless, except
     // the Durable Task SDK's log-context spans (it exports its own spans with the protocol's ids).
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service.to_string()))
-            .with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_default(tracing::Level::INFO)
-                    .with_target(
-                        durabletask::otel::LOG_CONTEXT_TARGET,
-                        tracing_subscriber::filter::LevelFilter::OFF,
-                    ),
-            )
-    });
-    let registry = tracing_subscriber::registry().with(otel);
+    if let Some(p) = &provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service.to_string()))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_default(tracing::Level::INFO)
+                        .with_target(
+                            durabletask::otel::LOG_CONTEXT_TARGET,
+                            tracing_subscriber::filter::LevelFilter::OFF,
+                        ),
+                )
+                .boxed(),
+        );
+    }
     // Replay-safe orchestration logs: events written while the SDK replays history are dropped.
     let filter = tracing_subscriber::filter::FilterExt::and(
         filter,
@@ -89,24 +96,13 @@ pub fn init(service: &str, log_format: &str) -> Telemetry {
         "text" => false,
         _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    layers.push(if json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .init();
-    }
+        fmt.with_filter(filter).boxed()
+    });
+    tracing_subscriber::registry().with(layers).init();
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
     }
