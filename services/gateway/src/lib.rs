@@ -288,7 +288,7 @@ fn create_span(
 /// One scheduler call under `limit`, timed and counted by method and outcome.
 async fn dts_call<T>(
     state: &AppState,
-    method: &str,
+    method: &'static str,
     limit: Duration,
     fut: impl Future<Output = Result<T, DtsError>>,
 ) -> Result<Result<T, DtsError>, tokio::time::error::Elapsed> {
@@ -311,7 +311,7 @@ async fn dts_call<T>(
 /// A scheduler call under the configured deadline; errors become problems.
 async fn with_deadline<T>(
     state: &AppState,
-    method: &str,
+    method: &'static str,
     fut: impl Future<Output = Result<T, DtsError>>,
 ) -> Result<T, Problem> {
     match dts_call(state, method, state.config.dts_timeout, fut).await {

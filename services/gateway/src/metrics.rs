@@ -14,16 +14,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
+// Labels hold static strings and integers: building them on every request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    route: String,
-    method: String,
-    status: String,
+    route: &'static str,
+    method: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 /// Exemplar labels: the trace of one request in a histogram bucket.
@@ -34,13 +35,38 @@ struct TraceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
-    method: String,
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcErrorLabels {
-    method: String,
+    method: &'static str,
     code: String,
+}
+
+/// The router's templates, so a request's route label is a static string (anything else is
+/// `unmatched`, which also keeps the label set bounded).
+const ROUTES: &[&str] = &[
+    "/api/process",
+    "/api/status/{id}",
+    "/api/result/{id}",
+    "/api/operations/{id}/cancel",
+    "/api/operations",
+    "/api/start-operation",
+    "/api/operations/{id}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/docs/",
+    "/docs/{*rest}",
+];
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    matched
+        .and_then(|m| ROUTES.iter().copied().find(|r| *r == m.as_str()))
+        .unwrap_or("unmatched")
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -137,16 +163,14 @@ impl GatewayMetrics {
     }
 
     /// Records one scheduler call; `code` is `None` on success.
-    pub(crate) fn rpc(&self, method: &str, took: Duration, code: Option<&str>) {
+    pub(crate) fn rpc(&self, method: &'static str, took: Duration, code: Option<&str>) {
         self.rpc_duration
-            .get_or_create(&RpcLabels {
-                method: method.to_string(),
-            })
+            .get_or_create(&RpcLabels { method })
             .observe(took.as_secs_f64());
         if let Some(code) = code {
             self.rpc_errors
                 .get_or_create(&RpcErrorLabels {
-                    method: method.to_string(),
+                    method,
                     code: code.to_string(),
                 })
                 .inc();
@@ -160,13 +184,16 @@ pub(crate) async fn track(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = match request.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
-        _ => "other".to_string(),
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
     };
     // The server span: continues the caller's trace (W3C `traceparent`), and its context goes
     // back in `traceresponse` so the caller can find the trace of its operation.
@@ -202,28 +229,28 @@ pub(crate) async fn track(
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
-    if let Some(tp) = service_kit::telemetry::traceparent(&span)
-        && let Ok(v) = axum::http::HeaderValue::from_str(&tp)
+    let traceparent = service_kit::telemetry::traceparent(&span);
+    if let Some(v) = traceparent
+        .as_deref()
+        .and_then(|tp| axum::http::HeaderValue::from_str(tp).ok())
     {
         response.headers_mut().insert("traceresponse", v);
     }
     let m = &state.metrics;
     // The request's trace as exemplar, so a slow bucket leads to a trace.
-    let exemplar = service_kit::telemetry::traceparent(&span).and_then(|tp| {
+    let exemplar = traceparent.and_then(|tp| {
         tp.split('-').nth(1).map(|t| TraceLabels {
             trace_id: t.to_string(),
         })
     });
     m.request_duration
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64(), exemplar, None);
     m.requests
         .get_or_create(&HttpLabels {
             route,
             method,
-            status: response.status().as_u16().to_string(),
+            status: response.status().as_u16(),
         })
         .inc();
     response
