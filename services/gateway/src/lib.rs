@@ -215,14 +215,7 @@ fn dts_problem(err: DtsError) -> Problem {
     match err {
         DtsError::Unavailable(_) | DtsError::DeadlineExceeded(_) | DtsError::Rpc(_) => {
             tracing::warn!(error = %err, "scheduler call failed");
-            let mut p = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "scheduler-unavailable",
-                "Service Unavailable",
-                "the Durable Task Scheduler did not answer in time; try again shortly",
-            );
-            p.retry_after = Some(5);
-            p
+            unavailable()
         }
         other => {
             tracing::error!(error = %other, "unexpected scheduler error");

@@ -304,7 +304,14 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     }
     let body = json!({"name": "once", "delay_seconds": 0}).to_string();
     for _ in 0..3 {
-        let (s, ..) = http_with_key(gw, "/api/process", &body, "metrics-key").await;
+        let (s, ..) = http_with_headers(
+            gw,
+            "POST",
+            "/api/process",
+            Some(&body),
+            &[("Idempotency-Key", "metrics-key")],
+        )
+        .await;
         assert_eq!(s, 202);
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
@@ -441,26 +448,4 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     println!("dashboard queries:\n{}", report.join("\n"));
     drop(workers);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-async fn http_with_key(port: u16, path: &str, body: &str, key: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

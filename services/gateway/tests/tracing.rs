@@ -89,35 +89,15 @@ fn attrs(span: &Span) -> HashMap<String, String> {
 }
 
 async fn post_with_trace(port: u16, traceparent: &str) -> (u16, HashMap<String, String>, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = r#"{"name":"Traced","delay_seconds":0}"#;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let req = format!(
-        "POST /api/process HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\ntraceparent: {traceparent}\r\ntracestate: vendor=1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (
-        status,
-        headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
+    let (status, headers, body) = http_with_headers(
+        port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Traced","delay_seconds":0}"#),
+        &[("traceparent", traceparent), ("tracestate", "vendor=1")],
     )
+    .await;
+    (status, headers.into_iter().collect(), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
