@@ -210,9 +210,9 @@ struct Measured {
     /// Peak RSS in MiB of the front end and of the worker (when one ran).
     front_rss: f64,
     worker_rss: Option<f64>,
-    /// CPU µs per start in the front end and in the scheduler (approximate: the warm-up's
-    /// starts are estimated at the measured rate).
-    cpu_us_per_start: [f64; 2],
+    /// CPU µs per start in the front end, the scheduler and the load generator (approximate:
+    /// the warm-up's starts are estimated at the measured rate).
+    cpu_us_per_start: [f64; 3],
 }
 
 /// One measurement on a fresh system: a new in-memory scheduler, optionally a worker running
@@ -281,12 +281,16 @@ async fn measure(front: Front, path: &str, body: &str, with_worker: bool) -> Mea
             (child, 200)
         }
     };
-    let pids = [front_child.id().expect("pid"), scheduler.id().expect("pid")];
+    let pids = [
+        front_child.id().expect("pid"),
+        scheduler.id().expect("pid"),
+        std::process::id(),
+    ];
     let before = pids.map(cpu_seconds);
     let outcome = load(port, path, body, want).await;
     let after = pids.map(cpu_seconds);
     let starts = outcome.rate * (WARM_UP + MEASURE).as_secs_f64();
-    let cpu_us_per_start = [0, 1].map(|i| (after[i] - before[i]) / starts * 1e6);
+    let cpu_us_per_start = [0, 1, 2].map(|i| (after[i] - before[i]) / starts * 1e6);
     let front_rss = rss_mib(front_child.id().expect("pid")).0;
     let worker_rss = worker.as_ref().map(|w| rss_mib(w.id().expect("pid")).0);
     drop(front_child);
@@ -304,7 +308,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The load generator runs on one thread, as wrk -t1 does: it shares the two cores with the
+    // servers under test, and one epoll loop costs it the fewest cycles per request (the table
+    // shows what it used).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
@@ -325,7 +332,7 @@ fn main() {
             MEASURE.as_secs(),
             WARM_UP.as_secs()
         );
-        println!("| worker running the operations | server | route | starts/s | p50 ms | p99 ms | errors | peak RSS MiB (front / worker) | CPU µs per start (front / scheduler) |");
+        println!("| worker running the operations | server | route | starts/s | p50 ms | p99 ms | errors | peak RSS MiB (front / worker) | CPU µs per start (front / scheduler / load generator) |");
         println!("|---|---|---|---|---|---|---|---|---|");
         for (with_worker, py, ours_sample, ours) in &rows {
             let w = if *with_worker { "yes" } else { "no" };
@@ -336,7 +343,7 @@ fn main() {
             ] {
                 let o = &m.outcome;
                 println!(
-                    "| {w} | {name} | POST {route} | {:.0} | {:.2} | {:.2} | {} | {:.1} / {} | {:.0} / {:.0} |",
+                    "| {w} | {name} | POST {route} | {:.0} | {:.2} | {:.2} | {} | {:.1} / {} | {:.0} / {:.0} / {:.0} |",
                     o.rate,
                     o.p50_ms,
                     o.p99_ms,
@@ -345,6 +352,7 @@ fn main() {
                     m.worker_rss.map_or("-".to_string(), |r| format!("{r:.1}")),
                     m.cpu_us_per_start[0],
                     m.cpu_us_per_start[1],
+                    m.cpu_us_per_start[2],
                 );
             }
             println!(

@@ -169,6 +169,79 @@ async fn scheduler_down_is_503_with_retry_after_within_the_deadline() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A scheduler that accepts connections and never answers: the gateway's 503 is bounded by its
+/// deadline (not a hang), and a start whose caller hung up is still seen through to its end
+/// (the call is not reset half-way), which `gateway_dts_rpc_errors_total` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_caller_hangs_up_is_seen_through() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let st = state_for(
+        &format!("http://127.0.0.1:{port}"),
+        GatewayConfig {
+            dts_timeout: Duration::from_millis(400),
+            ..Default::default()
+        },
+    )
+    .await;
+    let start = || {
+        Request::builder()
+            .method("POST")
+            .uri("/api/process")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"name":"a","delay_seconds":1}"#))
+            .expect("req")
+    };
+    // The caller gives up after 50 ms: its request future is dropped.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), app(st.clone()).oneshot(start())).await;
+    assert!(
+        gave_up.is_err(),
+        "the silent scheduler cannot have answered"
+    );
+    // A caller that waits gets 503 at the deadline.
+    let waited = std::time::Instant::now();
+    let resp = app(st.clone()).oneshot(start()).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waited.elapsed() < Duration::from_secs(5),
+        "bounded, not a hang"
+    );
+    // Both calls ran to their deadline and were counted, the abandoned one included.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resp = app(st)
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("resp");
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body")
+            .to_vec(),
+    )
+    .expect("utf-8");
+    let line = r#"gateway_dts_rpc_errors_total{method="StartInstance",code="DeadlineExceeded"}"#;
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map(|v| v.trim().to_string());
+    assert_eq!(count.as_deref(), Some("2"), "{text}");
+    held.abort();
+}
+
 // ------------------------------------------------------------------ end to end
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

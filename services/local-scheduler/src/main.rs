@@ -7,6 +7,9 @@
 // A binary: `pub` inside its modules only means "used across modules".
 #![allow(unreachable_pub)]
 
+/// Streams a client may reset before the server takes them, per connection (see `run`).
+const PENDING_RESET_STREAMS: usize = 4096;
+
 mod engine;
 mod metrics;
 mod server;
@@ -224,6 +227,10 @@ async fn run() -> anyhow::Result<()> {
     });
     let grpc_shutdown = shutdown.clone();
     tonic::transport::Server::builder()
+        // hyper sends GOAWAY after 20 streams reset before they were taken (its rapid-reset
+        // guard), failing every call on the connection. A client's cancelled calls (an HTTP
+        // caller that hung up) reach that under load; this is a local server, so allow many.
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
         .add_service(svc)
         .serve_with_incoming_shutdown(
             // No Nagle: small request/response pairs would otherwise wait for delayed ACKs (~40 ms).
