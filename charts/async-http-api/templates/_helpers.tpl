@@ -25,7 +25,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "aha.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
 {{- end -}}
 
 {{- define "aha.serviceAccountName" -}}
