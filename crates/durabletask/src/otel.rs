@@ -101,6 +101,25 @@ fn start_pinned(
     span
 }
 
+/// The trace id (hex) in a propagated trace context, when it is well-formed.
+pub(crate) fn trace_id_of(tc: Option<&pb::TraceContext>) -> Option<String> {
+    let tc = TraceContext::from_proto(tc?)?;
+    parse(&tc.traceparent).map(|(trace, _, _)| trace.to_string())
+}
+
+/// The trace an orchestration belongs to: the one its `ExecutionStarted` was created in.
+pub(crate) fn orchestration_trace_id(req: &pb::OrchestratorRequest) -> Option<String> {
+    trace_id_of(
+        req.past_events
+            .iter()
+            .chain(req.new_events.iter())
+            .find_map(|e| match &e.event_type {
+                Some(EventType::ExecutionStarted(es)) => es.parent_trace_context.as_ref(),
+                _ => None,
+            }),
+    )
+}
+
 /// `(trace id, span id, flags)` of a well-formed `traceparent`.
 fn parse(traceparent: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     let mut p = traceparent.split('-');

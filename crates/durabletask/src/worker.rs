@@ -92,19 +92,28 @@ impl WorkItemOutcome {
 pub trait WorkerObserver: Send + Sync + std::fmt::Debug + 'static {
     /// A work item arrived and is about to run.
     fn work_item_started(&self, _kind: WorkItemKind, _name: &str) {}
-    /// A work item ended on this worker after `took`.
+    /// A work item ended on this worker after `took`. `trace_id` is the operation's trace (hex),
+    /// when it has one: for exemplars, so a slow bucket leads to a trace.
     fn work_item_finished(
         &self,
         _kind: WorkItemKind,
         _name: &str,
         _outcome: WorkItemOutcome,
         _took: Duration,
+        _trace_id: Option<&str>,
     ) {
     }
     /// The work-item stream connected (`true`) or went away (`false`).
     fn stream_state(&self, _connected: bool) {}
     /// An orchestration episode ended its instance; `age` is the time since it started.
-    fn orchestration_ended(&self, _name: &str, _failed: bool, _age: Option<Duration>) {}
+    fn orchestration_ended(
+        &self,
+        _name: &str,
+        _failed: bool,
+        _age: Option<Duration>,
+        _trace_id: Option<&str>,
+    ) {
+    }
 }
 
 impl Default for WorkerOptions {
@@ -178,9 +187,10 @@ impl Shared {
         name: &str,
         outcome: WorkItemOutcome,
         since: std::time::Instant,
+        trace_id: Option<&str>,
     ) {
         if let Some(o) = &self.observer {
-            o.work_item_finished(kind, name, outcome, since.elapsed());
+            o.work_item_finished(kind, name, outcome, since.elapsed(), trace_id);
         }
     }
 }
@@ -369,7 +379,8 @@ impl Worker {
                         let name = orchestration_name(&req).unwrap_or_default();
                         let since = shared.started(WorkItemKind::Orchestration, &name);
                         abandon_orchestration(&shared, token).await;
-                        shared.finished(WorkItemKind::Orchestration, &name, WorkItemOutcome::Abandoned, since);
+                        let trace = crate::otel::orchestration_trace_id(&req);
+                        shared.finished(WorkItemKind::Orchestration, &name, WorkItemOutcome::Abandoned, since, trace.as_deref());
                         return false;
                     }
                 };
@@ -385,7 +396,8 @@ impl Worker {
                     _ = shutdown.cancelled() => {
                         let since = shared.started(WorkItemKind::Activity, &req.name);
                         abandon_activity(&shared, token).await;
-                        shared.finished(WorkItemKind::Activity, &req.name, WorkItemOutcome::Abandoned, since);
+                        let trace = crate::otel::trace_id_of(req.parent_trace_context.as_ref());
+                        shared.finished(WorkItemKind::Activity, &req.name, WorkItemOutcome::Abandoned, since, trace.as_deref());
                         return false;
                     }
                 };
@@ -456,6 +468,7 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
     let name = started.as_ref().map(|(n, _)| n.clone());
     let label = name.clone().unwrap_or_default();
     let since = shared.started(WorkItemKind::Orchestration, &label);
+    let trace = crate::otel::orchestration_trace_id(&req);
     let response = match name
         .as_deref()
         .map(|n| (n, shared.registry.orchestrator(n)))
@@ -509,13 +522,19 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
             } else {
                 WorkItemOutcome::Completed
             };
-            shared.finished(WorkItemKind::Orchestration, &label, outcome, since);
+            shared.finished(
+                WorkItemKind::Orchestration,
+                &label,
+                outcome,
+                since,
+                trace.as_deref(),
+            );
             if let (Some(failed), Some(o)) = (ended, &shared.observer) {
                 let age = started.and_then(|(_, t)| t).and_then(|t| {
                     let at = chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)?;
                     (chrono::Utc::now() - at).to_std().ok()
                 });
-                o.orchestration_ended(&label, failed, age);
+                o.orchestration_ended(&label, failed, age, trace.as_deref());
             }
         }
         Err(status) => {
@@ -525,6 +544,7 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
                 &label,
                 WorkItemOutcome::Abandoned,
                 since,
+                trace.as_deref(),
             );
             tracing::warn!(instance_id = %req.instance_id, code = ?status.code(), message = status.message(), "could not complete orchestration work item");
         }
@@ -548,6 +568,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         cancellation: shared.abort.child_token(),
     };
     let since = shared.started(WorkItemKind::Activity, &req.name);
+    let trace = crate::otel::trace_id_of(req.parent_trace_context.as_ref());
     let span = crate::otel::ActivitySpan::start(&req, &instance_id);
     let outcome = match shared.registry.activity(&req.name) {
         None => Some(Err(FailureDetails::new(
@@ -579,6 +600,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
             &req.name,
             WorkItemOutcome::Abandoned,
             since,
+            trace.as_deref(),
         );
         return;
     };
@@ -606,7 +628,13 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         (Ok(()), false) => WorkItemOutcome::Completed,
         (Err(_), _) => WorkItemOutcome::Abandoned,
     };
-    shared.finished(WorkItemKind::Activity, &req.name, outcome, since);
+    shared.finished(
+        WorkItemKind::Activity,
+        &req.name,
+        outcome,
+        since,
+        trace.as_deref(),
+    );
     match delivered {
         Ok(()) if failed => bump(&shared.stats.activities_failed),
         Ok(()) => bump(&shared.stats.activities_completed),

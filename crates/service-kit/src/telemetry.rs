@@ -184,3 +184,39 @@ impl opentelemetry_sdk::trace::IdGenerator for PinnableIds {
         durabletask::otel::take_pinned_span_id().unwrap_or_else(|| self.0.new_span_id())
     }
 }
+
+/// A span that already happened, for work a service times itself rather than running inside a
+/// `tracing` span (the local scheduler's queue waits): exported as a child of the W3C
+/// `traceparent` `parent`. Nothing happens when the parent is malformed or nothing is exported.
+pub fn record_finished_span(
+    scope: &'static str,
+    name: String,
+    kind: opentelemetry::trace::SpanKind,
+    parent: &str,
+    start: std::time::SystemTime,
+    end: std::time::SystemTime,
+    attributes: Vec<opentelemetry::KeyValue>,
+) {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    struct Parent<'a>(&'a str);
+    impl opentelemetry::propagation::Extractor for Parent<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Parent(parent)));
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    let tracer = opentelemetry::global::tracer(scope);
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &cx);
+    span.end_with_timestamp(end);
+}

@@ -415,29 +415,36 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let exemplars = get_json(
-        prom_port,
-        &format!(
-            "/api/v1/query_exemplars?query={}&start={}&end={}",
-            encode("gateway_http_request_duration_seconds_bucket"),
-            now - 300,
-            now + 60
-        ),
-    )
-    .await;
-    let trace_ids: Vec<String> = exemplars["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_string))
-        .collect();
-    assert!(
-        trace_ids
-            .iter()
-            .any(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())),
-        "no exemplar with a trace id: {exemplars}"
-    );
+    // The gateway's request latency and the workers' execution and end-to-end durations.
+    for histogram in [
+        "gateway_http_request_duration_seconds_bucket",
+        "worker_work_item_duration_seconds_bucket",
+        "worker_operation_duration_seconds_bucket",
+    ] {
+        let exemplars = get_json(
+            prom_port,
+            &format!(
+                "/api/v1/query_exemplars?query={}&start={}&end={}",
+                encode(histogram),
+                now - 300,
+                now + 60
+            ),
+        )
+        .await;
+        let trace_ids: Vec<String> = exemplars["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_string))
+            .collect();
+        assert!(
+            trace_ids
+                .iter()
+                .any(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{histogram}: no exemplar with a trace id: {exemplars}"
+        );
+    }
 
     // promtool accepts every exposition.
     for port in [gw, worker_ports[0], worker_ports[1], sched_admin] {

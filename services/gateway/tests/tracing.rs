@@ -116,10 +116,15 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
             .await
     });
 
-    let (_sched, endpoint) = local_scheduler().await;
     // Two worker processes exporting to the same receiver, told apart by service.instance.id:
     // one runs only orchestrations, the other only activities, so the trace has to cross them.
+    // The scheduler exports its spans there too.
     let otlp = format!("http://127.0.0.1:{otlp_port}");
+    let (_sched, endpoint) = local_scheduler_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ])
+    .await;
     let mut workers = Vec::new();
     // Both write JSON logs to files, to check what their log lines carry.
     let log_of =
@@ -298,6 +303,74 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
         run.span.parent_span_id, call.span.span_id,
         "the activity run below its scheduling context"
     );
+    // The scheduler's spans: its StartInstance below create_orchestration, the queue wait of
+    // each orchestration episode below create_orchestration (first) or the orchestration span,
+    // and the activity's wait below the call that scheduled it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let scheduler_spans = loop {
+        let spans: Vec<_> = receiver
+            .spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|c| c.service == "local-scheduler")
+            .cloned()
+            .collect();
+        let names: Vec<&str> = spans.iter().map(|c| c.span.name.as_str()).collect();
+        if names.contains(&"TaskHubSidecarService/StartInstance")
+            && names
+                .iter()
+                .filter(|n| **n == "dispatch orchestration:process_request")
+                .count()
+                >= 2
+            && names.contains(&"dispatch activity:simulate_long_running_activity")
+        {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scheduler spans never arrived: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for c in &scheduler_spans {
+        assert_eq!(hex(&c.span.trace_id), caller_trace, "{}", c.span.name);
+        assert_eq!(
+            attrs(&c.span).get("operation.id"),
+            Some(&id),
+            "{}",
+            c.span.name
+        );
+        assert!(c.span.end_time_unix_nano >= c.span.start_time_unix_nano);
+    }
+    let named = |name: &str| {
+        scheduler_spans
+            .iter()
+            .filter(|c| c.span.name == name)
+            .collect::<Vec<_>>()
+    };
+    let start = named("TaskHubSidecarService/StartInstance");
+    assert_eq!(start[0].span.kind, 2, "server span");
+    assert_eq!(start[0].span.parent_span_id, create.span.span_id);
+    let mut episodes = named("dispatch orchestration:process_request");
+    episodes.sort_by_key(|c| c.span.start_time_unix_nano);
+    assert_eq!(
+        episodes[0].span.parent_span_id, create.span.span_id,
+        "the first episode waits before the orchestration span exists"
+    );
+    assert!(
+        episodes[1..]
+            .iter()
+            .all(|c| c.span.parent_span_id == orch.span.span_id),
+        "later episodes wait below the orchestration span"
+    );
+    let waits = named("dispatch activity:simulate_long_running_activity");
+    assert_eq!(waits[0].span.parent_span_id, call.span.span_id);
+    assert!(
+        attrs(&waits[0].span).contains_key("durabletask.dispatch.wait_ms"),
+        "{:?}",
+        attrs(&waits[0].span)
+    );
     // One orchestration span, though the orchestration ran in two episodes.
     let spans = receiver.spans.lock().expect("lock").clone();
     assert_eq!(
@@ -340,21 +413,51 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     );
     assert_eq!(lines[0]["span"]["trace_id"], caller_trace, "{}", lines[0]);
     let _ = std::fs::remove_file(log_of("worker-a"));
-    println!(
-        "trace {caller_trace}:\n  caller {caller_span}\n  └ {} {} (gateway)\n    └ {} {} (gateway)\n      └ {} {} ({})\n        └ {} {} client ({})\n          └ {} {} server ({})",
-        server.span.name,
-        hex(&server.span.span_id),
-        create.span.name,
-        hex(&create.span.span_id),
-        orch.span.name,
-        hex(&orch.span.span_id),
-        orch.instance,
-        call.span.name,
-        hex(&call.span.span_id),
-        call.instance,
-        run.span.name,
-        hex(&run.span.span_id),
-        run.instance,
-    );
+    // The whole trace as a tree, for the record (`cargo test -p gateway --test tracing --
+    // --nocapture`).
+    let spans: Vec<Collected> = receiver
+        .spans
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|c| hex(&c.span.trace_id) == caller_trace)
+        .cloned()
+        .collect();
+    fn print_below(spans: &[Collected], parent: &[u8], depth: usize) {
+        let mut children: Vec<&Collected> = spans
+            .iter()
+            .filter(|c| c.span.parent_span_id == parent)
+            .collect();
+        children.sort_by_key(|c| c.span.start_time_unix_nano);
+        for c in children {
+            let kind = match c.span.kind {
+                2 => " server",
+                3 => " client",
+                _ => "",
+            };
+            let took = c
+                .span
+                .end_time_unix_nano
+                .saturating_sub(c.span.start_time_unix_nano) as f64
+                / 1e6;
+            let who = if c.instance.is_empty() {
+                c.service.clone()
+            } else {
+                c.instance.clone()
+            };
+            println!(
+                "{}└ {} {}{kind} ({who}) {took:.2} ms",
+                "  ".repeat(depth + 1),
+                c.span.name,
+                hex(&c.span.span_id),
+            );
+            print_below(spans, &c.span.span_id, depth + 1);
+        }
+    }
+    println!("trace {caller_trace}:\n  caller {caller_span}");
+    let caller = (0..8)
+        .map(|i| u8::from_str_radix(&caller_span[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>();
+    print_below(&spans, &caller, 1);
     drop(workers);
 }

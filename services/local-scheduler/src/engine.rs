@@ -998,16 +998,18 @@ impl Engine {
     // ------------------------------------------------------------ worker side
 
     /// Takes the next runnable orchestration for a stream, leasing it.
+    /// The next orchestration work item this stream may take, with how long it waited.
     pub fn take_orchestration(
         &mut self,
         hub: &str,
         stream: u64,
         filter: &StreamFilter,
-    ) -> Option<pb::WorkItem> {
+    ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
         let lease_expiry = Utc::now() + self.lease_duration;
         let h = self.hubs.get_mut(hub)?;
         let mut skipped = Vec::new();
         let mut found = None;
+        let mut found_waited = None;
         while let Some(id) = h.ready.pop_front() {
             let Some(inst) = h.instances.get_mut(&id) else {
                 h.ready_set.remove(&id);
@@ -1024,9 +1026,11 @@ impl Engine {
                 continue;
             }
             if let Some(since) = h.ready_set.remove(&id) {
+                let waited = since.elapsed();
                 self.dispatch_latency
                     .orchestration
-                    .observe(since.elapsed().as_secs_f64());
+                    .observe(waited.as_secs_f64());
+                found_waited = Some(waited);
             }
             found = Some(id);
             break;
@@ -1069,18 +1073,22 @@ impl Engine {
                 partial: None,
             },
         );
-        Some(pb::WorkItem {
-            request: Some(pb::work_item::Request::OrchestratorRequest(req)),
-            completion_token: token,
-        })
+        Some((
+            pb::WorkItem {
+                request: Some(pb::work_item::Request::OrchestratorRequest(req)),
+                completion_token: token,
+            },
+            found_waited,
+        ))
     }
 
+    /// The next activity work item this stream may take, with how long it waited.
     pub fn take_activity(
         &mut self,
         hub: &str,
         stream: u64,
         filter: &StreamFilter,
-    ) -> Option<pb::WorkItem> {
+    ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
         let lease_expiry = Utc::now() + self.lease_duration;
         let h = self.hubs.get_mut(hub)?;
         let mut skipped = Vec::new();
@@ -1108,9 +1116,8 @@ impl Engine {
         let item = h.activities.get_mut(&key)?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         item.lease = Some(token.clone());
-        self.dispatch_latency
-            .activity
-            .observe(item.queued.elapsed().as_secs_f64());
+        let waited = item.queued.elapsed();
+        self.dispatch_latency.activity.observe(waited.as_secs_f64());
         let request = item.request.clone();
         self.insert_lease(
             token.clone(),
@@ -1122,10 +1129,13 @@ impl Engine {
                 partial: None,
             },
         );
-        Some(pb::WorkItem {
-            request: Some(pb::work_item::Request::ActivityRequest(request)),
-            completion_token: token,
-        })
+        Some((
+            pb::WorkItem {
+                request: Some(pb::work_item::Request::ActivityRequest(request)),
+                completion_token: token,
+            },
+            Some(waited),
+        ))
     }
 
     /// Keeps one `isPartial` chunk of an orchestrator completion with its lease. Chunks must

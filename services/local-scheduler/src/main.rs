@@ -175,6 +175,7 @@ async fn run() -> anyhow::Result<()> {
         Duration::from_secs(settings.health_ping_seconds),
         shutdown.clone(),
     );
+    shared.set_trace_spans(telemetry.exporting());
     tokio::spawn(shared.clone().run_timers());
 
     let grpc_addr: SocketAddr = settings.listen.parse()?;

@@ -1,7 +1,7 @@
 //! The gRPC face of the engine: `TaskHubSidecarService` as DTS serves it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+
+use opentelemetry::KeyValue;
 
 use crate::engine::{Engine, StreamFilter};
 use crate::store::{Change, SqliteStore};
@@ -42,9 +44,20 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     ping_interval: Duration,
     pub counters: Counters,
+    /// Whether spans are exported (OTLP configured): only then are dispatch spans built.
+    trace_spans: AtomicBool,
 }
 
 impl Shared {
+    /// Turns the scheduler's own spans on (see [`dispatch_span`]).
+    pub fn set_trace_spans(&self, on: bool) {
+        self.trace_spans.store(on, Ordering::Relaxed);
+    }
+
+    fn tracing(&self) -> bool {
+        self.trace_spans.load(Ordering::Relaxed)
+    }
+
     pub fn new(
         engine: Engine,
         store: Option<SqliteStore>,
@@ -61,6 +74,7 @@ impl Shared {
             shutdown,
             ping_interval,
             counters: Counters::default(),
+            trace_spans: AtomicBool::new(false),
         })
     }
 
@@ -266,7 +280,36 @@ impl pb::TaskHubSidecarService for Service {
     ) -> Res<pb::CreateInstanceResponse> {
         let hub = hub_of(&req)?;
         let r = req.into_inner();
+        let traced = self
+            .shared
+            .tracing()
+            .then(|| {
+                r.parent_trace_context
+                    .as_ref()
+                    .map(|t| (t.trace_parent.clone(), r.name.clone()))
+            })
+            .flatten();
+        let started = std::time::SystemTime::now();
         let instance_id = self.shared.with_engine(|e| e.start_instance(&hub, r))?;
+        if let Some((parent, name)) = traced {
+            service_kit::telemetry::record_finished_span(
+                SPAN_SCOPE,
+                "TaskHubSidecarService/StartInstance".into(),
+                opentelemetry::trace::SpanKind::Server,
+                &parent,
+                started,
+                std::time::SystemTime::now(),
+                vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", "TaskHubSidecarService"),
+                    KeyValue::new("rpc.method", "StartInstance"),
+                    KeyValue::new("durabletask.type", "orchestration"),
+                    KeyValue::new("durabletask.task.name", name),
+                    KeyValue::new("durabletask.task.instance_id", instance_id.clone()),
+                    KeyValue::new("operation.id", instance_id.clone()),
+                ],
+            );
+        }
         Ok(Response::new(pb::CreateInstanceResponse { instance_id }))
     }
 
@@ -534,6 +577,94 @@ impl pb::TaskHubSidecarService for Service {
     }
 }
 
+/// The instrumentation scope of the scheduler's spans.
+const SPAN_SCOPE: &str = "local-scheduler";
+
+/// A span for the time a work item waited in the scheduler before a worker got it, in the
+/// operation's trace: an orchestration's below its orchestration span (or, before that span
+/// exists, below `create_orchestration`), an activity's below the call that scheduled it. So a
+/// trace shows queueing apart from execution.
+fn dispatch_span(item: &pb::WorkItem, waited: Duration) {
+    let now = std::time::SystemTime::now();
+    let start = now.checked_sub(waited).unwrap_or(now);
+    let (kind, name, instance_id, parent) = match &item.request {
+        Some(pb::work_item::Request::OrchestratorRequest(r)) => {
+            let Some(started) =
+                r.past_events
+                    .iter()
+                    .chain(&r.new_events)
+                    .find_map(|e| match &e.event_type {
+                        Some(pb::history_event::EventType::ExecutionStarted(s)) => Some(s),
+                        _ => None,
+                    })
+            else {
+                return;
+            };
+            let Some(created) = started.parent_trace_context.as_ref() else {
+                return;
+            };
+            // The orchestration span (same trace, the id the worker pinned) once it exists.
+            let parent = match r
+                .orchestration_trace_context
+                .as_ref()
+                .and_then(|t| t.span_id.as_deref())
+            {
+                Some(span_id) => {
+                    let mut parts = created.trace_parent.split('-');
+                    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                        (Some(v), Some(trace), Some(_), Some(flags)) => {
+                            format!("{v}-{trace}-{span_id}-{flags}")
+                        }
+                        _ => return,
+                    }
+                }
+                None => created.trace_parent.clone(),
+            };
+            (
+                "orchestration",
+                started.name.clone(),
+                r.instance_id.clone(),
+                parent,
+            )
+        }
+        Some(pb::work_item::Request::ActivityRequest(r)) => {
+            let Some(parent) = r.parent_trace_context.as_ref() else {
+                return;
+            };
+            let instance_id = r
+                .orchestration_instance
+                .as_ref()
+                .map(|i| i.instance_id.clone())
+                .unwrap_or_default();
+            (
+                "activity",
+                r.name.clone(),
+                instance_id,
+                parent.trace_parent.clone(),
+            )
+        }
+        _ => return,
+    };
+    service_kit::telemetry::record_finished_span(
+        SPAN_SCOPE,
+        format!("dispatch {kind}:{name}"),
+        opentelemetry::trace::SpanKind::Internal,
+        &parent,
+        start,
+        now,
+        vec![
+            KeyValue::new("durabletask.type", kind),
+            KeyValue::new("durabletask.task.name", name),
+            KeyValue::new("durabletask.task.instance_id", instance_id.clone()),
+            KeyValue::new("operation.id", instance_id),
+            KeyValue::new(
+                "durabletask.dispatch.wait_ms",
+                waited.as_secs_f64() * 1000.0,
+            ),
+        ],
+    );
+}
+
 /// Feeds one worker stream: as many items as its limits allow, health pings when idle.
 async fn dispatch_loop(
     shared: &Arc<Shared>,
@@ -576,7 +707,11 @@ async fn dispatch_loop(
             })
             .unwrap_or_default();
         let sent_any = !items.is_empty();
-        for item in items {
+        let tracing = shared.tracing();
+        for (item, waited) in items {
+            if tracing && let Some(waited) = waited {
+                dispatch_span(&item, waited);
+            }
             match item.request {
                 Some(pb::work_item::Request::OrchestratorRequest(_)) => {
                     &shared.counters.orchestrations_dispatched

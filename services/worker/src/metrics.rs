@@ -7,9 +7,10 @@ use std::time::Duration;
 use durabletask::{WorkItemKind, WorkItemOutcome, WorkerObserver};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,16 +37,30 @@ struct EndLabels {
     status: String,
 }
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn execution_buckets() -> Histogram {
-    // 0.1 ms to about 55 min: replays are sub-millisecond, activities may take an hour.
-    Histogram::new(exponential_buckets(0.0001, 2.5, 18))
+/// Exemplar labels: the trace of the operation a work item belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceLabels {
+    trace_id: String,
 }
 
-fn operation_buckets() -> Histogram {
+/// Histograms whose observations carry the operation's trace id as exemplar (OpenMetrics).
+type Histograms<L> =
+    Family<L, HistogramWithExemplars<TraceLabels>, fn() -> HistogramWithExemplars<TraceLabels>>;
+
+fn execution_buckets() -> HistogramWithExemplars<TraceLabels> {
+    // 0.1 ms to about 55 min: replays are sub-millisecond, activities may take an hour.
+    HistogramWithExemplars::new(exponential_buckets(0.0001, 2.5, 18))
+}
+
+fn operation_buckets() -> HistogramWithExemplars<TraceLabels> {
     // 10 ms to about 3 h.
-    Histogram::new(exponential_buckets(0.01, 2.5, 15))
+    HistogramWithExemplars::new(exponential_buckets(0.01, 2.5, 15))
+}
+
+fn exemplar(trace_id: Option<&str>) -> Option<TraceLabels> {
+    trace_id.map(|t| TraceLabels {
+        trace_id: t.to_string(),
+    })
 }
 
 #[derive(Debug)]
@@ -194,6 +209,7 @@ impl WorkerObserver for WorkerMetrics {
         name: &str,
         outcome: WorkItemOutcome,
         took: Duration,
+        trace_id: Option<&str>,
     ) {
         self.in_flight
             .get_or_create(&KindLabels {
@@ -207,9 +223,11 @@ impl WorkerObserver for WorkerMetrics {
                 outcome: outcome.as_str().to_string(),
             })
             .inc();
-        self.duration
-            .get_or_create(&item(kind, name))
-            .observe(took.as_secs_f64());
+        self.duration.get_or_create(&item(kind, name)).observe(
+            took.as_secs_f64(),
+            exemplar(trace_id),
+            None,
+        );
     }
 
     fn stream_state(&self, connected: bool) {
@@ -222,14 +240,20 @@ impl WorkerObserver for WorkerMetrics {
         }
     }
 
-    fn orchestration_ended(&self, name: &str, failed: bool, age: Option<Duration>) {
+    fn orchestration_ended(
+        &self,
+        name: &str,
+        failed: bool,
+        age: Option<Duration>,
+        trace_id: Option<&str>,
+    ) {
         if let Some(age) = age {
             self.operation_duration
                 .get_or_create(&EndLabels {
                     name: name.to_string(),
                     status: if failed { "failed" } else { "completed" }.to_string(),
                 })
-                .observe(age.as_secs_f64());
+                .observe(age.as_secs_f64(), exemplar(trace_id), None);
         }
     }
 }

@@ -125,20 +125,22 @@ pub async fn spawn(bin: &str, envs: &[(&str, String)], wait: u16) -> Child {
 
 /// An in-memory local scheduler process and its endpoint.
 pub async fn local_scheduler() -> (Child, String) {
+    local_scheduler_with(&[]).await
+}
+
+/// An in-memory local scheduler process with extra environment variables.
+pub async fn local_scheduler_with(extra: &[(&str, String)]) -> (Child, String) {
     let port = free_port();
-    let child = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        port,
-    )
-    .await;
+    let mut envs = vec![
+        ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "LOCAL_SCHEDULER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        ("LOCAL_SCHEDULER__STORE", "memory".into()),
+    ];
+    envs.extend(extra.iter().cloned());
+    let child = spawn("local-scheduler", &envs, port).await;
     (child, format!("http://127.0.0.1:{port}"))
 }
 
