@@ -90,8 +90,10 @@ IMAGE ?= async-http-api:dev
 image: ## Build the container image (needs Docker with BuildKit)
 	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
 
-manifests: tools ## Render k8s/async-http-api.yaml from the chart (local-scheduler values)
+MONITORING_SET := --set monitoring.serviceMonitor.enabled=true --set monitoring.prometheusRule.enabled=true --set monitoring.grafanaDashboard.enabled=true
+manifests: tools ## Render k8s/async-http-api.yaml and k8s/monitoring/async-http-api-monitoring.yaml from the chart
 	.tools/bin/helm template async-http-api charts/async-http-api --skip-tests -f charts/async-http-api/ci/local-scheduler-values.yaml > k8s/async-http-api.yaml
+	.tools/bin/helm template async-http-api charts/async-http-api -f charts/async-http-api/ci/local-scheduler-values.yaml $(MONITORING_SET) --show-only templates/monitoring.yaml > k8s/monitoring/async-http-api-monitoring.yaml
 
 build: ## Build everything (debug)
 	cargo build --workspace --all-targets --locked
