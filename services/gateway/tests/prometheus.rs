@@ -415,11 +415,13 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    // The gateway's request latency and the workers' execution and end-to-end durations.
+    // The gateway's request latency, the workers' execution and end-to-end durations, the
+    // scheduler's dispatch latency.
     for histogram in [
         "gateway_http_request_duration_seconds_bucket",
         "worker_work_item_duration_seconds_bucket",
         "worker_operation_duration_seconds_bucket",
+        "dts_local_dispatch_latency_seconds_bucket",
     ] {
         let exemplars = get_json(
             prom_port,

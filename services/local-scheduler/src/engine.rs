@@ -183,26 +183,47 @@ pub struct ActivityItem {
     pub queued: std::time::Instant,
 }
 
+/// Exemplar labels: the trace of the operation a work item belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TraceLabels {
+    trace_id: String,
+}
+
+/// A latency histogram whose observations carry the operation's trace id as exemplar.
+pub type LatencyHistogram =
+    prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceLabels>;
+
 /// Time from a work item becoming runnable to its dispatch, by kind.
 #[derive(Debug, Clone)]
 pub struct DispatchLatency {
-    pub orchestration: prometheus_client::metrics::histogram::Histogram,
-    pub activity: prometheus_client::metrics::histogram::Histogram,
+    pub orchestration: LatencyHistogram,
+    pub activity: LatencyHistogram,
+}
+
+impl DispatchLatency {
+    pub fn buckets() -> LatencyHistogram {
+        // 50 µs to about 1.6 s.
+        LatencyHistogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.00005, 2.0, 16,
+        ))
+    }
 }
 
 impl Default for DispatchLatency {
     fn default() -> Self {
-        // 50 µs to about 1.6 s.
-        let buckets = || {
-            prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
-            )
-        };
         Self {
-            orchestration: buckets(),
-            activity: buckets(),
+            orchestration: Self::buckets(),
+            activity: Self::buckets(),
         }
     }
+}
+
+/// The exemplar for a work item whose trace context is `tc`.
+fn exemplar(tc: Option<&pb::TraceContext>) -> Option<TraceLabels> {
+    let trace = tc?.trace_parent.split('-').nth(1)?;
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| TraceLabels {
+        trace_id: trace.to_string(),
+    })
 }
 
 /// Whether `stream` should leave this item to others for now (it let the lease expire).
@@ -1026,11 +1047,7 @@ impl Engine {
                 continue;
             }
             if let Some(since) = h.ready_set.remove(&id) {
-                let waited = since.elapsed();
-                self.dispatch_latency
-                    .orchestration
-                    .observe(waited.as_secs_f64());
-                found_waited = Some(waited);
+                found_waited = Some(since.elapsed());
             }
             found = Some(id);
             break;
@@ -1063,6 +1080,21 @@ impl Engine {
             properties: Default::default(),
             orchestration_trace_context: inst.row.trace.clone(),
         };
+        if let Some(waited) = found_waited {
+            let created =
+                req.past_events
+                    .iter()
+                    .chain(&req.new_events)
+                    .find_map(|e| match &e.event_type {
+                        Some(EventType::ExecutionStarted(s)) => s.parent_trace_context.as_ref(),
+                        _ => None,
+                    });
+            self.dispatch_latency.orchestration.observe(
+                waited.as_secs_f64(),
+                exemplar(created),
+                None,
+            );
+        }
         self.insert_lease(
             token.clone(),
             Lease {
@@ -1117,7 +1149,11 @@ impl Engine {
         let token = uuid::Uuid::new_v4().simple().to_string();
         item.lease = Some(token.clone());
         let waited = item.queued.elapsed();
-        self.dispatch_latency.activity.observe(waited.as_secs_f64());
+        self.dispatch_latency.activity.observe(
+            waited.as_secs_f64(),
+            exemplar(item.request.parent_trace_context.as_ref()),
+            None,
+        );
         let request = item.request.clone();
         self.insert_lease(
             token.clone(),

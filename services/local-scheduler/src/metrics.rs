@@ -11,10 +11,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::engine::DispatchLatency;
+use crate::engine::{DispatchLatency, LatencyHistogram};
 use crate::server::Shared;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,9 +24,10 @@ struct KindLabels {
 /// The registry, and the histograms the engine observes into.
 pub fn registry(shared: Arc<Shared>) -> (Registry, DispatchLatency) {
     let mut registry = service_kit::metrics::registry("local_scheduler");
-    let family = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-        DispatchLatency::default().orchestration
-    });
+    let family =
+        Family::<KindLabels, LatencyHistogram, fn() -> LatencyHistogram>::new_with_constructor(
+            DispatchLatency::buckets,
+        );
     let handle = |kind: &str| {
         family
             .get_or_create(&KindLabels {
