@@ -99,3 +99,15 @@ topologySpreadConstraints:
         {{- include "aha.selector" . | nindent 8 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Pod annotations of the gateway and worker. Their configuration is env in the pod template, so a
+values change rolls the pods by itself; a connection string in an existing Secret is not, so its
+checksum (read from the cluster at install/upgrade; empty under `helm template`) makes a rotated
+Secret roll the pods on the next `helm upgrade`.
+*/}}
+{{- define "aha.podAnnotations" -}}
+{{- if and (not .Values.localScheduler.enabled) .Values.dts.existingSecret.name -}}
+checksum/dts-secret: {{ (lookup "v1" "Secret" .Release.Namespace .Values.dts.existingSecret.name).data | toJson | sha256sum }}
+{{- end -}}
+{{- end }}

@@ -23,6 +23,8 @@ use tokio::process::{Child, Command};
 const CONNECTIONS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(10);
+/// The offered load of the open-loop run: the issue's throughput goal.
+const PACED_RATE: f64 = 5000.0;
 
 fn release_bin(name: &str) -> PathBuf {
     // target/release/deps/<bench> -> target/release/<name>
@@ -128,8 +130,11 @@ struct Outcome {
     errors: usize,
 }
 
-/// `CONNECTIONS` keep-alive connections posting `body` to `path` as fast as answers come back.
-async fn load(port: u16, path: &str, body: &str, want: u16) -> Outcome {
+/// `CONNECTIONS` keep-alive connections posting `body` to `path`: as fast as answers come back
+/// (`rate` `None`, closed loop: the maximum throughput), or at `rate` requests per second in all
+/// (open loop, as wrk2 does: each connection sends on a fixed schedule and latency counts from
+/// the time a request was due, so a slow answer also charges the requests queued behind it).
+async fn load(port: u16, path: &str, body: &str, want: u16, rate: Option<f64>) -> Outcome {
     let request = Arc::new(format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -137,8 +142,13 @@ async fn load(port: u16, path: &str, body: &str, want: u16) -> Outcome {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
+    let begin = tokio::time::Instant::now();
+    for c in 0..CONNECTIONS {
         let (request, measuring, stop) = (request.clone(), measuring.clone(), stop.clone());
+        // Paced: this connection's requests are due every `interval`, offset so the
+        // connections' sends interleave evenly.
+        let interval = rate.map(|r| Duration::from_secs_f64(CONNECTIONS as f64 / r));
+        let offset = interval.map(|i| i.mul_f64(c as f64 / CONNECTIONS as f64));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
@@ -147,8 +157,17 @@ async fn load(port: u16, path: &str, body: &str, want: u16) -> Outcome {
                 .expect("connect");
             stream.set_nodelay(true).expect("nodelay");
             let mut conn = BufReader::new(stream);
+            let mut due = begin + offset.unwrap_or_default();
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
+                let t = match interval {
+                    Some(i) => {
+                        tokio::time::sleep_until(due).await;
+                        let t = due.into_std();
+                        due += i;
+                        t
+                    }
+                    None => Instant::now(),
+                };
                 let ok = match conn.get_mut().write_all(request.as_bytes()).await {
                     Ok(()) => read_response(&mut conn).await.map(|s| s == want),
                     Err(e) => Err(e),
@@ -218,7 +237,13 @@ struct Measured {
 /// One measurement on a fresh system: a new in-memory scheduler, optionally a worker running
 /// the started operations, and the front end under test. Everything is stopped afterwards, so
 /// no run inherits another's backlog.
-async fn measure(front: Front, path: &str, body: &str, with_worker: bool) -> Measured {
+async fn measure(
+    front: Front,
+    path: &str,
+    body: &str,
+    with_worker: bool,
+    rate: Option<f64>,
+) -> Measured {
     let sched_port = free_port();
     let scheduler = spawn(
         release_bin("local-scheduler"),
@@ -287,7 +312,7 @@ async fn measure(front: Front, path: &str, body: &str, with_worker: bool) -> Mea
         std::process::id(),
     ];
     let before = pids.map(cpu_seconds);
-    let outcome = load(port, path, body, want).await;
+    let outcome = load(port, path, body, want, rate).await;
     let after = pids.map(cpu_seconds);
     let starts = outcome.rate * (WARM_UP + MEASURE).as_secs_f64();
     let cpu_us_per_start = [0, 1, 2].map(|i| (after[i] - before[i]) / starts * 1e6);
@@ -321,11 +346,23 @@ fn main() {
         const PROCESS_BODY: &str = r#"{"name":"bench","delay_seconds":0}"#;
         let mut rows = Vec::new();
         for with_worker in [false, true] {
-            let py = measure(Front::FastApi, SAMPLE, SAMPLE_BODY, with_worker).await;
-            let ours_sample = measure(Front::Gateway, SAMPLE, SAMPLE_BODY, with_worker).await;
-            let ours = measure(Front::Gateway, "/api/process", PROCESS_BODY, with_worker).await;
+            let py = measure(Front::FastApi, SAMPLE, SAMPLE_BODY, with_worker, None).await;
+            let ours_sample =
+                measure(Front::Gateway, SAMPLE, SAMPLE_BODY, with_worker, None).await;
+            let ours =
+                measure(Front::Gateway, "/api/process", PROCESS_BODY, with_worker, None).await;
             rows.push((with_worker, py, ours_sample, ours));
         }
+        // Latency at the goal's load rather than at saturation: 5,000 starts/s offered on a
+        // schedule, with a worker running every operation on the same two cores.
+        let paced = measure(
+            Front::Gateway,
+            "/api/process",
+            PROCESS_BODY,
+            true,
+            Some(PACED_RATE),
+        )
+        .await;
 
         println!(
             "gateway start throughput: {CONNECTIONS} keep-alive connections, {}s measured after {}s warm-up, each run on a fresh in-memory local scheduler, all on this machine",
@@ -360,5 +397,23 @@ fn main() {
                 ours_sample.outcome.rate / py.outcome.rate
             );
         }
+        let o = &paced.outcome;
+        println!();
+        println!(
+            "open loop: {PACED_RATE:.0} starts/s offered on a fixed schedule over {CONNECTIONS} connections, latency from the time each request was due, worker running"
+        );
+        println!("| server | route | starts/s | p50 ms | p99 ms | errors | peak RSS MiB (front / worker) |");
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| our gateway | POST /api/process | {:.0} | {:.2} | {:.2} | {} | {:.1} / {} |",
+            o.rate,
+            o.p50_ms,
+            o.p99_ms,
+            o.errors,
+            paced.front_rss,
+            paced
+                .worker_rss
+                .map_or("-".to_string(), |r| format!("{r:.1}")),
+        );
     });
 }
