@@ -23,6 +23,8 @@ use tokio::process::{Child, Command};
 const CONNECTIONS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(10);
+/// Closed-loop runs of each configuration; the table shows the best.
+const ROUNDS: usize = 2;
 /// The offered load of the open-loop run: the issue's throughput goal.
 const PACED_RATE: f64 = 5000.0;
 
@@ -344,13 +346,31 @@ fn main() {
         const SAMPLE: &str = "/api/start-operation";
         const SAMPLE_BODY: &str = r#"{"processing_time":0}"#;
         const PROCESS_BODY: &str = r#"{"name":"bench","delay_seconds":0}"#;
+        // Each configuration runs ROUNDS times, interleaved with the others, and keeps its best
+        // run: this machine is shared, and noise only ever lowers a throughput.
+        let best = |a: Measured, b: Measured| {
+            if b.outcome.rate > a.outcome.rate {
+                b
+            } else {
+                a
+            }
+        };
         let mut rows = Vec::new();
         for with_worker in [false, true] {
-            let py = measure(Front::FastApi, SAMPLE, SAMPLE_BODY, with_worker, None).await;
-            let ours_sample =
-                measure(Front::Gateway, SAMPLE, SAMPLE_BODY, with_worker, None).await;
-            let ours =
-                measure(Front::Gateway, "/api/process", PROCESS_BODY, with_worker, None).await;
+            let mut round = None::<(Measured, Measured, Measured)>;
+            for _ in 0..ROUNDS {
+                let py = measure(Front::FastApi, SAMPLE, SAMPLE_BODY, with_worker, None).await;
+                let ours_sample =
+                    measure(Front::Gateway, SAMPLE, SAMPLE_BODY, with_worker, None).await;
+                let ours =
+                    measure(Front::Gateway, "/api/process", PROCESS_BODY, with_worker, None)
+                        .await;
+                round = Some(match round {
+                    None => (py, ours_sample, ours),
+                    Some((a, b, c)) => (best(a, py), best(b, ours_sample), best(c, ours)),
+                });
+            }
+            let (py, ours_sample, ours) = round.expect("at least one round");
             rows.push((with_worker, py, ours_sample, ours));
         }
         // Latency at the goal's load rather than at saturation: 5,000 starts/s offered on a
@@ -365,7 +385,7 @@ fn main() {
         .await;
 
         println!(
-            "gateway start throughput: {CONNECTIONS} keep-alive connections, {}s measured after {}s warm-up, each run on a fresh in-memory local scheduler, all on this machine",
+            "gateway start throughput: {CONNECTIONS} keep-alive connections, {}s measured after {}s warm-up, each run on a fresh in-memory local scheduler, all on this machine; best of {ROUNDS} interleaved runs",
             MEASURE.as_secs(),
             WARM_UP.as_secs()
         );
