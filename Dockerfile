@@ -9,6 +9,10 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 # The registry and target caches survive between builds, so only changed crates recompile.
+# Stripped: the release profile keeps line tables for profiling (83 MB per binary); the image
+# needs none (18 MB).
+ENV CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p gateway -p worker -p local-scheduler \

@@ -12,6 +12,7 @@ use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use service_kit::telemetry::TraceParent;
 use tracing::Instrument;
 
 // Labels hold static strings and integers: building them on every request allocates nothing.
@@ -221,10 +222,11 @@ pub(crate) async fn track(
         span_id = tracing::field::Empty,
     );
     service_kit::telemetry::set_remote_parent(&span, parent.as_deref(), state_header.as_deref());
-    if let Some(tp) = service_kit::telemetry::traceparent(&span) {
-        let mut parts = tp.split('-').skip(1);
-        span.record("trace_id", parts.next().unwrap_or_default());
-        span.record("span_id", parts.next().unwrap_or_default());
+    if let Some(tp) = service_kit::telemetry::traceparent(&span)
+        && let Some(ids) = TraceParent::parse(&tp)
+    {
+        span.record("trace_id", ids.trace_id);
+        span.record("span_id", ids.span_id);
     }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
@@ -238,11 +240,12 @@ pub(crate) async fn track(
     }
     let m = &state.metrics;
     // The request's trace as exemplar, so a slow bucket leads to a trace.
-    let exemplar = traceparent.and_then(|tp| {
-        tp.split('-').nth(1).map(|t| TraceLabels {
-            trace_id: t.to_string(),
-        })
-    });
+    let exemplar = traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(|tp| TraceLabels {
+            trace_id: tp.trace_id.to_string(),
+        });
     m.request_duration
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64(), exemplar, None);

@@ -220,9 +220,8 @@ impl Default for DispatchLatency {
 
 /// The exemplar for a work item whose trace context is `tc`.
 fn exemplar(tc: Option<&pb::TraceContext>) -> Option<TraceLabels> {
-    let trace = tc?.trace_parent.split('-').nth(1)?;
-    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| TraceLabels {
-        trace_id: trace.to_string(),
+    service_kit::telemetry::TraceParent::parse(&tc?.trace_parent).map(|tp| TraceLabels {
+        trace_id: tp.trace_id.to_string(),
     })
 }
 

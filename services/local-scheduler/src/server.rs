@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use opentelemetry::KeyValue;
+use service_kit::telemetry::TraceParent;
 
 use crate::engine::{Engine, StreamFilter};
 use crate::store::{Change, SqliteStore};
@@ -609,15 +610,10 @@ fn dispatch_span(item: &pb::WorkItem, waited: Duration) {
                 .as_ref()
                 .and_then(|t| t.span_id.as_deref())
             {
-                Some(span_id) => {
-                    let mut parts = created.trace_parent.split('-');
-                    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                        (Some(v), Some(trace), Some(_), Some(flags)) => {
-                            format!("{v}-{trace}-{span_id}-{flags}")
-                        }
-                        _ => return,
-                    }
-                }
+                Some(span_id) => match TraceParent::parse(&created.trace_parent) {
+                    Some(tp) => tp.with_span(span_id),
+                    None => return,
+                },
                 None => created.trace_parent.clone(),
             };
             (
