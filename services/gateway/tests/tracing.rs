@@ -88,6 +88,17 @@ fn attrs(span: &Span) -> HashMap<String, String> {
         .collect()
 }
 
+/// The span is in the caller's trace and names the operation.
+fn assert_in_operation(c: &Collected, trace: &str, operation_id: &str) {
+    assert_eq!(hex(&c.span.trace_id), trace, "{}", c.span.name);
+    assert_eq!(
+        attrs(&c.span).get("operation.id").map(String::as_str),
+        Some(operation_id),
+        "{}",
+        c.span.name
+    );
+}
+
 async fn post_with_trace(port: u16, traceparent: &str) -> (u16, HashMap<String, String>, Value) {
     let (status, headers, body) = http_with_headers(
         port,
@@ -283,13 +294,7 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     );
     for c in [&orch, &call, &run] {
         assert_eq!(c.service, "worker");
-        assert_eq!(hex(&c.span.trace_id), caller_trace, "{}", c.span.name);
-        assert_eq!(
-            attrs(&c.span).get("operation.id"),
-            Some(&id),
-            "{}",
-            c.span.name
-        );
+        assert_in_operation(c, caller_trace, &id);
     }
     assert_eq!(
         orch.span.parent_span_id, create.span.span_id,
@@ -334,13 +339,7 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for c in &scheduler_spans {
-        assert_eq!(hex(&c.span.trace_id), caller_trace, "{}", c.span.name);
-        assert_eq!(
-            attrs(&c.span).get("operation.id"),
-            Some(&id),
-            "{}",
-            c.span.name
-        );
+        assert_in_operation(c, caller_trace, &id);
         assert!(c.span.end_time_unix_nano >= c.span.start_time_unix_nano);
     }
     let named = |name: &str| {
