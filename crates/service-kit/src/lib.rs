@@ -25,13 +25,72 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The path of `--config <path>`, else of the `<env_var>` variable.
-pub fn config_file(env_var: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| std::env::var(env_var).ok())
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Args {
+    /// Run, with the configuration file of `--config <path>` if given.
+    Run { config: Option<String> },
+    /// `--help` / `-h`.
+    Help,
+    /// `--version` / `-V`.
+    Version,
+}
+
+/// Reads the arguments after the program name: `--config <path>` (or `--config=<path>`),
+/// `--help`, `--version`. Anything else is an error naming it, so a typo does not start a
+/// service with defaults.
+pub fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut config = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Args::Help),
+            "-V" | "--version" => return Ok(Args::Version),
+            "--config" => match it.next() {
+                Some(p) if !p.is_empty() && !p.starts_with("--") => config = Some(p.clone()),
+                _ => return Err("--config needs a file path".into()),
+            },
+            other => match other.strip_prefix("--config=") {
+                Some(p) if !p.is_empty() => config = Some(p.to_string()),
+                Some(_) => return Err("--config needs a file path".into()),
+                None => {
+                    return Err(format!(
+                        "unknown argument '{other}' (expected --config <file>, --help or --version)"
+                    ));
+                }
+            },
+        }
+    }
+    Ok(Args::Run { config })
+}
+
+/// The configuration file to read: `--config <path>`, else the `<env_var>` variable. `--help`
+/// (which adds `also` to the usage) and `--version` print and end the process here (exit 0);
+/// a bad argument is an error.
+pub fn config_file(
+    service: &str,
+    env_var: &str,
+    env_prefix: &str,
+    also: &str,
+) -> Result<Option<String>, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args)? {
+        Args::Run { config } => Ok(config.or_else(|| std::env::var(env_var).ok())),
+        Args::Version => {
+            println!("{service} {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0)
+        }
+        Args::Help => {
+            println!(
+                "usage: {service} [--config <file.toml>]\n\n\
+                 Configuration, each layer over the one before: built-in defaults; the TOML file\n\
+                 (--config, or {env_var}); {env_prefix}__<KEY> environment variables.\n\
+                 {also}\n\
+                 Every key, with its default, is in the README."
+            );
+            std::process::exit(0)
+        }
+    }
 }
 
 /// Applies the original sample's `ENDPOINT` / `TASKHUB` and the DTS connection string variable
@@ -64,5 +123,41 @@ pub fn connection_options(
     match connection_string {
         Some(cs) => ConnectionOptions::from_connection_string(cs),
         None => ConnectionOptions::new(endpoint, taskhub),
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::{Args, parse_args};
+
+    fn parse(a: &[&str]) -> Result<Args, String> {
+        parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn arguments_are_read_strictly() {
+        assert_eq!(parse(&[]), Ok(Args::Run { config: None }));
+        assert_eq!(
+            parse(&["--config", "a.toml"]),
+            Ok(Args::Run {
+                config: Some("a.toml".into())
+            })
+        );
+        assert_eq!(
+            parse(&["--config=b.toml"]),
+            Ok(Args::Run {
+                config: Some("b.toml".into())
+            })
+        );
+        assert_eq!(parse(&["--help"]), Ok(Args::Help));
+        assert_eq!(parse(&["-V"]), Ok(Args::Version));
+        assert!(parse(&["--config"]).unwrap_err().contains("--config needs"));
+        assert!(
+            parse(&["--config="])
+                .unwrap_err()
+                .contains("--config needs")
+        );
+        assert!(parse(&["--confg", "a"]).unwrap_err().contains("'--confg'"));
+        assert!(parse(&["serve"]).unwrap_err().contains("'serve'"));
     }
 }

@@ -31,7 +31,8 @@ struct Settings {
 }
 
 fn load() -> anyhow::Result<(Settings, ConnectionOptions)> {
-    let file = service_kit::config_file("GATEWAY_CONFIG");
+    let file = service_kit::config_file("gateway", "GATEWAY_CONFIG", "GATEWAY", "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.")
+        .map_err(anyhow::Error::msg)?;
     let mut b = config::Config::builder()
         .set_default("listen", "127.0.0.1:8000")?
         .set_default("endpoint", "http://localhost:8080")?

@@ -47,7 +47,13 @@ struct Settings {
 }
 
 fn load_settings() -> anyhow::Result<Settings> {
-    let file = service_kit::config_file("LOCAL_SCHEDULER_CONFIG");
+    let file = service_kit::config_file(
+        "local-scheduler",
+        "LOCAL_SCHEDULER_CONFIG",
+        "LOCAL_SCHEDULER",
+        "DTS_TASK_HUB_NAMES=a,b names the task hubs, as for the DTS emulator.",
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut b = config::Config::builder()
         .set_default("listen", "127.0.0.1:8080")?
         .set_default("admin_listen", "127.0.0.1:8081")?

@@ -1032,6 +1032,49 @@ async fn bad_configuration_names_the_key_and_exits_non_zero() {
     }
 }
 
+/// The command line: a typo is refused before anything starts; `--help` and `--version` answer
+/// and exit 0.
+#[tokio::test]
+async fn command_line_is_strict_and_answers_help() {
+    let run = |args: &'static [&'static str]| async move {
+        // Were the arguments ignored, this would start a server that never exits.
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            Command::new(env!("CARGO_BIN_EXE_local-scheduler"))
+                .args(args)
+                .env("LOCAL_SCHEDULER__STORE", "memory")
+                .env("LOCAL_SCHEDULER__LISTEN", "127.0.0.1:0")
+                .env("LOCAL_SCHEDULER__ADMIN_LISTEN", "127.0.0.1:0")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the process answers and exits instead of serving")
+        .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, _, err) = run(&["--confg", "x.toml"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown argument '--confg'"), "{err}");
+    let (code, _, err) = run(&["--config"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--config needs a file path"), "{err}");
+    let (code, out, _) = run(&["--help"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("usage: local-scheduler"), "{out}");
+    assert!(out.contains("LOCAL_SCHEDULER__<KEY>"), "{out}");
+    let (code, out, _) = run(&["--version"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        format!("local-scheduler {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_gracefully_and_the_process_exits() {
     let mut s = Scheduler::start(Store::Memory, &[]).await;

@@ -39,7 +39,8 @@ struct Settings {
 }
 
 fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
-    let file = service_kit::config_file("WORKER_CONFIG");
+    let file = service_kit::config_file("worker", "WORKER_CONFIG", "WORKER", "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.")
+        .map_err(anyhow::Error::msg)?;
     let mut b = config::Config::builder()
         .set_default("endpoint", "http://localhost:8080")?
         .set_default("taskhub", "default")?
