@@ -325,8 +325,8 @@ fn mark_ready(set: &mut HashMap<String, std::time::Instant>, id: String) -> bool
 pub struct Hub {
     /// A B-tree, not a hash map: instances accumulate (until purged), and a hash map doubling
     /// rehashes every entry under the engine lock. At 57k instances that stalled every call for
-    /// ~90 ms (p99 spikes in the open-loop bench); a B-tree grows a node at a time. Boxed, so
-    /// node splits move pointers.
+    /// ~90 ms (p99 spikes in the open-loop bench), and still ~35 ms with boxed entries and
+    /// foldhash; a B-tree grows a node at a time. Boxed, so node splits move pointers.
     pub instances: BTreeMap<String, Box<Instance>>,
     ready: VecDeque<String>,
     /// Instances in `ready`, with when they became runnable (for the dispatch latency).
