@@ -56,14 +56,7 @@ pub(crate) fn orchestration_log_context(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    let parent = req
-        .past_events
-        .iter()
-        .chain(req.new_events.iter())
-        .find_map(|e| match &e.event_type {
-            Some(EventType::ExecutionStarted(es)) => es.parent_trace_context.as_ref(),
-            _ => None,
-        })
+    let parent = created_in(req)
         .and_then(TraceContext::from_proto)
         .and_then(|t| parse(&t.traceparent));
     if let Some((trace, _, _)) = parent {
@@ -109,15 +102,18 @@ pub(crate) fn trace_id_of(tc: Option<&pb::TraceContext>) -> Option<String> {
 
 /// The trace an orchestration belongs to: the one its `ExecutionStarted` was created in.
 pub(crate) fn orchestration_trace_id(req: &pb::OrchestratorRequest) -> Option<String> {
-    trace_id_of(
-        req.past_events
-            .iter()
-            .chain(req.new_events.iter())
-            .find_map(|e| match &e.event_type {
-                Some(EventType::ExecutionStarted(es)) => es.parent_trace_context.as_ref(),
-                _ => None,
-            }),
-    )
+    trace_id_of(created_in(req))
+}
+
+/// The trace context the orchestration was created in (its `ExecutionStarted`'s parent).
+fn created_in(req: &pb::OrchestratorRequest) -> Option<&pb::TraceContext> {
+    req.past_events
+        .iter()
+        .chain(req.new_events.iter())
+        .find_map(|e| match &e.event_type {
+            Some(EventType::ExecutionStarted(es)) => es.parent_trace_context.as_ref(),
+            _ => None,
+        })
 }
 
 /// `(trace id, span id, flags)` of a well-formed `traceparent`.

@@ -6,7 +6,10 @@ use gateway::{AppState, GatewayConfig, app};
 use tower::ServiceExt;
 
 mod common;
+#[path = "../../../crates/service-kit/tests/exposition/mod.rs"]
+mod exposition;
 use common::*;
+use exposition::value;
 
 async fn send(
     state: &AppState,
@@ -45,18 +48,6 @@ async fn send(
             text
         },
     )
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.split(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,22 +34,12 @@ fn chart_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// HTTP/1.0 GET (so the answer is never chunked), JSON body.
+/// HTTP/1.0 GET, JSON body.
 async fn get_json(port: u16, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(Value::Null)
+    serde_json::from_str(&get_text(port, path).await).unwrap_or(Value::Null)
 }
 
+/// HTTP/1.0 GET (so the answer is never chunked), the body.
 async fn get_text(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))

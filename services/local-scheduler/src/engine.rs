@@ -218,6 +218,17 @@ impl Default for DispatchLatency {
     }
 }
 
+/// The `ExecutionStarted` event of a dispatched orchestration (in its history, or new).
+pub fn execution_started(req: &pb::OrchestratorRequest) -> Option<&pb::ExecutionStartedEvent> {
+    req.past_events
+        .iter()
+        .chain(&req.new_events)
+        .find_map(|e| match &e.event_type {
+            Some(EventType::ExecutionStarted(s)) => Some(s),
+            _ => None,
+        })
+}
+
 /// The exemplar for a work item whose trace context is `tc`.
 fn exemplar(tc: Option<&pb::TraceContext>) -> Option<TraceLabels> {
     service_kit::telemetry::TraceParent::parse(&tc?.trace_parent).map(|tp| TraceLabels {
@@ -1085,14 +1096,7 @@ impl Engine {
             orchestration_trace_context: inst.row.trace.clone(),
         };
         if let Some(waited) = found_waited {
-            let created =
-                req.past_events
-                    .iter()
-                    .chain(&req.new_events)
-                    .find_map(|e| match &e.event_type {
-                        Some(EventType::ExecutionStarted(s)) => s.parent_trace_context.as_ref(),
-                        _ => None,
-                    });
+            let created = execution_started(&req).and_then(|s| s.parent_trace_context.as_ref());
             self.dispatch_latency.orchestration.observe(
                 waited.as_secs_f64(),
                 exemplar(created),

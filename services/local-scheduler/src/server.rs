@@ -590,15 +590,7 @@ fn dispatch_span(item: &pb::WorkItem, waited: Duration) {
     let start = now.checked_sub(waited).unwrap_or(now);
     let (kind, name, instance_id, parent) = match &item.request {
         Some(pb::work_item::Request::OrchestratorRequest(r)) => {
-            let Some(started) =
-                r.past_events
-                    .iter()
-                    .chain(&r.new_events)
-                    .find_map(|e| match &e.event_type {
-                        Some(pb::history_event::EventType::ExecutionStarted(s)) => Some(s),
-                        _ => None,
-                    })
-            else {
+            let Some(started) = crate::engine::execution_started(r) else {
                 return;
             };
             let Some(created) = started.parent_trace_context.as_ref() else {

@@ -1,5 +1,7 @@
 //! The local scheduler as a real process, driven by our Rust SDK and by raw gRPC calls.
 
+#[path = "../../../crates/service-kit/tests/exposition/mod.rs"]
+mod exposition;
 #[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
 mod pyenv;
 #[path = "../../../crates/durabletask/tests/scenarios/mod.rs"]
@@ -153,13 +155,7 @@ async fn sdk_scenarios_in_memory() {
 
     // What the scheduler counted for all of that.
     let text = s.metrics().await;
-    let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.split(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-    };
+    let value = |series: &str| exposition::value(&text, series);
     for kind in ["orchestration", "activity"] {
         let dispatched = value(&format!(
             r#"dts_local_work_items_dispatched_total{{kind="{kind}"}}"#

@@ -1,5 +1,8 @@
 //! The worker binary against the local scheduler binary: real processes on loopback.
 
+#[path = "../../../crates/service-kit/tests/exposition/mod.rs"]
+mod exposition;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -198,13 +201,7 @@ async fn process_request_and_the_sample_pair_complete() {
 
     // What the worker counted for all of that.
     let text = http_get(w.admin, "/metrics").await;
-    let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.split(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-    };
+    let value = |series: &str| exposition::value(&text, series);
     let act = "simulate_long_running_activity";
     assert_eq!(
         value(&format!(
