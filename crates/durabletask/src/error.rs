@@ -48,13 +48,28 @@ impl Error {
         }
     }
 
-    /// Worth retrying later: the scheduler was down, slow or briefly refused the call.
+    /// Worth retrying later, by [`is_transient_status`]. A client-side deadline is transient too.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::DeadlineExceeded(_))
-            || matches!(
-                self.status().map(tonic::Status::code),
-                Some(tonic::Code::ResourceExhausted | tonic::Code::Aborted)
-            )
+        matches!(self, Self::DeadlineExceeded(_)) || self.status().is_some_and(is_transient_status)
+    }
+}
+
+/// The SDK's one rule of what is worth retrying, used by the worker's completion retries and
+/// by the gateway's mapping to `503` (anything else it answers `502`):
+/// - the codes a server uses for "try again": `UNAVAILABLE`, `DEADLINE_EXCEEDED`,
+///   `RESOURCE_EXHAUSTED` (overload, or a limit such as a full backlog), `ABORTED`;
+/// - `UNKNOWN` and `INTERNAL` only when made on this side by the transport (a broken
+///   connection or an HTTP/2 protocol error: tonic then keeps the cause as the status's
+///   source), never when the server answered them, since retrying a server's internal error
+///   would repeat it.
+pub fn is_transient_status(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
+            true
+        }
+        Code::Unknown | Code::Internal => std::error::Error::source(status).is_some(),
+        _ => false,
     }
 }
 
@@ -72,6 +87,38 @@ impl From<tonic::Status> for Error {
             Code::Cancelled if s.message().contains("Timeout expired") => Self::DeadlineExceeded(s),
             Code::Unauthenticated | Code::PermissionDenied => Self::Unauthorized(s),
             _ => Self::Rpc(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_for_what_is_transient() {
+        for s in [
+            tonic::Status::unavailable("down"),
+            tonic::Status::deadline_exceeded("slow"),
+            tonic::Status::resource_exhausted("backlog full"),
+            tonic::Status::aborted("conflict"),
+            // Made by the transport on this side: the cause is kept as the source.
+            tonic::Status::from_error(Box::new(std::io::Error::other("connection reset"))),
+        ] {
+            assert!(is_transient_status(&s), "{s:?}");
+            assert!(Error::from(s).is_transient());
+        }
+        for s in [
+            // Answered by the server: retrying would repeat them.
+            tonic::Status::internal("bug"),
+            tonic::Status::unknown("?"),
+            tonic::Status::unimplemented("no"),
+            tonic::Status::invalid_argument("bad"),
+            tonic::Status::not_found("gone"),
+            tonic::Status::permission_denied("no"),
+        ] {
+            assert!(!is_transient_status(&s), "{s:?}");
+            assert!(!Error::from(s).is_transient());
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod orchestration;
 pub mod otel;
 pub mod registry;
 pub mod testing;
+mod traceparent;
 pub mod types;
 pub mod worker;
 
@@ -22,11 +23,12 @@ pub use activity::ActivityContext;
 pub use client::{Client, InstancePage, InstanceQuery, PurgeFilter, PurgeResult, StartOptions};
 pub use connection::{Authentication, ConfigError, Connection, ConnectionOptions};
 pub use durabletask_proto as proto;
-pub use error::Error;
+pub use error::{Error, is_transient_status};
 pub use orchestration::{
     DurableTask, DurableTimer, NonDeterminismError, OrchestrationContext, RetryPolicy, TaskError,
 };
 pub use registry::Registry;
+pub use traceparent::TraceParent;
 pub use types::{FailureDetails, OrchestrationMetadata, OrchestrationStatus, TraceContext};
 pub use worker::{
     WorkItemKind, WorkItemOutcome, Worker, WorkerObserver, WorkerOptions, WorkerStats,

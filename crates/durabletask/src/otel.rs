@@ -118,15 +118,11 @@ fn created_in(req: &pb::OrchestratorRequest) -> Option<&pb::TraceContext> {
 
 /// `(trace id, span id, flags)` of a well-formed `traceparent`.
 fn parse(traceparent: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
-    let mut p = traceparent.split('-');
-    let _version = p.next()?;
-    let trace = TraceId::from_hex(p.next()?).ok()?;
-    let span = SpanId::from_hex(p.next()?).ok()?;
-    let flags = u8::from_str_radix(p.next()?, 16).ok()?;
-    (trace != TraceId::INVALID && span != SpanId::INVALID).then_some((
-        trace,
-        span,
-        TraceFlags::new(flags),
+    let tp = crate::TraceParent::parse(traceparent)?;
+    Some((
+        TraceId::from_hex(tp.trace_id).ok()?,
+        SpanId::from_hex(tp.span_id).ok()?,
+        TraceFlags::new(u8::from_str_radix(tp.flags, 16).ok()?),
     ))
 }
 

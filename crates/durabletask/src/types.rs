@@ -6,6 +6,8 @@ use std::fmt;
 use chrono::{DateTime, TimeZone, Utc};
 use durabletask_proto as pb;
 
+use crate::TraceParent;
+
 /// Runtime status of an orchestration instance, as DTS reports it.
 ///
 /// Mirrors `OrchestrationStatus` on the wire; note that the protocol's zero value is
@@ -248,25 +250,15 @@ impl TraceContext {
 
     /// Trace id (32 hex chars) of a well-formed `traceparent`.
     pub fn trace_id(&self) -> Option<&str> {
-        let mut parts = self.traceparent.split('-');
-        let _version = parts.next()?;
-        let trace = parts.next()?;
-        (trace.len() == 32).then_some(trace)
+        TraceParent::parse(&self.traceparent).map(|tp| tp.trace_id)
     }
 
-    /// A child context: same trace and flags, a fresh span id.
+    /// A child context: same trace and flags, a fresh span id. `None` when malformed.
     pub fn child(&self) -> Option<Self> {
-        let mut parts = self.traceparent.split('-');
-        let version = parts.next()?;
-        let trace = parts.next()?;
-        let _span = parts.next()?;
-        let flags = parts.next().unwrap_or("01");
-        if trace.len() != 32 {
-            return None;
-        }
+        let parent = TraceParent::parse(&self.traceparent)?;
         let span: u64 = rand::random::<u64>() | 1;
         Some(Self {
-            traceparent: format!("{version}-{trace}-{span:016x}-{flags}"),
+            traceparent: parent.with_span(&format!("{span:016x}")),
             tracestate: self.tracestate.clone(),
         })
     }

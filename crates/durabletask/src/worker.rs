@@ -686,7 +686,7 @@ where
     loop {
         match send().await {
             Ok(()) => return Ok(()),
-            Err(s) if attempt + 1 < ATTEMPTS && is_transient(s.code()) => {
+            Err(s) if attempt + 1 < ATTEMPTS && crate::error::is_transient_status(&s) => {
                 let base = Duration::from_millis(200) * 2u32.pow(attempt);
                 tokio::time::sleep(base.min(Duration::from_secs(5))).await;
                 attempt += 1;
@@ -694,16 +694,6 @@ where
             Err(s) => return Err(s),
         }
     }
-}
-
-fn is_transient(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Internal
-    )
 }
 
 /// Full jitter: uniform in `[0, min(cap, 1 s × 2^attempt)]`.

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
@@ -15,17 +17,50 @@ use prometheus_client::registry::Registry;
 use service_kit::telemetry::TraceParent;
 use tracing::Instrument;
 
-// Labels hold static strings and integers: building them on every request allocates nothing.
+// Labels hold static strings, integers and the router's own template (a reference count):
+// building them on every request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    route: &'static str,
+    route: RouteLabel,
     method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: &'static str,
+    route: RouteLabel,
+}
+
+/// The route template the router matched (`/api/status/{id}`, never an operation id), or
+/// `unmatched`. Taken from the router itself, so a new route is labelled with no list to keep:
+/// the set stays bounded because only the router's own templates can match.
+#[derive(Clone, Debug)]
+struct RouteLabel(Option<MatchedPath>);
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl std::hash::Hash for RouteLabel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
 }
 
 /// Exemplar labels: the trace of one request in a histogram bucket.
@@ -43,31 +78,6 @@ struct RpcLabels {
 struct RpcErrorLabels {
     method: &'static str,
     code: String,
-}
-
-/// The router's templates, so a request's route label is a static string (anything else is
-/// `unmatched`, which also keeps the label set bounded).
-const ROUTES: &[&str] = &[
-    "/api/process",
-    "/api/status/{id}",
-    "/api/result/{id}",
-    "/api/operations/{id}/cancel",
-    "/api/operations",
-    "/api/start-operation",
-    "/api/operations/{id}",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/docs",
-    "/docs/",
-    "/docs/{*rest}",
-];
-
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
-    matched
-        .and_then(|m| ROUTES.iter().copied().find(|r| *r == m.as_str()))
-        .unwrap_or("unmatched")
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -185,7 +195,7 @@ pub(crate) async fn track(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = route_label(request.extensions().get::<MatchedPath>());
+    let route = RouteLabel(request.extensions().get::<MatchedPath>().cloned());
     let method: &'static str = match request.method().as_str() {
         "GET" => "GET",
         "POST" => "POST",
@@ -210,10 +220,10 @@ pub(crate) async fn track(
     };
     let span = tracing::info_span!(
         "http_request",
-        otel.name = %format!("{method} {route}"),
+        otel.name = %format!("{method} {}", route.as_str()),
         otel.kind = "server",
         http.request.method = %method,
-        http.route = %route,
+        http.route = %route.as_str(),
         http.response.status_code = tracing::field::Empty,
         operation.id = tracing::field::Empty,
         // The same, for log lines written while handling the request.
@@ -247,7 +257,9 @@ pub(crate) async fn track(
             trace_id: tp.trace_id.to_string(),
         });
     m.request_duration
-        .get_or_create(&RouteLabels { route })
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
         .observe(started.elapsed().as_secs_f64(), exemplar, None);
     m.requests
         .get_or_create(&HttpLabels {

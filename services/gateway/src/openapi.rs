@@ -3,11 +3,15 @@
 use serde_json::Value;
 use utoipa::OpenApi;
 
-use crate::{
-    GatewayConfig, OperationAccepted, OperationError, OperationLinks, OperationOutput,
-    OperationPage, OperationState, OperationStatusBody, OperationSummary, ProblemDetails,
-    ProcessRequest, ProcessResult, SampleAccepted, SampleResult, SampleStartRequest, SampleStatus,
+use crate::GatewayConfig;
+use crate::links::OperationLinks;
+use crate::model::{
+    OperationAccepted, OperationError, OperationOutput, OperationPage, OperationState,
+    OperationStatusBody, OperationSummary,
 };
+use crate::problem::ProblemDetails;
+use crate::routes::sample::{SampleAccepted, SampleStartRequest, SampleStatus};
+use contract::{ProcessRequest, ProcessResult, SampleResult};
 
 /// Served at `/openapi.json` and rendered at `/docs`.
 #[derive(OpenApi)]
@@ -17,16 +21,16 @@ use crate::{
         description = "Start a long-running operation with `POST /api/process` and get `202 Accepted` at once; poll the status monitor in `Location` (honouring `Retry-After`), then read the result. Every error is `application/problem+json` (RFC 9457)."
     ),
     paths(
-        crate::start_process,
-        crate::status,
-        crate::result,
-        crate::cancel,
-        crate::list,
-        crate::sample_start,
-        crate::sample_status,
-        crate::healthz,
-        crate::readyz,
-        crate::metrics_text,
+        crate::routes::process::start_process,
+        crate::routes::status::status,
+        crate::routes::result::result,
+        crate::routes::cancel::cancel,
+        crate::routes::list::list,
+        crate::routes::sample::sample_start,
+        crate::routes::sample::sample_status,
+        crate::routes::health::healthz,
+        crate::routes::health::readyz,
+        crate::routes::health::metrics_text,
     ),
     components(schemas(
         ProcessRequest,
@@ -78,7 +82,7 @@ impl ApiDoc {
                 config.max_delay_seconds,
             ),
         ];
-        let sample_default = crate::SAMPLE_DEFAULT_SECONDS
+        let sample_default = contract::SAMPLE_DEFAULT_SECONDS
             .unsigned_abs()
             .min(config.max_delay_seconds);
         let limits = limits.into_iter().chain([(

@@ -661,3 +661,72 @@ async fn links_come_from_host_or_trusted_forwarded_headers() {
         "a malformed host is not used"
     );
 }
+
+/// A scheduler that answers every call, but refuses it (`UNIMPLEMENTED`, the generated server's
+/// default): not transient, so the gateway answers `502` naming the call and the code, at once,
+/// rather than `503` "did not answer in time".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_scheduler_is_a_502_that_says_what_happened() {
+    struct Refuses;
+    impl durabletask::proto::TaskHubSidecarService for Refuses {}
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(durabletask::proto::TaskHubSidecarServiceServer::new(
+                Refuses,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let st = state_for(
+        &format!("http://127.0.0.1:{port}"),
+        GatewayConfig::default(),
+    )
+    .await;
+    for (method, uri, body) in [
+        ("GET", "/api/status/abc", ""),
+        ("POST", "/api/process", r#"{"name":"a","delay_seconds":1}"#),
+    ] {
+        let (s, h, v) = call(st.clone(), method, uri, Some("application/json"), body).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY, "{uri}: {v}");
+        is_problem(&h, &v, s);
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("Unimplemented"), "{uri}: {v}");
+        assert!(h.get(header::RETRY_AFTER).is_none(), "{uri}: {v}");
+    }
+    server.abort();
+}
+
+/// A value of the wrong type names the field and its allowed range, not only serde's words.
+#[tokio::test]
+async fn wrong_types_name_the_field_and_its_range() {
+    let st = offline_state().await;
+    let json_ct = Some("application/json");
+    for (uri, body, want) in [
+        (
+            "/api/process",
+            r#"{"name":"a","delay_seconds":"x"}"#,
+            "`delay_seconds` must be an integer between 0 and 3600",
+        ),
+        (
+            "/api/process",
+            r#"{"name":7,"delay_seconds":1}"#,
+            "`name` must be a string of 1 to 200 characters",
+        ),
+        (
+            "/api/start-operation",
+            r#"{"processing_time":"abc"}"#,
+            "`processing_time` must be an integer between 0 and 3600",
+        ),
+    ] {
+        let (s, h, v) = call(st.clone(), "POST", uri, json_ct, body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        is_problem(&h, &v, s);
+        assert!(
+            v["detail"].as_str().unwrap_or_default().contains(want),
+            "{body}: {v}"
+        );
+    }
+}

@@ -9,50 +9,26 @@
 use std::time::Duration;
 
 use durabletask::{ActivityContext, FailureDetails, OrchestrationContext, Registry};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProcessRequest {
-    pub name: String,
-    pub delay_seconds: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProcessResult {
-    pub message: String,
-    pub name: String,
-    pub processing_time_seconds: u64,
-    /// The worker process that ran the activity.
-    pub worker: String,
-    pub completed_at: chrono::DateTime<chrono::Utc>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SampleInput {
-    #[serde(default)]
-    pub operation_id: Option<String>,
-    #[serde(default)]
-    pub processing_time: Option<i64>,
-}
+use contract::{PROCESS_ACTIVITY, PROCESS_ORCHESTRATION, SAMPLE_ACTIVITY, SAMPLE_ORCHESTRATION};
+use contract::{ProcessRequest, ProcessResult, SampleInput, SampleResult};
 
 pub fn registry(worker_name: String) -> Registry {
     let mut r = Registry::new();
     r.add_orchestrator(
-        "process_request",
+        PROCESS_ORCHESTRATION,
         |ctx: OrchestrationContext, req: ProcessRequest| async move {
             // Written once per operation: replays do not repeat it.
             tracing::info!(name = %req.name, "starting the activity");
             ctx.set_custom_status(&serde_json::json!({"stage": "processing"}));
-            let result: ProcessResult = ctx
-                .call_activity("simulate_long_running_activity", &req)
-                .await?;
+            let result: ProcessResult = ctx.call_activity(PROCESS_ACTIVITY, &req).await?;
             ctx.set_custom_status(&serde_json::json!({"stage": "done"}));
             Ok(result)
         },
     );
     let name = worker_name.clone();
     r.add_activity(
-        "simulate_long_running_activity",
+        PROCESS_ACTIVITY,
         move |ctx: ActivityContext, req: ProcessRequest| {
             let worker = name.clone();
             async move {
@@ -79,17 +55,15 @@ pub fn registry(worker_name: String) -> Registry {
         },
     );
     r.add_orchestrator(
-        "async_http_api_orchestrator",
+        SAMPLE_ORCHESTRATION,
         |ctx: OrchestrationContext, input: serde_json::Value| async move {
-            let result: serde_json::Value = ctx
-                .call_activity("process_long_running_operation", &input)
-                .await?;
+            let result: serde_json::Value = ctx.call_activity(SAMPLE_ACTIVITY, &input).await?;
             Ok(result)
         },
     );
-    r.add_activity("process_long_running_operation", |ctx: ActivityContext, input: SampleInput| async move {
+    r.add_activity(SAMPLE_ACTIVITY, |ctx: ActivityContext, input: SampleInput| async move {
         let id = input.operation_id.unwrap_or_else(|| "unknown".into());
-        let secs = input.processing_time.unwrap_or(5);
+        let secs = input.processing_time.unwrap_or(contract::SAMPLE_DEFAULT_SECONDS);
         if secs < 0 {
             // Same outcome as the sample (its time.sleep raises), with a clearer message.
             return Err(FailureDetails::new("ValueError", "processing_time must be non-negative").non_retriable());
@@ -99,12 +73,12 @@ pub fn registry(worker_name: String) -> Registry {
             _ = ctx.cancellation().cancelled() => return Err(FailureDetails::new("Cancelled", "the worker is shutting down")),
         }
         let processed_at = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-        Ok(serde_json::json!({
-            "operation_id": id,
-            "status": "completed",
-            "result": format!("Operation {id} completed successfully"),
-            "processed_at": processed_at,
-        }))
+        Ok(SampleResult {
+            result: format!("Operation {id} completed successfully"),
+            operation_id: id,
+            status: "completed".into(),
+            processed_at,
+        })
     });
     r
 }

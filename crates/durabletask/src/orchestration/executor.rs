@@ -208,11 +208,8 @@ impl OrchestrationSpan {
                 .copied()
                 .or_else(|| Some(to_timestamp(chrono::Utc::now())));
         }
-        let flags = parent
-            .traceparent
-            .rsplit('-')
-            .next()
-            .unwrap_or("01")
+        let flags = crate::TraceParent::parse(&parent.traceparent)
+            .map_or("01", |tp| tp.flags)
             .to_string();
         state.borrow_mut().trace = Some(TraceContext {
             traceparent: format!("00-{trace_id}-{span_id}-{flags}"),

@@ -1,0 +1,112 @@
+//! `Idempotency-Key` (IETF httpapi draft): at most one operation per key, with no state in the
+//! gateway.
+
+use axum::http::{HeaderMap, StatusCode};
+use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
+use durabletask::{Error as DtsError, StartOptions};
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::problem::Problem;
+use crate::scheduler::{create_span, dts_call, dts_problem, timed_out, with_deadline};
+
+/// Namespace for ids derived from idempotency keys (ours, so they collide with nothing else).
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3b8e_51d2_7c40_4a1f_9e63_0d5a_c2f8_7b19);
+const FINGERPRINT_TAG: &str = "idempotency-fingerprint";
+
+/// The `Idempotency-Key` header, if present and well-formed.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let raw = v.to_str().unwrap_or("");
+    // The draft makes the value a structured-field string (`"..."`); a bare token is accepted
+    // too and names the same key. Escapes are not supported, so no `"` or `\` inside quotes.
+    let key = match raw.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .filter(|k| !k.is_empty() && k.len() <= 253 && !k.contains(['"', '\\'])),
+        None => Some(raw).filter(|k| {
+            !k.is_empty()
+                && k.len() <= 255
+                && !k.contains('"')
+                && !k.starts_with(' ')
+                && !k.ends_with(' ')
+        }),
+    }
+    .filter(|k| k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    match key {
+        Some(k) => Ok(Some(k.to_string())),
+        None => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Bad Request",
+            "`Idempotency-Key` must be 1 to 255 printable ASCII characters, optionally in double quotes",
+        )),
+    }
+}
+
+/// Starts `process_request` for `key`: the instance id is derived from the key, the scheduler
+/// refuses a second instance with that id (no status is replaceable), and a fingerprint of the
+/// request in the instance's tags tells a retry (same body: same operation) from a misuse of the
+/// key (different body: 422).
+pub(crate) async fn start_idempotent(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &str,
+    input: &ProcessRequest,
+) -> Result<String, Problem> {
+    let id = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
+        .simple()
+        .to_string();
+    // Through `Value`, whose keys are sorted: the fingerprint does not depend on field order.
+    let canonical = serde_json::to_value(input)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let fingerprint = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, canonical.as_bytes())
+        .simple()
+        .to_string();
+    let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, headers);
+    let opts = StartOptions {
+        instance_id: Some(id.clone()),
+        tags: [(FINGERPRINT_TAG.to_string(), fingerprint.clone())].into(),
+        replaceable_statuses: Some(vec![]),
+        parent_trace_context: trace,
+        ..Default::default()
+    };
+    let started = dts_call(
+        state,
+        "StartInstance",
+        state.config.dts_timeout,
+        state
+            .client
+            .schedule_new_orchestration(PROCESS_ORCHESTRATION, input, opts),
+    )
+    .instrument(span)
+    .await
+    .map_err(|_| timed_out(state))?;
+    match started {
+        Ok(_) => {
+            state.metrics.started.inc();
+            Ok(id)
+        }
+        Err(DtsError::AlreadyExists(_)) => {
+            let existing =
+                with_deadline(state, "GetInstance", state.client.get_instance(&id, false)).await?;
+            match existing.and_then(|m| m.tags.get(FINGERPRINT_TAG).cloned()) {
+                Some(fp) if fp == fingerprint => {
+                    state.metrics.deduplicated.inc();
+                    Ok(id)
+                }
+                _ => Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    "Unprocessable Content",
+                    "this Idempotency-Key was already used with a different request body",
+                )),
+            }
+        }
+        Err(e) => Err(dts_problem(state, "StartInstance", e)),
+    }
+}

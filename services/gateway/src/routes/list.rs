@@ -1,0 +1,154 @@
+//! `GET /api/operations`: operations filtered by status and creation time, one page at a time.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use durabletask::Error as DtsError;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::extract::ApiQuery;
+use crate::links::{base, encode, links};
+use crate::model::{OperationPage, OperationSummary, operation_status, rfc3339, runtime_statuses};
+use crate::problem::{Problem, bad_query};
+use crate::respond::{JSON, json_response};
+use crate::scheduler::{dts_call, dts_problem, timed_out};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Comma-separated statuses: NotStarted, Running, Suspended, Succeeded, Failed, Canceled.
+    #[param(
+        example = "Running,NotStarted",
+        pattern = "^(NotStarted|Running|Suspended|Succeeded|Failed|Canceled)(,(NotStarted|Running|Suspended|Succeeded|Failed|Canceled))*$"
+    )]
+    status: Option<String>,
+    /// Only operations created at or after this RFC 3339 time.
+    #[param(format = DateTime)]
+    created_from: Option<String>,
+    /// Only operations created at or before this RFC 3339 time.
+    #[param(format = DateTime)]
+    created_to: Option<String>,
+    /// Operations per page, 1 to 1000 (50 by default).
+    #[param(minimum = 1, maximum = 1000)]
+    page_size: Option<u32>,
+    /// Opaque token from a previous page's `nextLink`.
+    continuation_token: Option<String>,
+}
+
+fn parse_time(
+    key: &str,
+    v: Option<&String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+    v.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.to_utc())
+            .map_err(|_| {
+                bad_query(format!(
+                    "`{key}` must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+                ))
+            })
+    })
+    .transpose()
+}
+
+/// Lists operations, filtered by status and creation time, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/operations",
+    tag = "operations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page; follow `nextLink` for the next", body = OperationPage),
+        (status = 400, description = "Bad query parameters", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        super::SchedulerProblems,
+    ),
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, Problem> {
+    let statuses = match q.status.as_deref() {
+        None => vec![],
+        Some(list) => {
+            let mut out = Vec::new();
+            for s in list.split(',') {
+                out.extend(runtime_statuses(s).ok_or_else(|| {
+                    bad_query(format!("unknown status '{s}'; use NotStarted, Running, Suspended, Succeeded, Failed or Canceled"))
+                })?);
+            }
+            out
+        }
+    };
+    let page_size = q.page_size.unwrap_or(50);
+    if !(1..=1000).contains(&page_size) {
+        return Err(bad_query("`page_size` must be between 1 and 1000"));
+    }
+    let query = durabletask::InstanceQuery {
+        runtime_status: statuses,
+        created_from: parse_time("created_from", q.created_from.as_ref())?,
+        created_to: parse_time("created_to", q.created_to.as_ref())?,
+        page_size: Some(page_size),
+        continuation_token: q.continuation_token.clone(),
+        ..Default::default()
+    };
+    let page = match dts_call(
+        &state,
+        "QueryInstances",
+        state.config.dts_timeout,
+        state.client.query_instances(query),
+    )
+    .await
+    {
+        Ok(Ok(page)) => page,
+        // The scheduler only refuses a query for a token it did not issue.
+        Ok(Err(DtsError::InvalidArgument(_))) => {
+            return Err(bad_query(
+                "`continuation_token` is not valid; use the `nextLink` of a previous page",
+            ));
+        }
+        Ok(Err(e)) => return Err(dts_problem(&state, "QueryInstances", e)),
+        Err(_) => return Err(timed_out(&state)),
+    };
+    let value = page
+        .instances
+        .iter()
+        .map(|m| OperationSummary {
+            id: m.instance_id.clone(),
+            name: m.name.clone(),
+            status: operation_status(m.runtime_status),
+            runtime_status: m.runtime_status.as_str(),
+            created_at: rfc3339(m.created_at),
+            last_updated_at: rfc3339(m.last_updated_at),
+            links: links(&state, &headers, &m.instance_id),
+        })
+        .collect();
+    let next_link = page.continuation_token.map(|t| {
+        let mut params = vec![
+            format!("page_size={page_size}"),
+            format!("continuation_token={}", encode(&t)),
+        ];
+        for (k, v) in [
+            ("status", &q.status),
+            ("created_from", &q.created_from),
+            ("created_to", &q.created_to),
+        ] {
+            if let Some(v) = v {
+                params.push(format!("{k}={}", encode(v)));
+            }
+        }
+        format!(
+            "{}/api/operations?{}",
+            base(&state, &headers),
+            params.join("&")
+        )
+    });
+    Ok(json_response(
+        StatusCode::OK,
+        &OperationPage { value, next_link },
+        JSON,
+    ))
+}

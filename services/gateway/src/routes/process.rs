@@ -1,0 +1,108 @@
+//! `POST /api/process`: starts `process_request` and answers `202` at once.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
+use durabletask::StartOptions;
+use tracing::Instrument;
+
+use crate::extract::{FieldRules, JsonBody};
+use crate::idempotency::{idempotency_key, start_idempotent};
+use crate::model::OperationState;
+use crate::problem::{Problem, invalid};
+use crate::respond::accepted;
+use crate::scheduler::{create_span, with_deadline};
+use crate::{AppState, GatewayConfig};
+
+impl FieldRules for ProcessRequest {
+    fn rule(field: &str, config: &GatewayConfig) -> Option<String> {
+        match field {
+            "name" => Some(format!(
+                "must be a string of 1 to {} characters",
+                config.max_name_chars
+            )),
+            "delay_seconds" => Some(format!(
+                "must be an integer between 0 and {}",
+                config.max_delay_seconds
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Starts `process_request` and answers at once.
+#[utoipa::path(
+    post,
+    path = "/api/process",
+    tag = "operations",
+    request_body(content = ProcessRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r#"^(?:"[ !#-\[\]-~]{1,253}"|[!#-~](?:[ !#-~]{0,253}[!#-~])?)$"#,
+            description = "Repeat a start safely: the same key and body return the same operation; the same key with another body is refused (422). 1-255 printable ASCII."),
+    ),
+    responses(
+        (status = 202, description = "Accepted; poll the status monitor", body = crate::model::OperationAccepted,
+            headers(
+                ("Location" = String, description = "The status monitor"),
+                ("Operation-Location" = String, description = "The status monitor (Azure LRO)"),
+                ("Retry-After" = u64, description = "Seconds to wait before polling"),
+            )),
+        (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong, missing or unknown fields, values out of range, or an `Idempotency-Key` reused with another body", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        super::SchedulerProblems,
+    ),
+)]
+pub(crate) async fn start_process(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ProcessRequest>,
+) -> Result<Response, Problem> {
+    let name = req.name.trim();
+    if name.is_empty() {
+        return Err(invalid("`name` must not be empty"));
+    }
+    if name.chars().count() > state.config.max_name_chars {
+        return Err(invalid(format!(
+            "`name` must be at most {} characters",
+            state.config.max_name_chars
+        )));
+    }
+    if req.delay_seconds > state.config.max_delay_seconds {
+        return Err(invalid(format!(
+            "`delay_seconds` must be between 0 and {}",
+            state.config.max_delay_seconds
+        )));
+    }
+    let input = ProcessRequest {
+        name: name.to_string(),
+        delay_seconds: req.delay_seconds,
+    };
+    let id = match idempotency_key(&headers)? {
+        Some(key) => start_idempotent(&state, &headers, &key, &input).await?,
+        None => {
+            // Random and unguessable: the id is the only key to the operation's status and result.
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, &headers);
+            let opts = StartOptions {
+                instance_id: Some(id.clone()),
+                parent_trace_context: trace,
+                ..Default::default()
+            };
+            with_deadline(
+                &state,
+                "StartInstance",
+                state
+                    .client
+                    .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
+            )
+            .instrument(span)
+            .await?;
+            state.metrics.started.inc();
+            id
+        }
+    };
+    accepted(&state, &headers, id, OperationState::NotStarted)
+}

@@ -1,0 +1,64 @@
+//! `GET /api/result/{id}`: the output of a finished operation.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use durabletask::OrchestrationStatus;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::extract::OperationPath;
+use crate::model::{error_of, operation_status};
+use crate::problem::Problem;
+use crate::respond::{JSON, accepted, json_response};
+use crate::scheduler::fetch;
+
+/// The result of an operation.
+#[utoipa::path(
+    get,
+    path = "/api/result/{id}",
+    tag = "operations",
+    params(("id" = String, Path, description = "The operation id")),
+    responses(
+        (status = 200, description = "The operation succeeded: its output (a `ProcessResult` for `/api/process` operations, a `SampleResult` for `/api/start-operation` ones)",
+            body = crate::model::OperationOutput),
+        (status = 202, description = "Not finished yet; poll the status monitor", body = crate::model::OperationAccepted,
+            headers(
+                ("Location" = String, description = "The status monitor"),
+                ("Operation-Location" = String, description = "The status monitor"),
+                ("Retry-After" = u64),
+            )),
+        super::OperationNotFound,
+        (status = 409, description = "The operation failed (`/problems/operation-failed`) or was canceled (`/problems/operation-canceled`); `error` says why", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        super::SchedulerProblems,
+    ),
+)]
+pub(crate) async fn result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    OperationPath(id): OperationPath,
+) -> Result<Response, Problem> {
+    let m = fetch(&state, &id, true).await?;
+    match m.runtime_status {
+        OrchestrationStatus::Completed => Ok(json_response(
+            StatusCode::OK,
+            &m.output::<Value>().unwrap_or(Value::Null),
+            JSON,
+        )),
+        OrchestrationStatus::Failed => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "operation-failed",
+            "Operation Failed",
+            "the operation failed; see `error`",
+        )
+        .about(&id, error_of(&m))),
+        OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "operation-canceled",
+            "Operation Canceled",
+            "the operation was canceled before it produced a result",
+        )
+        .about(&id, error_of(&m))),
+        other => accepted(&state, &headers, id, operation_status(other)),
+    }
+}

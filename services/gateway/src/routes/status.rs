@@ -1,0 +1,92 @@
+//! `GET /api/status/{id}`: the status monitor, with an optional long poll.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use durabletask::Error as DtsError;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::extract::{ApiQuery, OperationPath};
+use crate::links::links;
+use crate::model::{OperationStatusBody, error_of, operation_status, rfc3339};
+use crate::problem::{Problem, bad_query, operation_not_found};
+use crate::respond::{JSON, json_response, retry_after};
+use crate::scheduler::{dts_call, dts_problem, fetch};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StatusQuery {
+    /// Long poll: hold the request up to this many seconds (capped by `max_wait_seconds`, 30 by
+    /// default) until the operation ends.
+    #[param(minimum = 0)]
+    wait: Option<i32>,
+}
+
+/// The status monitor.
+#[utoipa::path(
+    get,
+    path = "/api/status/{id}",
+    tag = "operations",
+    params(("id" = String, Path, description = "The operation id"), StatusQuery),
+    responses(
+        (status = 200, description = "The operation's status; `Retry-After` while it is not finished", body = OperationStatusBody,
+            headers(("Retry-After" = u64, description = "Present while the operation is not finished"))),
+        (status = 400, description = "Bad query parameters", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        super::OperationNotFound,
+        super::SchedulerProblems,
+    ),
+)]
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StatusQuery>,
+    OperationPath(id): OperationPath,
+) -> Result<Response, Problem> {
+    let wait = match q.wait {
+        Some(w) => u64::try_from(w)
+            .map_err(|_| bad_query("`wait` must be a number of seconds, 0 or more"))?,
+        None => 0,
+    }
+    .min(state.config.max_wait_seconds);
+    let mut m = fetch(&state, &id, true).await?;
+    if wait > 0 && !m.runtime_status.is_terminal() {
+        let deadline = Duration::from_secs(wait);
+        // WaitForInstanceCompletion on the scheduler; running out of time is a normal answer.
+        match dts_call(
+            &state,
+            "WaitForInstanceCompletion",
+            deadline + state.config.dts_timeout,
+            state
+                .client
+                .wait_for_instance_completion(&id, true, deadline),
+        )
+        .await
+        {
+            Ok(Ok(Some(done))) => m = done,
+            Ok(Ok(None)) => return Err(operation_not_found(&id)),
+            Ok(Err(DtsError::DeadlineExceeded(_))) | Err(_) => m = fetch(&state, &id, true).await?,
+            Ok(Err(e)) => return Err(dts_problem(&state, "WaitForInstanceCompletion", e)),
+        }
+    }
+    let body = OperationStatusBody {
+        id: id.clone(),
+        status: operation_status(m.runtime_status),
+        runtime_status: m.runtime_status.as_str(),
+        created_at: rfc3339(m.created_at),
+        last_updated_at: rfc3339(m.last_updated_at),
+        custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
+        error: error_of(&m),
+        links: links(&state, &headers, &id),
+    };
+    let mut resp = json_response(StatusCode::OK, &body, JSON);
+    if !m.runtime_status.is_terminal() {
+        retry_after(&mut resp, state.config.retry_after_seconds);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,154 @@
+//! The one shape of every call to the scheduler: a deadline, the `gateway_dts_rpc_*` metrics,
+//! and one mapping of its errors to problems.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use durabletask::{Error as DtsError, OrchestrationMetadata};
+
+use crate::AppState;
+use crate::extract::valid_id;
+use crate::problem::{Problem, operation_not_found};
+
+/// One scheduler call under `limit`, timed and counted by method and outcome.
+///
+/// The call's future is boxed before anything else holds it: a tonic call's future is
+/// kilobytes, and held inline it would make every handler's future that size, copied on each
+/// move (the profile of `make bench` showed the memcpy). So these are plain functions returning
+/// a future, not `async fn`s, which would keep the unboxed argument in their own state.
+pub(crate) fn dts_call<T>(
+    state: &AppState,
+    method: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, DtsError>>,
+) -> impl Future<Output = Result<Result<T, DtsError>, tokio::time::error::Elapsed>> {
+    let fut = Box::pin(fut);
+    async move {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(limit, fut).await;
+        let code = match &r {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(
+                e.status()
+                    .map_or_else(|| "Unknown".to_string(), |s| format!("{:?}", s.code())),
+            ),
+            Err(_) => Some("DeadlineExceeded".to_string()),
+        };
+        state
+            .metrics
+            .rpc(method, started.elapsed(), code.as_deref());
+        r
+    }
+}
+
+/// A scheduler call under the configured deadline; errors become problems.
+pub(crate) fn with_deadline<T>(
+    state: &AppState,
+    method: &'static str,
+    fut: impl Future<Output = Result<T, DtsError>>,
+) -> impl Future<Output = Result<T, Problem>> {
+    let call = dts_call(state, method, state.config.dts_timeout, fut);
+    async move {
+        match call.await {
+            Ok(r) => r.map_err(|e| dts_problem(state, method, e)),
+            Err(_) => Err(timed_out(state)),
+        }
+    }
+}
+
+/// Maps a scheduler error to a problem, by the SDK's one rule of what is transient: a transient
+/// error (down, overloaded, a broken connection) is `503` with `Retry-After`; anything else is
+/// `502`, naming the call and the gRPC code (the scheduler's message goes to the log only).
+pub(crate) fn dts_problem(state: &AppState, method: &str, err: DtsError) -> Problem {
+    if err.is_transient() {
+        tracing::warn!(method, error = %err, "scheduler call failed; transient");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler-unavailable",
+            "Service Unavailable",
+            "the Durable Task Scheduler is unavailable or overloaded; try again shortly",
+        )
+        .retry_after(state.config.retry_after_seconds);
+    }
+    tracing::error!(method, error = %err, "the scheduler refused a call");
+    let code = err
+        .status()
+        .map_or_else(|| "none".to_string(), |s| format!("{:?}", s.code()));
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "scheduler-error",
+        "Bad Gateway",
+        format!("the Durable Task Scheduler refused {method} (gRPC code {code})"),
+    )
+}
+
+/// `503`: the scheduler did not answer within the configured deadline.
+pub(crate) fn timed_out(state: &AppState) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "scheduler-unavailable",
+        "Service Unavailable",
+        "the Durable Task Scheduler did not answer in time; try again shortly",
+    )
+    .retry_after(state.config.retry_after_seconds)
+}
+
+/// An operation's metadata, `404` when there is none.
+pub(crate) async fn fetch(
+    state: &AppState,
+    id: &str,
+    payloads: bool,
+) -> Result<OrchestrationMetadata, Problem> {
+    valid_id(id)?;
+    record_operation(id);
+    with_deadline(
+        state,
+        "GetInstance",
+        state.client.get_instance(id, payloads),
+    )
+    .await?
+    .ok_or_else(|| operation_not_found(id))
+}
+
+/// Names the operation on the request's span (for traces) and its log lines.
+pub(crate) fn record_operation(id: &str) {
+    tracing::Span::current().record("operation.id", id);
+    tracing::Span::current().record("operation_id", id);
+}
+
+/// The span around starting an orchestration, and the trace context to hand to it: this span's
+/// when traces are exported, else the caller's `traceparent` passed through unchanged.
+pub(crate) fn create_span(
+    name: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> (tracing::Span, Option<durabletask::TraceContext>) {
+    record_operation(id);
+    let span = tracing::info_span!(
+        "create_orchestration",
+        otel.name = %format!("create_orchestration:{name}"),
+        otel.kind = "client",
+        durabletask.type = "orchestration",
+        durabletask.task.name = %name,
+        durabletask.task.instance_id = %id,
+        operation.id = %id,
+    );
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let context = service_kit::telemetry::traceparent(&span)
+        .map(|traceparent| durabletask::TraceContext {
+            traceparent,
+            tracestate: header("tracestate"),
+        })
+        .or_else(|| {
+            header("traceparent").map(|traceparent| durabletask::TraceContext {
+                traceparent,
+                tracestate: header("tracestate"),
+            })
+        });
+    (span, context)
+}
