@@ -4,13 +4,10 @@
 //! Needs the project virtualenv (`make venv`, done by `make test` and `.ci/run`); the path can be
 //! overridden with `DURABLETASK_PYTHON`. Without it these tests fail: they never skip.
 
-mod pyenv;
-mod scenarios;
-
 use durabletask::{Client, Connection, ConnectionOptions, OrchestrationStatus};
-use pyenv::{script, spawn_python};
-use scenarios::{run_to_end, start_worker};
 use serde_json::{Value, json};
+use test_support::python::{script, spawn_python};
+use test_support::scenarios::{self, run_to_end, start_worker};
 use tokio::process::Child;
 
 struct PyServer {
@@ -19,7 +16,7 @@ struct PyServer {
 }
 
 async fn python_server() -> PyServer {
-    let port = pyenv::free_port();
+    let port = test_support::net::free_port();
     let child = spawn_python(&[
         script("in_memory_backend.py").display().to_string(),
         port.to_string(),

@@ -1,6 +1,7 @@
 //! Start-up and shutdown plumbing shared by `local-scheduler`, `worker` and `gateway`.
 
 pub mod metrics;
+pub mod settings;
 pub mod telemetry;
 
 use durabletask::{ConfigError, ConnectionOptions};
@@ -62,56 +63,6 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         }
     }
     Ok(Args::Run { config })
-}
-
-/// The configuration file to read: `--config <path>`, else the `<env_var>` variable. `--help`
-/// (which adds `also` to the usage) and `--version` print and end the process here (exit 0);
-/// a bad argument is an error.
-pub fn config_file(
-    service: &str,
-    env_var: &str,
-    env_prefix: &str,
-    also: &str,
-) -> Result<Option<String>, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_args(&args)? {
-        Args::Run { config } => Ok(config.or_else(|| std::env::var(env_var).ok())),
-        Args::Version => {
-            println!("{service} {}", env!("CARGO_PKG_VERSION"));
-            std::process::exit(0)
-        }
-        Args::Help => {
-            println!(
-                "usage: {service} [--config <file.toml>]\n\n\
-                 Configuration, each layer over the one before: built-in defaults; the TOML file\n\
-                 (--config, or {env_var}); {env_prefix}__<KEY> environment variables.\n\
-                 {also}\n\
-                 Every key, with its default, is in the README."
-            );
-            std::process::exit(0)
-        }
-    }
-}
-
-/// Applies the original sample's `ENDPOINT` / `TASKHUB` and the DTS connection string variable
-/// (`DURABLE_TASK_SCHEDULER_CONNECTION_STRING`) over the keys `endpoint`, `taskhub` and
-/// `connection_string`.
-pub fn with_seed_variables(
-    mut b: config::ConfigBuilder<config::builder::DefaultState>,
-) -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
-    for (var, key) in [
-        ("ENDPOINT", "endpoint"),
-        ("TASKHUB", "taskhub"),
-        (
-            "DURABLE_TASK_SCHEDULER_CONNECTION_STRING",
-            "connection_string",
-        ),
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            b = b.set_override(key, v)?;
-        }
-    }
-    Ok(b)
 }
 
 /// Where the scheduler is: the connection string when given, else endpoint + task hub.

@@ -7,8 +7,8 @@
 //! `make bench` (or `cargo build --release -p local-scheduler -p worker && cargo bench -p gateway
 //! --bench gateway_throughput`). Prints a table; no assertions.
 
-#[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
-mod pyenv;
+use test_support::net::{free_port, wait_port};
+use test_support::python as pyenv;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -27,32 +27,6 @@ const MEASURE: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 2;
 /// The offered load of the open-loop run: the throughput goal.
 const PACED_RATE: f64 = 5000.0;
-
-fn release_bin(name: &str) -> PathBuf {
-    // target/release/deps/<bench> -> target/release/<name>
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo build --release -p local-scheduler -p worker` first (make bench does)",
-        bin.display()
-    );
-    bin
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..600 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listening on {port}");
-}
 
 async fn spawn(bin: PathBuf, env: &[(&str, String)], port: u16) -> Child {
     let mut cmd = Command::new(bin);
@@ -216,10 +190,6 @@ async fn load(port: u16, path: &str, body: &str, want: u16, rate: Option<f64>) -
     }
 }
 
-fn free_port() -> u16 {
-    pyenv::free_port()
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Front {
     Gateway,
@@ -248,7 +218,7 @@ async fn measure(
 ) -> Measured {
     let sched_port = free_port();
     let scheduler = spawn(
-        release_bin("local-scheduler"),
+        test_support::process::binary("local-scheduler"),
         &[
             ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
             (
@@ -265,7 +235,7 @@ async fn measure(
         let admin = free_port();
         Some(
             spawn(
-                release_bin("worker"),
+                test_support::process::binary("worker"),
                 &[
                     ("ENDPOINT", endpoint.clone()),
                     ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),

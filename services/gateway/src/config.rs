@@ -1,8 +1,111 @@
-//! What the gateway's behaviour depends on (the binary loads and validates it).
+//! The gateway's configuration: [`Settings`] is what an operator sets (its `Default` is the
+//! single source of every default), [`GatewayConfig`] the part the HTTP handlers read.
 
 use std::time::Duration;
 
-/// Gateway behaviour settings.
+use serde::{Deserialize, Serialize};
+
+/// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
+/// `GATEWAY__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// The scheduler's gRPC endpoint.
+    pub endpoint: String,
+    pub taskhub: String,
+    /// A DTS connection string; wins over `endpoint` and `taskhub`.
+    pub connection_string: Option<String>,
+    /// Absolute base for links, e.g. `https://api.example.com`; else from the request.
+    pub public_base_url: Option<String>,
+    pub max_delay_seconds: u64,
+    pub max_name_chars: usize,
+    pub max_body_bytes: usize,
+    /// Deadline of each scheduler call; past it the client gets 503.
+    pub dts_timeout_ms: u64,
+    /// `Retry-After` on 202s, unfinished statuses and 503s.
+    pub retry_after_seconds: u64,
+    /// Cap of `?wait=` on the status monitor.
+    pub max_wait_seconds: u64,
+    /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
+    pub trust_forwarded: bool,
+    /// Time in-flight requests get after SIGTERM.
+    pub shutdown_timeout_seconds: u64,
+    /// `auto` (text on a terminal, else JSON), `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8000".into(),
+            endpoint: "http://localhost:8080".into(),
+            taskhub: "default".into(),
+            connection_string: None,
+            public_base_url: None,
+            max_delay_seconds: 3600,
+            max_name_chars: 200,
+            max_body_bytes: 16 * 1024,
+            dts_timeout_ms: 5000,
+            retry_after_seconds: 1,
+            max_wait_seconds: 30,
+            trust_forwarded: false,
+            shutdown_timeout_seconds: 20,
+            log_format: "auto".into(),
+        }
+    }
+}
+
+/// Where the settings come from.
+pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings::Source {
+    service: "gateway",
+    file_var: "GATEWAY_CONFIG",
+    env_prefix: "GATEWAY",
+    list_keys: &[],
+    seed_variables: true,
+    help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.",
+};
+
+impl service_kit::settings::Validate for Settings {
+    fn validate(&self) -> Result<(), String> {
+        service_kit::settings::socket_addr("listen", &self.listen, "127.0.0.1:8000")?;
+        if self.max_body_bytes < 256 {
+            return Err("`max_body_bytes` must be at least 256".into());
+        }
+        if self.max_name_chars < 1 {
+            return Err("`max_name_chars` must be at least 1".into());
+        }
+        if self.dts_timeout_ms < 100 {
+            return Err("`dts_timeout_ms` must be at least 100".into());
+        }
+        service_kit::settings::log_format(&self.log_format)?;
+        if let Some(u) = &self.public_base_url
+            && !((u.starts_with("http://") || u.starts_with("https://")) && !u.ends_with('/'))
+        {
+            return Err("`public_base_url` must be an absolute http(s) URL without a trailing slash, like https://api.example.com".into());
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// The part of the settings the HTTP handlers read.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            public_base_url: self.public_base_url.clone(),
+            max_delay_seconds: self.max_delay_seconds,
+            max_name_chars: self.max_name_chars,
+            max_body_bytes: self.max_body_bytes,
+            dts_timeout: Duration::from_millis(self.dts_timeout_ms),
+            retry_after_seconds: self.retry_after_seconds,
+            max_wait_seconds: self.max_wait_seconds,
+            trust_forwarded: self.trust_forwarded,
+        }
+    }
+}
+
+/// What the handlers read, derived from [`Settings`].
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Absolute base for links, e.g. `https://api.example.com`; relative links when `None`.
@@ -22,15 +125,17 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self {
-            public_base_url: None,
-            max_delay_seconds: 3600,
-            max_name_chars: 200,
-            max_body_bytes: 16 * 1024,
-            dts_timeout: Duration::from_secs(5),
-            retry_after_seconds: 1,
-            max_wait_seconds: 30,
-            trust_forwarded: false,
-        }
+        Settings::default().gateway_config()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        test_support::readme::assert_documented("GATEWAY", &defaults);
     }
 }

@@ -6,10 +6,8 @@ use gateway::{AppState, GatewayConfig, app};
 use tower::ServiceExt;
 
 mod common;
-#[path = "../../../crates/service-kit/tests/exposition/mod.rs"]
-mod exposition;
 use common::*;
-use exposition::value;
+use test_support::exposition::value;
 
 async fn send(
     state: &AppState,

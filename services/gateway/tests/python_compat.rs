@@ -1,8 +1,7 @@
 //! Either half of the original sample can be swapped for ours: the official Python SDK (PyPI) as
 //! the worker behind our gateway, and as a client of our worker.
 
-#[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
-mod pyenv;
+use test_support::python as pyenv;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

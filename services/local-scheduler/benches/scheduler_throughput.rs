@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p local-scheduler` (or `make bench`). Prints a table; no assertions.
 
-#[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
-mod pyenv;
+use test_support::net::{free_port, wait_port};
+use test_support::python as pyenv;
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -19,26 +19,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-async fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listening on {port}");
-}
-
 async fn local_scheduler(store: &str, db: &std::path::Path) -> (Child, u16) {
-    let port = pyenv::free_port();
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_local-scheduler"))
         .env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
         .env(
             "LOCAL_SCHEDULER__ADMIN_LISTEN",
-            format!("127.0.0.1:{}", pyenv::free_port()),
+            format!("127.0.0.1:{}", free_port()),
         )
         .env("LOCAL_SCHEDULER__STORE", store)
         .env("LOCAL_SCHEDULER__SQLITE_PATH", db)
@@ -261,7 +248,7 @@ fn main() {
         let sqlite64 = measure(port, 3000, 64).await;
         drop(child);
 
-        let port = pyenv::free_port();
+        let port = free_port();
         let _py = pyenv::spawn_python(&[pyenv::script("in_memory_backend.py").display().to_string(), port.to_string()]).await;
         let python4 = measure(port, 300, 4).await;
         let python8 = measure(port, 300, 8).await;

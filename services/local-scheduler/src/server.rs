@@ -16,8 +16,9 @@ use tonic::{Request, Response, Status};
 use opentelemetry::KeyValue;
 use service_kit::telemetry::TraceParent;
 
-use crate::engine::{Engine, StreamFilter};
-use crate::store::{Change, SqliteStore};
+use crate::engine::{Engine, EngineError, StreamFilter};
+use crate::model::Change;
+use crate::store::SqliteStore;
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -80,9 +81,9 @@ impl Shared {
     }
 
     /// Runs one engine operation, writes its changes in one transaction, then wakes whoever waits.
-    pub fn with_engine<T>(
+    pub fn with_engine<T, E: Into<Status>>(
         &self,
-        f: impl FnOnce(&mut Engine) -> Result<T, Status>,
+        f: impl FnOnce(&mut Engine) -> Result<T, E>,
     ) -> Result<T, Status> {
         let mut engine = self
             .engine
@@ -109,7 +110,7 @@ impl Shared {
         if timer_added {
             self.timers.notify_one();
         }
-        result
+        result.map_err(Into::into)
     }
 
     /// Engine access for operations that change nothing durable and must not wake anyone
@@ -137,7 +138,7 @@ impl Shared {
             let next = self.with_engine(|e| {
                 let now = Utc::now();
                 let expired = e.expire_leases(now);
-                Ok((e.fire_due_timers(now), expired))
+                Ok::<_, EngineError>((e.fire_due_timers(now), expired))
             });
             let (next, expired) = next.unwrap_or((None, 0));
             if expired > 0 {
@@ -186,7 +187,7 @@ impl Service {
     fn read<T, R>(
         &self,
         req: &Request<R>,
-        f: impl FnOnce(&mut Engine, &str) -> Result<T, Status>,
+        f: impl FnOnce(&mut Engine, &str) -> Result<T, EngineError>,
     ) -> Res<T> {
         let hub = hub_of(req)?;
         self.shared
@@ -194,14 +195,15 @@ impl Service {
                 e.hub(&hub)?;
                 f(e, &hub)
             })
-            .unwrap_or_else(|| Err(Status::internal("scheduler state is poisoned")))
+            .ok_or_else(|| Status::internal("scheduler state is poisoned"))?
             .map(Response::new)
+            .map_err(Into::into)
     }
 
     fn op<T, R>(
         &self,
         req: &Request<R>,
-        f: impl FnOnce(&mut Engine, &str) -> Result<T, Status>,
+        f: impl FnOnce(&mut Engine, &str) -> Result<T, EngineError>,
     ) -> Res<T> {
         let hub = hub_of(req)?;
         self.shared
@@ -218,7 +220,9 @@ impl Service {
             if e.release(token) {
                 Ok(())
             } else {
-                Err(Status::not_found("unknown or expired completion token"))
+                Err(EngineError::not_found(
+                    "unknown or expired completion token",
+                ))
             }
         })?;
         self.shared
@@ -240,7 +244,7 @@ impl Service {
             let state = self
                 .shared
                 .quiet(|e| e.get(&hub, &r.instance_id, r.get_inputs_and_outputs))
-                .unwrap_or_else(|| Err(Status::internal("scheduler state is poisoned")))?;
+                .ok_or_else(|| Status::internal("scheduler state is poisoned"))??;
             match state {
                 None => {
                     return Ok(Response::new(pb::GetInstanceResponse {
@@ -341,7 +345,7 @@ impl pb::TaskHubSidecarService for Service {
         &self,
         req: Request<pb::GetInstanceRequest>,
     ) -> Res<pb::GetInstanceResponse> {
-        self.wait_for(req, |s| crate::engine::is_terminal(s.orchestration_status))
+        self.wait_for(req, |s| crate::model::is_terminal(s.orchestration_status))
             .await
     }
 
@@ -431,7 +435,7 @@ impl pb::TaskHubSidecarService for Service {
                 Some(R::PurgeInstanceFilter(f)) => e.purge_filter(hub, &f, r.recursive)?,
                 Some(R::InstanceBatch(b)) => {
                     if b.instance_ids.len() > 500 {
-                        return Err(Status::invalid_argument(
+                        return Err(EngineError::invalid_argument(
                             "at most 500 instance ids per batch purge",
                         ));
                     }
@@ -442,7 +446,7 @@ impl pb::TaskHubSidecarService for Service {
                     n
                 }
                 None => {
-                    return Err(Status::invalid_argument(
+                    return Err(EngineError::invalid_argument(
                         "purge needs an instance id, a filter or a batch",
                     ));
                 }
@@ -472,7 +476,7 @@ impl pb::TaskHubSidecarService for Service {
             let released = shared.with_engine(|e| {
                 let n = e.release_stream(stream_id);
                 e.forget_stream(stream_id);
-                Ok(n)
+                Ok::<_, EngineError>(n)
             });
             shared.counters.streams_open.fetch_sub(1, Ordering::Relaxed);
             let released = released.unwrap_or(0);
@@ -726,6 +730,19 @@ async fn dispatch_loop(
             _ = tx.closed() => return,
             // Dropping the sender ends the stream with status OK: "drain and reconnect".
             _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The engine's refusals as gRPC statuses: the one place where the engine meets gRPC.
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) => Status::invalid_argument(m),
+            EngineError::NotFound(m) => Status::not_found(m),
+            EngineError::AlreadyExists(m) => Status::already_exists(m),
+            EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
+            EngineError::ResourceExhausted(m) => Status::resource_exhausted(m),
         }
     }
 }

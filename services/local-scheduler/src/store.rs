@@ -5,7 +5,7 @@
 //! its answer, so a crash at any point loses nothing that was acknowledged. On start-up the
 //! store is read back into the engine.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -13,67 +13,7 @@ use durabletask_proto as pb;
 use prost::Message;
 use rusqlite::params;
 
-use crate::engine::{Instance, from_ts, ts};
-
-/// Instance metadata (everything but history and inbox).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct InstanceRow {
-    pub instance_id: String,
-    pub execution_id: String,
-    pub name: String,
-    pub version: Option<String>,
-    pub status: i32,
-    pub created: DateTime<Utc>,
-    pub last_updated: DateTime<Utc>,
-    pub completed: Option<DateTime<Utc>>,
-    pub scheduled_start: Option<DateTime<Utc>>,
-    pub input: Option<String>,
-    pub output: Option<String>,
-    pub custom_status: Option<String>,
-    #[serde(skip)]
-    pub failure: Option<pb::TaskFailureDetails>,
-    pub tags: HashMap<String, String>,
-    #[serde(skip)]
-    pub parent: Option<pb::ParentInstanceInfo>,
-    #[serde(skip)]
-    pub trace: Option<pb::OrchestrationTraceContext>,
-}
-
-/// One unit of state to write.
-#[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // short-lived, one list per operation
-pub enum Change {
-    PutInstance {
-        hub: String,
-        row: Box<InstanceRow>,
-        history: Vec<pb::HistoryEvent>,
-        inbox: Vec<pb::HistoryEvent>,
-    },
-    DeleteInstance {
-        hub: String,
-        instance_id: String,
-    },
-    PutActivity {
-        hub: String,
-        key: String,
-        request: pb::ActivityRequest,
-    },
-    DeleteActivity {
-        hub: String,
-        key: String,
-    },
-    PutTimer {
-        hub: String,
-        due: DateTime<Utc>,
-        seq: u64,
-        instance_id: String,
-        event: pb::HistoryEvent,
-    },
-    DeleteTimer {
-        hub: String,
-        seq: u64,
-    },
-}
+use crate::model::{Change, Instance, InstanceRow, from_ts, ts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,11 +1,8 @@
 //! The local scheduler as a real process, driven by our Rust SDK and by raw gRPC calls.
 
-#[path = "../../../crates/service-kit/tests/exposition/mod.rs"]
-mod exposition;
-#[path = "../../../crates/durabletask/tests/pyenv/mod.rs"]
-mod pyenv;
-#[path = "../../../crates/durabletask/tests/scenarios/mod.rs"]
-mod scenarios;
+use test_support::net::free_port;
+use test_support::python as pyenv;
+use test_support::{exposition, scenarios};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,11 +28,11 @@ enum Store<'a> {
 
 impl Scheduler {
     async fn start(store: Store<'_>, env: &[(&str, &str)]) -> Self {
-        Self::start_on(pyenv::free_port(), store, env).await
+        Self::start_on(free_port(), store, env).await
     }
 
     async fn start_on(port: u16, store: Store<'_>, env: &[(&str, &str)]) -> Self {
-        let admin_port = pyenv::free_port();
+        let admin_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_local-scheduler"));
         cmd.env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
             .env(
@@ -755,7 +752,7 @@ async fn two_workers_share_the_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_loses_nothing() {
     let db = temp_db("restart");
-    let port = pyenv::free_port();
+    let port = free_port();
     let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
     let conn = s.connect("default").await;
     let client = Client::new(&conn);

@@ -11,88 +11,20 @@
 
 mod metrics;
 mod orchestrations;
+mod settings;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::routing::get;
-use durabletask::{Connection, ConnectionOptions, Worker, WorkerOptions};
+use durabletask::{Connection, Worker, WorkerOptions};
+use service_kit::settings::Startup;
+
+use crate::settings::{SOURCE, Settings};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    endpoint: String,
-    taskhub: String,
-    connection_string: Option<String>,
-    max_concurrent_orchestrations: usize,
-    max_concurrent_activities: usize,
-    drain_timeout_seconds: u64,
-    admin_listen: String,
-    log_format: String,
-    /// `all`, `orchestrations` or `activities`: split the two kinds across deployments.
-    runs: String,
-}
-
-fn load_settings() -> anyhow::Result<(Settings, ConnectionOptions)> {
-    let file = service_kit::config_file("worker", "WORKER_CONFIG", "WORKER", "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.")
-        .map_err(anyhow::Error::msg)?;
-    let mut b = config::Config::builder()
-        .set_default("endpoint", "http://localhost:8080")?
-        .set_default("taskhub", "default")?
-        .set_default("max_concurrent_orchestrations", 100)?
-        .set_default("max_concurrent_activities", 100)?
-        .set_default("drain_timeout_seconds", 25)?
-        .set_default("admin_listen", "127.0.0.1:9091")?
-        .set_default("log_format", "auto")?
-        .set_default("runs", "all")?;
-    if let Some(f) = file {
-        b = b.add_source(config::File::with_name(&f).required(true));
-    }
-    // The original sample's variables.
-    b = service_kit::with_seed_variables(b)?;
-    b = b.add_source(
-        config::Environment::with_prefix("WORKER")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true),
-    );
-    let s: Settings = b
-        .build()?
-        .try_deserialize()
-        .context("invalid worker configuration")?;
-    anyhow::ensure!(
-        s.max_concurrent_orchestrations >= 1,
-        "`max_concurrent_orchestrations` must be at least 1"
-    );
-    anyhow::ensure!(
-        s.max_concurrent_activities >= 1,
-        "`max_concurrent_activities` must be at least 1"
-    );
-    anyhow::ensure!(
-        matches!(s.log_format.as_str(), "auto" | "text" | "json"),
-        "`log_format` must be `auto`, `text` or `json`"
-    );
-    anyhow::ensure!(
-        matches!(s.runs.as_str(), "all" | "orchestrations" | "activities"),
-        "`runs` must be `all`, `orchestrations` or `activities` (got '{}')",
-        s.runs
-    );
-    s.admin_listen.parse::<SocketAddr>().with_context(|| {
-        format!(
-            "`admin_listen`: '{}' is not an address like 127.0.0.1:9091",
-            s.admin_listen
-        )
-    })?;
-    let conn =
-        service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
-            .context("`endpoint` / `taskhub` / `connection_string`")?;
-    Ok((s, conn))
-}
 
 #[tokio::main]
 async fn main() {
@@ -103,7 +35,19 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let (settings, conn_options) = load_settings()?;
+    let settings: Settings = match service_kit::settings::load(&SOURCE)? {
+        Startup::Run(s) => s,
+        Startup::Print(text) => {
+            println!("{text}");
+            return Ok(());
+        }
+    };
+    let conn_options = service_kit::connection_options(
+        &settings.endpoint,
+        &settings.taskhub,
+        settings.connection_string.as_deref(),
+    )
+    .context("`endpoint` / `taskhub` / `connection_string`")?;
     let telemetry = service_kit::telemetry::init("worker", &settings.log_format);
     tracing::info!(endpoint = %conn_options.endpoint, taskhub = %conn_options.taskhub, "connecting");
     let conn = Connection::connect(conn_options)
@@ -134,10 +78,10 @@ async fn run() -> anyhow::Result<()> {
     let ready = worker.readiness();
 
     let shutdown = CancellationToken::new();
-    let admin_addr: SocketAddr = settings.admin_listen.parse()?;
-    let listener = tokio::net::TcpListener::bind(admin_addr)
+    let listener = tokio::net::TcpListener::bind(&settings.admin_listen)
         .await
-        .with_context(|| format!("`admin_listen`: cannot bind {admin_addr}"))?;
+        .with_context(|| format!("`admin_listen`: cannot bind {}", settings.admin_listen))?;
+    let admin_addr = listener.local_addr()?;
     let admin = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

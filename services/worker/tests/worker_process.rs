@@ -1,9 +1,8 @@
 //! The worker binary against the local scheduler binary: real processes on loopback.
 
-#[path = "../../../crates/service-kit/tests/exposition/mod.rs"]
-mod exposition;
+use test_support::exposition;
+use test_support::net::{free_port, wait_port};
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -11,42 +10,9 @@ use durabletask::{Client, Connection, ConnectionOptions, OrchestrationStatus, St
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-/// `target/<profile>/local-scheduler`, next to this test's own `deps/` directory.
-fn local_scheduler_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("local-scheduler");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (`cargo test --workspace` does)",
-        bin.display()
-    );
-    bin
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listening on {port}");
-}
-
 async fn scheduler() -> (Child, u16) {
     let port = free_port();
-    let child = Command::new(local_scheduler_bin())
+    let child = Command::new(test_support::process::binary("local-scheduler"))
         .env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
         .env(
             "LOCAL_SCHEDULER__ADMIN_LISTEN",

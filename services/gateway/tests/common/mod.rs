@@ -2,7 +2,6 @@
 //! processes (local scheduler, worker, gateway) on loopback.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,12 +13,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tower::ServiceExt;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+pub use test_support::net::{free_port, wait_port};
 
 pub async fn state_for(endpoint: &str, config: GatewayConfig) -> AppState {
     let conn = Connection::connect(ConnectionOptions::new(endpoint, "default").expect("opts"))
@@ -82,33 +76,7 @@ pub fn is_problem(h: &axum::http::HeaderMap, v: &Value, status: StatusCode) {
     assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
 }
 
-pub fn sibling_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (`cargo test --workspace` does)",
-        bin.display()
-    );
-    bin
-}
-
-pub async fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listening on {port}");
-}
+pub use test_support::process::binary as sibling_bin;
 
 pub async fn spawn(bin: &str, envs: &[(&str, String)], wait: u16) -> Child {
     let mut cmd = Command::new(sibling_bin(bin));

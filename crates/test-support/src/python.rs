@@ -1,5 +1,4 @@
 //! Locating and running the project's Python (official Durable Task SDK) helpers.
-#![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -26,13 +25,6 @@ pub fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../crates/durabletask/tests/python")
         .join(name)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Starts a Python helper and waits for its READY line. Killed when dropped.

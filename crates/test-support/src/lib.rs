@@ -1,0 +1,15 @@
+//! What the project's tests and benches share, as a dev-dependency: one copy of each helper.
+//!
+//! - [`net`]: free ports and waiting for a listener.
+//! - [`process`]: the workspace's binaries.
+//! - [`python`]: the official Python SDK as an independent peer (the project's `.venv`).
+//! - [`exposition`]: reading a `/metrics` page.
+//! - [`scenarios`]: orchestration scenarios run against every server we test.
+//! - [`readme`]: the README's configuration tables, checked against the settings' defaults.
+
+pub mod exposition;
+pub mod net;
+pub mod process;
+pub mod python;
+pub mod readme;
+pub mod scenarios;

@@ -1,0 +1,448 @@
+//! The scheduler's state machine: instances, their histories and inboxes, the activity queue,
+//! timers and leases. All of it sits behind one mutex; every public method is one atomic state
+//! change, and the same change is handed to the store as one transaction.
+//!
+//! Semantics follow the DTS protocol notes (`durabletask-protocol.md` §4): history `eventId`s
+//! equal action ids, results refer back by `taskScheduledId`/`timerId`, `OrchestratorStarted`
+//! opens every episode, completions are keyed by an opaque per-dispatch token.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use chrono::{DateTime, Utc};
+use durabletask_proto as pb;
+use pb::history_event::EventType;
+use pb::orchestrator_action::OrchestratorActionType as Action;
+
+mod client;
+mod dispatch;
+mod episode;
+mod filter;
+mod latency;
+mod timers;
+mod validate;
+
+pub use filter::StreamFilter;
+use latency::exemplar;
+pub use latency::{DispatchLatency, LatencyHistogram, TraceLabels, execution_started};
+use validate::MAX_EVENTS_PER_EPISODE;
+pub use validate::{
+    MAX_CHUNKED_COMPLETION_BYTES, MAX_PAYLOAD_BYTES, validate_actions, validate_instance_id,
+    validate_payload,
+};
+
+use crate::model::{
+    ActivityItem, Change, Instance, InstanceRow, event, from_ts, is_terminal, now_ts, status_i32,
+    ts,
+};
+
+/// Why the engine refused an operation. The gRPC service maps each kind to its status code;
+/// the engine itself knows nothing of gRPC.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The request is malformed or breaks a limit (payload size, instance id, chunk order).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such task hub, instance or work item (a stale completion token included).
+    #[error("{0}")]
+    NotFound(String),
+    /// The instance id is taken by a live instance.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The instance is in a state that does not allow the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit of the scheduler itself is reached; try again later.
+    #[error("{0}")]
+    ResourceExhausted(String),
+}
+
+impl EngineError {
+    pub fn invalid_argument(m: impl Into<String>) -> Self {
+        Self::InvalidArgument(m.into())
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::NotFound(m.into())
+    }
+    pub fn already_exists(m: impl Into<String>) -> Self {
+        Self::AlreadyExists(m.into())
+    }
+    pub fn failed_precondition(m: impl Into<String>) -> Self {
+        Self::FailedPrecondition(m.into())
+    }
+    pub fn resource_exhausted(m: impl Into<String>) -> Self {
+        Self::ResourceExhausted(m.into())
+    }
+}
+
+/// Whether `stream` should leave this item to others for now (it let the lease expire).
+fn avoided(avoid: Option<(u64, DateTime<Utc>)>, stream: u64) -> bool {
+    avoid.is_some_and(|(s, until)| s == stream && until > Utc::now())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LeaseKind {
+    Orchestration { instance_id: String },
+    Activity { key: String },
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    hub: String,
+    kind: LeaseKind,
+    stream: u64,
+    expires: DateTime<Utc>,
+    /// Chunks of a chunked orchestrator completion (`isPartial`) received so far; applied
+    /// together with the final chunk, dropped with the lease.
+    partial: Option<PartialCompletion>,
+}
+
+#[derive(Debug, Clone)]
+struct PartialCompletion {
+    next_chunk: i32,
+    actions: Vec<pb::OrchestratorAction>,
+    custom_status: Option<String>,
+    trace: Option<pb::OrchestrationTraceContext>,
+}
+
+/// Adds an instance to the ready set; `true` when it was not there (then queue it).
+fn mark_ready(set: &mut HashMap<String, std::time::Instant>, id: String) -> bool {
+    match set.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(std::time::Instant::now());
+            true
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    /// A B-tree, not a hash map: instances accumulate (until purged), and a hash map doubling
+    /// rehashes every entry under the engine lock. At 57k instances that stalled every call for
+    /// ~90 ms (p99 spikes in the open-loop bench), and still ~35 ms with boxed entries and
+    /// foldhash; a B-tree grows a node at a time. Boxed, so node splits move pointers.
+    pub instances: BTreeMap<String, Box<Instance>>,
+    ready: VecDeque<String>,
+    /// Instances in `ready`, with when they became runnable (for the dispatch latency).
+    ready_set: HashMap<String, std::time::Instant>,
+    /// Pending activities by key `instance|execution|taskId`, and their dispatch order.
+    pub activities: HashMap<String, ActivityItem>,
+    activity_order: VecDeque<String>,
+    /// Messages that become visible later (timers, scheduled starts), by due time.
+    pub timers: BTreeMap<(DateTime<Utc>, u64), (String, pb::HistoryEvent)>,
+}
+
+/// The whole scheduler state.
+pub struct Engine {
+    pub hubs: HashMap<String, Hub>,
+    leases: HashMap<String, Lease>,
+    pub lease_duration: chrono::Duration,
+    seq: u64,
+    /// Changes made since the last `take_changes`, for the store.
+    changes: Vec<Change>,
+    /// Whether instance snapshots are recorded (off for the in-memory store: nothing reads them).
+    record_instances: bool,
+    /// Leased (orchestration, activity) work items per stream.
+    stream_counts: HashMap<u64, (usize, usize)>,
+    pub dispatch_latency: DispatchLatency,
+}
+
+pub fn activity_key(instance_id: &str, execution_id: &str, task_id: i32) -> String {
+    format!("{instance_id}|{execution_id}|{task_id}")
+}
+
+impl Engine {
+    pub fn new(hub_names: &[String], lease_duration: std::time::Duration) -> Self {
+        Self {
+            hubs: hub_names
+                .iter()
+                .map(|h| (h.clone(), Hub::default()))
+                .collect(),
+            leases: HashMap::new(),
+            lease_duration: chrono::Duration::from_std(lease_duration)
+                .unwrap_or(chrono::Duration::minutes(2)),
+            seq: 0,
+            changes: Vec::new(),
+            record_instances: true,
+            stream_counts: HashMap::new(),
+            dispatch_latency: DispatchLatency::default(),
+        }
+    }
+
+    /// Stops recording instance snapshots (in-memory mode).
+    pub fn without_persistence(mut self) -> Self {
+        self.record_instances = false;
+        self
+    }
+
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn hub(&mut self, name: &str) -> Result<&mut Hub, EngineError> {
+        self.hubs
+            .get_mut(name)
+            .ok_or_else(|| EngineError::not_found(format!("Task hub not found: {name}")))
+    }
+
+    fn persist(&mut self, hub: &str, id: &str) {
+        if !self.record_instances {
+            return;
+        }
+        let inst = self
+            .hubs
+            .get(hub)
+            .and_then(|h| h.instances.get(id))
+            .cloned();
+        match inst {
+            Some(i) => self.changes.push(Change::PutInstance {
+                hub: hub.to_string(),
+                row: Box::new(i.row.clone()),
+                history: i.history.clone(),
+                // Messages out with a worker come first: they are older than the inbox.
+                inbox: undispatched(&i.dispatched)
+                    .iter()
+                    .chain(i.inbox.iter())
+                    .cloned()
+                    .collect(),
+            }),
+            None => self.changes.push(Change::DeleteInstance {
+                hub: hub.to_string(),
+                instance_id: id.to_string(),
+            }),
+        }
+    }
+
+    // ------------------------------------------------------------ messages
+
+    /// Delivers a message to an instance now, or at `visible_at`.
+    fn deliver(
+        &mut self,
+        hub: &str,
+        instance_id: &str,
+        msg: pb::HistoryEvent,
+        visible_at: Option<DateTime<Utc>>,
+    ) {
+        let seq = self.next_seq();
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        if let Some(at) = visible_at.filter(|t| *t > Utc::now()) {
+            self.changes.push(Change::PutTimer {
+                hub: hub.to_string(),
+                due: at,
+                seq,
+                instance_id: instance_id.to_string(),
+                event: msg.clone(),
+            });
+            h.timers.insert((at, seq), (instance_id.to_string(), msg));
+            return;
+        }
+        let Some(inst) = h.instances.get_mut(instance_id) else {
+            return;
+        };
+        if is_terminal(inst.row.status) {
+            return; // completed instances take no more messages
+        }
+        inst.inbox.push_back(msg);
+        if inst.lease.is_none() && mark_ready(&mut h.ready_set, instance_id.to_string()) {
+            h.ready.push_back(instance_id.to_string());
+        }
+        self.persist(hub, instance_id);
+    }
+
+    fn create_instance(&mut self, hub: &str, spec: CreateSpec) {
+        let now = Utc::now();
+        let execution_id = uuid::Uuid::new_v4().simple().to_string();
+        let started = event(
+            -1,
+            EventType::ExecutionStarted(pb::ExecutionStartedEvent {
+                name: spec.name.clone(),
+                version: spec.version.clone(),
+                input: spec.input.clone(),
+                orchestration_instance: Some(pb::OrchestrationInstance {
+                    instance_id: spec.instance_id.clone(),
+                    execution_id: Some(execution_id.clone()),
+                }),
+                parent_instance: spec.parent.clone(),
+                scheduled_start_timestamp: spec.scheduled_start.map(ts),
+                parent_trace_context: spec.parent_trace.clone(),
+                orchestration_span_id: None,
+                tags: spec.tags.clone(),
+            }),
+        );
+        let row = InstanceRow {
+            instance_id: spec.instance_id.clone(),
+            execution_id,
+            name: spec.name,
+            version: spec.version,
+            status: status_i32(pb::OrchestrationStatus::Pending),
+            created: now,
+            last_updated: now,
+            completed: None,
+            scheduled_start: spec.scheduled_start,
+            input: spec.input,
+            output: None,
+            custom_status: None,
+            failure: None,
+            tags: spec.tags,
+            parent: spec.parent,
+            trace: None,
+        };
+        if let Some(h) = self.hubs.get_mut(hub) {
+            h.instances.insert(
+                spec.instance_id.clone(),
+                Box::new(Instance {
+                    row,
+                    history: Vec::new(),
+                    inbox: VecDeque::new(),
+                    lease: None,
+                    dispatched: Vec::new(),
+                    terminate_children: false,
+                    avoid: None,
+                }),
+            );
+        }
+        self.persist(hub, &spec.instance_id);
+        self.deliver(hub, &spec.instance_id, started, spec.scheduled_start);
+    }
+
+    /// Removes an instance and anything queued for it.
+    fn drop_instance(&mut self, hub: &str, instance_id: &str) {
+        self.drop_pending_messages(hub, instance_id);
+        let mut stale_leases = Vec::new();
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        if let Some(inst) = h.instances.remove(instance_id) {
+            stale_leases.extend(inst.lease);
+        }
+        h.ready_set.remove(instance_id);
+        let prefix = format!("{instance_id}|");
+        let keys: Vec<String> = h
+            .activities
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in &keys {
+            if let Some(a) = h.activities.remove(k) {
+                stale_leases.extend(a.lease);
+            }
+        }
+        for t in stale_leases {
+            self.remove_lease(&t);
+        }
+        for key in keys {
+            self.changes.push(Change::DeleteActivity {
+                hub: hub.to_string(),
+                key,
+            });
+        }
+        self.changes.push(Change::DeleteInstance {
+            hub: hub.to_string(),
+            instance_id: instance_id.to_string(),
+        });
+    }
+
+    pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for h in self.hubs.values() {
+            for i in h.instances.values() {
+                let name = pb::OrchestrationStatus::try_from(i.row.status)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("UNKNOWN");
+                *m.entry(name.trim_start_matches("ORCHESTRATION_STATUS_"))
+                    .or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Rebuilds state from what the store loaded (after a restart every lease is gone, so
+    /// everything that was in flight is simply runnable again).
+    pub fn restore(
+        &mut self,
+        hub: &str,
+        instances: Vec<Instance>,
+        activities: Vec<(String, pb::ActivityRequest)>,
+        timers: Vec<(DateTime<Utc>, u64, String, pb::HistoryEvent)>,
+    ) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        for inst in instances {
+            let id = inst.row.instance_id.clone();
+            if !inst.inbox.is_empty()
+                && !is_terminal(inst.row.status)
+                && mark_ready(&mut h.ready_set, id.clone())
+            {
+                h.ready.push_back(id.clone());
+            }
+            h.instances.insert(id, Box::new(inst));
+        }
+        for (key, request) in activities {
+            h.activity_order.push_back(key.clone());
+            h.activities.insert(
+                key,
+                ActivityItem {
+                    request,
+                    lease: None,
+                    avoid: None,
+                    queued: std::time::Instant::now(),
+                },
+            );
+        }
+        for (due, seq, id, ev) in timers {
+            self.seq = self.seq.max(seq);
+            h.timers.insert((due, seq), (id, ev));
+        }
+    }
+
+    /// Counts for `/metrics`: pending (not leased) orchestration and activity work items.
+    pub fn backlog(&self) -> (usize, usize, usize) {
+        let mut orch = 0;
+        let mut act = 0;
+        let mut timers = 0;
+        for h in self.hubs.values() {
+            orch += h
+                .instances
+                .values()
+                .filter(|i| i.lease.is_none() && !i.inbox.is_empty())
+                .count();
+            act += h.activities.values().filter(|a| a.lease.is_none()).count();
+            timers += h.timers.len();
+        }
+        (orch, act, timers)
+    }
+}
+
+/// The messages of a dispatch without the `OrchestratorStarted` the dispatcher put in front (an
+/// episode that is only an `OrchestratorStarted`, as after a rewind, keeps it).
+fn undispatched(dispatched: &[pb::HistoryEvent]) -> &[pb::HistoryEvent] {
+    match dispatched {
+        [first, rest @ ..] if !rest.is_empty() && is_orchestrator_started(first) => rest,
+        all => all,
+    }
+}
+
+fn is_orchestrator_started(e: &pb::HistoryEvent) -> bool {
+    matches!(e.event_type, Some(EventType::OrchestratorStarted(_)))
+}
+
+#[derive(Debug)]
+pub struct CreateSpec {
+    pub instance_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub input: Option<String>,
+    pub tags: HashMap<String, String>,
+    pub parent: Option<pb::ParentInstanceInfo>,
+    pub parent_trace: Option<pb::TraceContext>,
+    pub scheduled_start: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,145 @@
+//! A Durable Task Scheduler-compatible gRPC server with an embedded store, as a library:
+//! [`serve`] runs it on listeners the caller bound, until `shutdown` is cancelled, so tests run it
+//! in-process and the binary is a thin `main`.
+//!
+//! - [`settings`]: what is configurable, with every default in one place.
+//! - `model`: what the scheduler keeps per instance, shared by the engine and the store.
+//! - [`engine`]: all state and every state change (dispatch and leases, episodes, client
+//!   operations, timers), with its own error type.
+//! - `store`: SQLite persistence of the engine's changes.
+//! - `server`: the gRPC service; maps engine errors to gRPC statuses.
+//! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`.
+
+// Internal modules are `pub` only to be reachable by the unit tests and the binary.
+#![allow(unreachable_pub)]
+
+mod admin;
+pub mod engine;
+mod metrics;
+pub mod model;
+mod server;
+pub mod settings;
+mod store;
+
+use std::time::Duration;
+
+use durabletask_proto as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+use crate::engine::Engine;
+use crate::server::{Service, Shared};
+use crate::store::SqliteStore;
+
+/// Streams a client may reset before the server takes them, per connection (see [`serve`]).
+const PENDING_RESET_STREAMS: usize = 4096;
+
+/// The sockets the scheduler serves on, bound by the caller (port 0 works: tests bind first and
+/// read the address).
+pub struct Listeners {
+    /// The gRPC `TaskHubSidecarService` (plaintext HTTP/2).
+    pub grpc: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("`sqlite_path`: cannot open {path}")]
+    OpenStore {
+        path: String,
+        #[source]
+        source: store::StoreError,
+    },
+    #[error("loading the store")]
+    LoadStore(#[source] store::StoreError),
+    #[error("the gRPC server failed")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Options that are not configuration: how the process around the scheduler is set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Runtime {
+    /// Record spans (dispatch waits, `StartInstance`); only worth it when they are exported.
+    pub export_spans: bool,
+}
+
+/// Restores the store, then serves gRPC and the admin routes until `shutdown` is cancelled;
+/// work-item streams then end with OK and the function returns.
+pub async fn serve(
+    listeners: Listeners,
+    settings: &Settings,
+    runtime: Runtime,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let mut engine = Engine::new(
+        &settings.task_hubs,
+        Duration::from_secs(settings.lease_seconds),
+    );
+    let store = if settings.store == "sqlite" {
+        let store =
+            SqliteStore::open(&settings.sqlite_path).map_err(|source| ServeError::OpenStore {
+                path: settings.sqlite_path.display().to_string(),
+                source,
+            })?;
+        for hub in &settings.task_hubs {
+            let loaded = store.load(hub).map_err(ServeError::LoadStore)?;
+            let (i, a, t) = (
+                loaded.instances.len(),
+                loaded.activities.len(),
+                loaded.timers.len(),
+            );
+            engine.restore(hub, loaded.instances, loaded.activities, loaded.timers);
+            tracing::info!(hub = %hub, instances = i, activities = a, timers = t, "restored from store");
+        }
+        Some(store)
+    } else {
+        engine = engine.without_persistence();
+        None
+    };
+
+    let shared = Shared::new(
+        engine,
+        store,
+        Duration::from_secs(settings.health_ping_seconds),
+        shutdown.clone(),
+    );
+    shared.set_trace_spans(runtime.export_spans);
+    tokio::spawn(shared.clone().run_timers());
+
+    let (registry, latency) = metrics::registry(shared.clone());
+    shared.set_dispatch_latency(latency);
+    let admin_router = admin::router(shared.clone(), registry);
+    let admin_shutdown = shutdown.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(listeners.admin, admin_router)
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
+            .await
+    });
+
+    let svc = pb::TaskHubSidecarServiceServer::new(Service {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(settings.max_message_bytes)
+    .max_encoding_message_size(settings.max_message_bytes);
+    tonic::transport::Server::builder()
+        // hyper sends GOAWAY after 20 streams reset before they were taken (its rapid-reset
+        // guard), failing every call on the connection. A client's cancelled calls (an HTTP
+        // caller that hung up) reach that under load; this is a local server, so allow many.
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            // No Nagle: small request/response pairs would otherwise wait for delayed ACKs (~40 ms).
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            async move {
+                shutdown.cancelled().await;
+                // Give streams a moment to end with OK before connections close.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+        )
+        .await?;
+    let _ = admin_task.await;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! What the scheduler keeps: the instance (metadata row, history, inbox, lease), queued
+//! activities, and the changes the engine hands to the store. Shared by the engine and the
+//! store, which otherwise know nothing of each other.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use durabletask_proto as pb;
+use pb::history_event::EventType;
+
+pub fn now_ts() -> pb::Timestamp {
+    ts(Utc::now())
+}
+
+pub fn ts(t: DateTime<Utc>) -> pb::Timestamp {
+    pb::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn from_ts(t: &pb::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+pub fn event(id: i32, e: EventType) -> pb::HistoryEvent {
+    pb::HistoryEvent {
+        event_id: id,
+        timestamp: Some(now_ts()),
+        event_type: Some(e),
+    }
+}
+
+pub fn status_i32(s: pb::OrchestrationStatus) -> i32 {
+    s as i32
+}
+
+pub fn is_terminal(status: i32) -> bool {
+    use pb::OrchestrationStatus as S;
+    [S::Completed, S::Failed, S::Terminated, S::Canceled]
+        .iter()
+        .any(|s| *s as i32 == status)
+}
+
+/// Instance metadata (everything but history and inbox).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceRow {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub status: i32,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+    pub completed: Option<DateTime<Utc>>,
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub custom_status: Option<String>,
+    #[serde(skip)]
+    pub failure: Option<pb::TaskFailureDetails>,
+    pub tags: HashMap<String, String>,
+    #[serde(skip)]
+    pub parent: Option<pb::ParentInstanceInfo>,
+    #[serde(skip)]
+    pub trace: Option<pb::OrchestrationTraceContext>,
+}
+
+/// One unit of state to write.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, one list per operation
+pub enum Change {
+    PutInstance {
+        hub: String,
+        row: Box<InstanceRow>,
+        history: Vec<pb::HistoryEvent>,
+        inbox: Vec<pb::HistoryEvent>,
+    },
+    DeleteInstance {
+        hub: String,
+        instance_id: String,
+    },
+    PutActivity {
+        hub: String,
+        key: String,
+        request: pb::ActivityRequest,
+    },
+    DeleteActivity {
+        hub: String,
+        key: String,
+    },
+    PutTimer {
+        hub: String,
+        due: DateTime<Utc>,
+        seq: u64,
+        instance_id: String,
+        event: pb::HistoryEvent,
+    },
+    DeleteTimer {
+        hub: String,
+        seq: u64,
+    },
+}
+
+/// One orchestration instance (the current execution).
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub row: InstanceRow,
+    pub history: Vec<pb::HistoryEvent>,
+    /// Visible messages not yet dispatched.
+    pub inbox: VecDeque<pb::HistoryEvent>,
+    /// Token of the dispatch holding the instance, with the events it was given.
+    pub lease: Option<String>,
+    pub dispatched: Vec<pb::HistoryEvent>,
+    /// Set by a recursive terminate: children are terminated when this one ends.
+    pub terminate_children: bool,
+    /// A stream that let this work item's lease expire, and until when it is skipped for it.
+    pub avoid: Option<(u64, DateTime<Utc>)>,
+}
+
+impl Instance {
+    pub fn state(&self, with_payloads: bool) -> pb::OrchestrationState {
+        let r = &self.row;
+        pb::OrchestrationState {
+            instance_id: r.instance_id.clone(),
+            name: r.name.clone(),
+            version: r.version.clone(),
+            orchestration_status: r.status,
+            scheduled_start_timestamp: r.scheduled_start.map(ts),
+            created_timestamp: Some(ts(r.created)),
+            last_updated_timestamp: Some(ts(r.last_updated)),
+            input: if with_payloads { r.input.clone() } else { None },
+            output: if with_payloads {
+                r.output.clone()
+            } else {
+                None
+            },
+            custom_status: if with_payloads {
+                r.custom_status.clone()
+            } else {
+                None
+            },
+            failure_details: r.failure.clone(),
+            execution_id: Some(r.execution_id.clone()),
+            completed_timestamp: r.completed.map(ts),
+            parent_instance_id: r
+                .parent
+                .as_ref()
+                .and_then(|p| p.orchestration_instance.as_ref())
+                .map(|i| i.instance_id.clone()),
+            tags: r.tags.clone(),
+        }
+    }
+
+    /// Instance ids of sub-orchestrations this execution created.
+    pub fn children(&self) -> Vec<String> {
+        self.history
+            .iter()
+            .filter_map(|e| match &e.event_type {
+                Some(EventType::SubOrchestrationInstanceCreated(c)) => Some(c.instance_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ActivityItem {
+    pub request: pb::ActivityRequest,
+    pub lease: Option<String>,
+    pub avoid: Option<(u64, DateTime<Utc>)>,
+    /// When it was queued (again), for the dispatch latency.
+    pub queued: std::time::Instant,
+}

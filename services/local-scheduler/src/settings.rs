@@ -1,0 +1,130 @@
+//! The scheduler's settings: [`Settings::default`] is the single source of every default.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything configurable, with its default in [`Default`]. Loaded by
+/// `service_kit::settings::load` (defaults, TOML file, `LOCAL_SCHEDULER__<KEY>`), plus
+/// `DTS_TASK_HUB_NAMES=a,b` as the DTS emulator reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// gRPC address (plaintext HTTP/2).
+    pub listen: String,
+    /// Address of `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: String,
+    pub task_hubs: Vec<String>,
+    /// `sqlite` (file, durable) or `memory`.
+    pub store: String,
+    pub sqlite_path: PathBuf,
+    /// How long a work item stays with a worker before it is offered again.
+    pub lease_seconds: u64,
+    /// Idle work-item streams get a health ping this often.
+    pub health_ping_seconds: u64,
+    pub max_message_bytes: usize,
+    /// `auto` (text on a terminal, else JSON), `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:8081".into(),
+            task_hubs: vec!["default".into()],
+            store: "sqlite".into(),
+            sqlite_path: ".data/local-scheduler.db".into(),
+            lease_seconds: 120,
+            health_ping_seconds: 30,
+            max_message_bytes: 16 * 1024 * 1024,
+            log_format: "auto".into(),
+        }
+    }
+}
+
+impl service_kit::settings::Validate for Settings {
+    fn validate(&self) -> Result<(), String> {
+        use service_kit::settings::{log_format, socket_addr};
+        socket_addr("listen", &self.listen, "127.0.0.1:8080")?;
+        socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:8081")?;
+        if self.task_hubs.is_empty() {
+            return Err("`task_hubs` must name at least one task hub".into());
+        }
+        if let Some(h) = self
+            .task_hubs
+            .iter()
+            .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!("`task_hubs`: '{h}' is not a valid task hub name"));
+        }
+        if !matches!(self.store.as_str(), "sqlite" | "memory") {
+            return Err(format!(
+                "`store` must be `sqlite` or `memory`, not '{}'",
+                self.store
+            ));
+        }
+        if self.lease_seconds < 1 {
+            return Err("`lease_seconds` must be at least 1".into());
+        }
+        if self.health_ping_seconds < 1 {
+            return Err("`health_ping_seconds` must be at least 1".into());
+        }
+        if self.max_message_bytes < 4 * 1024 * 1024 {
+            return Err("`max_message_bytes` must be at least 4 MiB (4194304)".into());
+        }
+        log_format(&self.log_format)
+    }
+}
+
+/// Where the settings come from.
+pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings::Source {
+    service: "local-scheduler",
+    file_var: "LOCAL_SCHEDULER_CONFIG",
+    env_prefix: "LOCAL_SCHEDULER",
+    list_keys: &["task_hubs"],
+    seed_variables: false,
+    help: "DTS_TASK_HUB_NAMES=a,b names the task hubs, as for the DTS emulator.",
+};
+
+impl Settings {
+    /// `DTS_TASK_HUB_NAMES=a,b` over `task_hubs`, as the DTS emulator reads it.
+    pub fn with_emulator_variables(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(hubs) = env("DTS_TASK_HUB_NAMES") {
+            self.task_hubs = hubs.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        test_support::readme::assert_documented("LOCAL_SCHEDULER", &defaults);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        use service_kit::settings::{SettingsError, load_from};
+        for (var, value, key) in [
+            ("LOCAL_SCHEDULER__STORE", "postgres", "`store`"),
+            ("LOCAL_SCHEDULER__LEASE_SECONDS", "0", "`lease_seconds`"),
+            ("LOCAL_SCHEDULER__LEASE_SECONDS", "soon", "lease_seconds"),
+            ("LOCAL_SCHEDULER__BOGUS", "1", "bogus"),
+        ] {
+            let env = [(var.to_string(), value.to_string())];
+            let err = load_from::<Settings>(&SOURCE, None, env)
+                .map(|_| ())
+                .expect_err("refused");
+            let text = match &err {
+                SettingsError::Read { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            assert!(text.contains(key), "{var}={value}: {text}");
+        }
+    }
+}
