@@ -76,7 +76,7 @@ pub struct ExecutionResult {
 }
 
 impl ExecutionResult {
-    /// Builds the wire response (without the completion token, which the worker adds).
+    /// Builds the wire response, echoing the dispatch's completion token.
     pub fn into_response(
         self,
         instance_id: &str,

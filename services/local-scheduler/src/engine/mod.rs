@@ -2,8 +2,7 @@
 //! timers and leases. All of it sits behind one mutex; every public method is one atomic state
 //! change, and the same change is handed to the store as one transaction.
 //!
-//! Semantics follow the DTS protocol notes (`durabletask-protocol.md` §4): history `eventId`s
-//! equal action ids, results refer back by `taskScheduledId`/`timerId`, `OrchestratorStarted`
+//! Semantics follow the DTS protocol as its SDKs speak it: history `eventId`s equal action ids, results refer back by `taskScheduledId`/`timerId`, `OrchestratorStarted`
 //! opens every episode, completions are keyed by an opaque per-dispatch token.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
