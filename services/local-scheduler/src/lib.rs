@@ -59,6 +59,12 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
 }
 
+/// Pings every half lease, each answered within half a lease: a silent peer is dropped within
+/// about `lease_seconds`.
+fn keepalive_interval(lease_seconds: u64) -> Duration {
+    Duration::from_millis(lease_seconds.saturating_mul(500).max(500))
+}
+
 /// Options that are not configuration: how the process around the scheduler is set up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Runtime {
@@ -74,10 +80,7 @@ pub async fn serve(
     runtime: Runtime,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut engine = Engine::new(
-        &settings.task_hubs,
-        Duration::from_secs(settings.lease_seconds),
-    );
+    let mut engine = Engine::new(&settings.task_hubs);
     let store = if settings.store == "sqlite" {
         let store =
             SqliteStore::open(&settings.sqlite_path).map_err(|source| ServeError::OpenStore {
@@ -129,6 +132,11 @@ pub async fn serve(
         // guard), failing every call on the connection. A client's cancelled calls (an HTTP
         // caller that hung up) reach that under load; this is a local server, so allow many.
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
+        // A worker's leases last as long as its stream. A worker that stops answering (a hung
+        // process, a half-open connection) is found by HTTP/2 pings: unanswered for
+        // `lease_seconds`, the connection closes, its streams end and their work is redelivered.
+        .http2_keepalive_interval(Some(keepalive_interval(settings.lease_seconds)))
+        .http2_keepalive_timeout(Some(keepalive_interval(settings.lease_seconds)))
         .add_service(svc)
         .serve_with_incoming_shutdown(
             // No Nagle: small request/response pairs would otherwise wait for delayed ACKs (~40 ms).

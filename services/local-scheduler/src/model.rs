@@ -115,8 +115,6 @@ pub struct Instance {
     pub dispatched: Vec<pb::HistoryEvent>,
     /// Set by a recursive terminate: children are terminated when this one ends.
     pub terminate_children: bool,
-    /// A stream that let this work item's lease expire, and until when it is skipped for it.
-    pub avoid: Option<(u64, DateTime<Utc>)>,
 }
 
 impl Instance {
@@ -169,7 +167,6 @@ impl Instance {
 pub struct ActivityItem {
     pub request: pb::ActivityRequest,
     pub lease: Option<String>,
-    pub avoid: Option<(u64, DateTime<Utc>)>,
     /// When it was queued (again), for the dispatch latency.
     pub queued: std::time::Instant,
 }

@@ -18,7 +18,9 @@ pub struct Settings {
     /// `sqlite` (file, durable) or `memory`.
     pub store: String,
     pub sqlite_path: PathBuf,
-    /// How long a work item stays with a worker before it is offered again.
+    /// How long a worker may stop answering (HTTP/2 pings) before its connection is dropped and
+    /// its work items are offered to others. A lease lasts as long as its stream otherwise,
+    /// however long the activity runs.
     pub lease_seconds: u64,
     /// Idle work-item streams get a health ping this often.
     pub health_ping_seconds: u64,

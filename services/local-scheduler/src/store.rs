@@ -194,7 +194,6 @@ impl SqliteStore {
                 lease: None,
                 dispatched: Vec::new(),
                 terminate_children: false,
-                avoid: None,
             });
         }
         let mut activities = Vec::new();

@@ -636,62 +636,139 @@ async fn concurrency_limits_and_health_pings_are_honoured() {
     assert!(pinged, "an idle stream gets health pings");
 }
 
+/// The value of a counter on the scheduler's `/metrics`, 0 when absent.
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A lease lasts as long as the worker's stream, not a fixed time: with a 2 s lease, an activity
+/// of 6 s completes once, and nothing is redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_lease_is_redelivered_to_another_worker() {
-    let s = Scheduler::start(Store::Memory, &[("LOCAL_SCHEDULER__LEASE_SECONDS", "1")]).await;
+async fn an_activity_longer_than_the_lease_completes_exactly_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Scheduler::start(Store::Memory, &[("LOCAL_SCHEDULER__LEASE_SECONDS", "2")]).await;
     let conn = s.connect("default").await;
     let client = Client::new(&conn);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut reg = durabletask::Registry::new();
+    let counted = runs.clone();
+    reg.add_activity(
+        "long",
+        move |_ctx: durabletask::ActivityContext, ms: u64| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok("done".to_string())
+            }
+        },
+    );
+    reg.add_orchestrator(
+        "long_one",
+        |ctx: durabletask::OrchestrationContext, ms: u64| async move {
+            let out: String = ctx.call_activity("long", &ms).await?;
+            Ok(out)
+        },
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(
+        durabletask::Worker::new(&conn, reg, durabletask::WorkerOptions::default())
+            .run(stop.clone()),
+    );
     let id = client
-        .schedule_new_orchestration("sequence", &["lease"], StartOptions::default())
+        .schedule_new_orchestration("long_one", &6000u64, StartOptions::default())
         .await
         .expect("start");
-    // A worker that takes one orchestration work item (and no activities) and never answers.
-    let mut raw = s.raw().await;
-    let mut silent = raw
-        .get_work_items(with_hub(
-            pb::GetWorkItemsRequest {
-                max_concurrent_orchestration_work_items: 1,
-                work_item_filters: Some(pb::WorkItemFilters {
-                    orchestrations: vec![pb::OrchestrationFilter {
-                        name: "sequence".into(),
-                        versions: vec![],
-                    }],
-                    activities: vec![],
-                    entities: vec![],
-                }),
-                ..Default::default()
-            },
-            "default",
-        ))
-        .await
-        .expect("stream")
-        .into_inner();
-    let taken = silent.message().await.expect("msg").expect("item");
-    assert!(matches!(
-        taken.request,
-        Some(pb::work_item::Request::OrchestratorRequest(_))
-    ));
-    // A real worker joins; after the 1 s lease the work moves to it.
-    let worker = scenarios::start_worker(&conn);
     let done = client
         .wait_for_instance_completion(&id, true, Duration::from_secs(30))
         .await
         .expect("wait")
         .expect("exists");
-    assert_eq!(done.runtime_status, OrchestrationStatus::Completed);
-    let metrics = s.metrics().await;
-    let redelivered: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("dts_local_work_items_redelivered_total "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     assert_eq!(
-        redelivered, 1,
-        "only the silent worker's item is redelivered:\n{metrics}"
+        done.runtime_status,
+        OrchestrationStatus::Completed,
+        "{done:?}"
     );
-    worker.shutdown().await;
-    drop(silent);
+    assert_eq!(done.output::<String>().expect("json"), "done");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the activity ran exactly once"
+    );
+    let metrics = s.metrics().await;
+    assert_eq!(
+        counter(&metrics, "dts_local_work_items_redelivered_total"),
+        0,
+        "nothing was redelivered:\n{metrics}"
+    );
+    stop.cancel();
+    let _ = worker.await;
+}
+
+/// A worker that stops answering (SIGSTOP: its connection stays open, but nothing answers the
+/// scheduler's HTTP/2 pings) loses its work items to another worker after about the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_answering_loses_its_work_to_another() {
+    let s = Scheduler::start(Store::Memory, &[("LOCAL_SCHEDULER__LEASE_SECONDS", "2")]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let mut a = spawn_worker_process(&s.endpoint(), "A");
+    let id = client
+        .schedule_new_orchestration("slow_fan", &30_000u64, StartOptions::default())
+        .await
+        .expect("start");
+    // Worker A holds the three 30 s activities; then it freezes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counter(
+        &s.metrics().await,
+        "dts_local_work_items_dispatched_total{kind=\"activity\"}",
+    ) < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker A never took the activities"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = a.id().expect("pid").to_string();
+    let stopped = Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .await
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    let _b = spawn_worker_process(&s.endpoint(), "B");
+    // B's activities take 30 s too; the point is that B got them, well before A's would end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let redelivered = loop {
+        let n = counter(&s.metrics().await, "dts_local_work_items_redelivered_total");
+        if n >= 3 {
+            break n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the frozen worker's activities were not redelivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        redelivered, 3,
+        "exactly the frozen worker's three activities"
+    );
+    let m = client
+        .get_instance(&id, false)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(m.runtime_status, OrchestrationStatus::Running);
+    let _ = Command::new("kill").args(["-KILL", &pid]).status().await;
+    let _ = a.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,7 +954,7 @@ async fn official_python_sdk_suite_on_sqlite() {
 /// Not a test: the body of a worker process that `sigkilled_worker_loses_no_activity` starts by
 /// re-running this test binary (`--ignored --exact`). Runs until killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper process for sigkilled_worker_loses_no_activity"]
+#[ignore = "helper process for the worker-process tests"]
 async fn worker_process_entry() {
     let endpoint = std::env::var("LS_TEST_WORKER_ENDPOINT").expect("endpoint");
     let name = std::env::var("LS_TEST_WORKER_NAME").expect("name");

@@ -1,5 +1,10 @@
-//! Leases and dispatch: handing work items to streams, taking them back (abandon, a broken
-//! stream, an expired lease), chunked completions, and activity completions.
+//! Leases and dispatch: handing work items to streams, taking them back (abandon, or the stream
+//! that held them ended), chunked completions, and activity completions.
+//!
+//! A lease belongs to the stream it was dispatched on and lasts as long as that stream, however
+//! long the work takes, as on DTS: it comes back only on abandon, or when the stream ends (the
+//! worker stopped, its connection broke, or it stopped answering the server's HTTP/2 pings, see
+//! `lease_seconds`). There is no clock in it, so a clock step cannot expire anything.
 
 use super::*;
 
@@ -33,18 +38,12 @@ impl Engine {
         Ok(lease)
     }
 
-    /// Returns the work item behind `token` to its queue (abandon, broken stream, expired lease).
+    /// Returns the work item behind `token` to the front of its queue (abandon, or its stream
+    /// ended).
     pub fn release(&mut self, token: &str) -> bool {
-        self.release_inner(token, false)
-    }
-
-    /// With `expired`, the stream that held it is passed over for one lease period, so a hung
-    /// worker does not get its own work back while others are waiting.
-    pub(super) fn release_inner(&mut self, token: &str, expired: bool) -> bool {
         let Some(lease) = self.remove_lease(token) else {
             return false;
         };
-        let avoid = expired.then(|| (lease.stream, Utc::now() + self.lease_duration));
         let Some(h) = self.hubs.get_mut(&lease.hub) else {
             return false;
         };
@@ -52,7 +51,6 @@ impl Engine {
             LeaseKind::Orchestration { instance_id } => {
                 if let Some(inst) = h.instances.get_mut(&instance_id) {
                     inst.lease = None;
-                    inst.avoid = avoid;
                     // Put the messages back in front, without the OrchestratorStarted we added.
                     let dispatched = std::mem::take(&mut inst.dispatched);
                     let events = undispatched(&dispatched).to_vec();
@@ -67,7 +65,6 @@ impl Engine {
             LeaseKind::Activity { key } => {
                 if let Some(item) = h.activities.get_mut(&key) {
                     item.lease = None;
-                    item.avoid = avoid;
                     item.queued = std::time::Instant::now();
                     h.activity_order.push_front(key);
                 }
@@ -85,20 +82,6 @@ impl Engine {
             .map(|(t, _)| t.clone())
             .collect();
         tokens.iter().filter(|t| self.release(t)).count()
-    }
-
-    /// Releases leases past their expiry; returns how many.
-    pub fn expire_leases(&mut self, now: DateTime<Utc>) -> usize {
-        let tokens: Vec<String> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.expires <= now)
-            .map(|(t, _)| t.clone())
-            .collect();
-        tokens
-            .iter()
-            .filter(|t| self.release_inner(t, true))
-            .count()
     }
 
     pub fn in_flight(&self, stream: u64) -> (usize, usize) {
@@ -166,7 +149,6 @@ impl Engine {
         stream: u64,
         filter: &StreamFilter,
     ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
-        let lease_expiry = Utc::now() + self.lease_duration;
         let h = self.hubs.get_mut(hub)?;
         let mut skipped = Vec::new();
         let mut found = None;
@@ -180,9 +162,7 @@ impl Engine {
                 h.ready_set.remove(&id);
                 continue;
             }
-            if !filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref())
-                || avoided(inst.avoid, stream)
-            {
+            if !filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref()) {
                 skipped.push(id);
                 continue;
             }
@@ -234,7 +214,6 @@ impl Engine {
                 hub: hub.to_string(),
                 kind: LeaseKind::Orchestration { instance_id: id },
                 stream,
-                expires: lease_expiry,
                 partial: None,
             },
         );
@@ -254,7 +233,6 @@ impl Engine {
         stream: u64,
         filter: &StreamFilter,
     ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
-        let lease_expiry = Utc::now() + self.lease_duration;
         let h = self.hubs.get_mut(hub)?;
         let mut skipped = Vec::new();
         let mut found = None;
@@ -265,9 +243,7 @@ impl Engine {
             if item.lease.is_some() {
                 continue;
             }
-            if !filter.accepts_activity(&item.request.name, item.request.version.as_deref())
-                || avoided(item.avoid, stream)
-            {
+            if !filter.accepts_activity(&item.request.name, item.request.version.as_deref()) {
                 skipped.push(key);
                 continue;
             }
@@ -294,7 +270,6 @@ impl Engine {
                 hub: hub.to_string(),
                 kind: LeaseKind::Activity { key },
                 stream,
-                expires: lease_expiry,
                 partial: None,
             },
         );

@@ -73,11 +73,6 @@ impl EngineError {
     }
 }
 
-/// Whether `stream` should leave this item to others for now (it let the lease expire).
-fn avoided(avoid: Option<(u64, DateTime<Utc>)>, stream: u64) -> bool {
-    avoid.is_some_and(|(s, until)| s == stream && until > Utc::now())
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum LeaseKind {
     Orchestration { instance_id: String },
@@ -88,8 +83,8 @@ enum LeaseKind {
 struct Lease {
     hub: String,
     kind: LeaseKind,
+    /// The stream it was dispatched on; the lease ends with it.
     stream: u64,
-    expires: DateTime<Utc>,
     /// Chunks of a chunked orchestrator completion (`isPartial`) received so far; applied
     /// together with the final chunk, dropped with the lease.
     partial: Option<PartialCompletion>,
@@ -135,7 +130,6 @@ pub struct Hub {
 pub struct Engine {
     pub hubs: HashMap<String, Hub>,
     leases: HashMap<String, Lease>,
-    pub lease_duration: chrono::Duration,
     seq: u64,
     /// Changes made since the last `take_changes`, for the store.
     changes: Vec<Change>,
@@ -151,15 +145,13 @@ pub fn activity_key(instance_id: &str, execution_id: &str, task_id: i32) -> Stri
 }
 
 impl Engine {
-    pub fn new(hub_names: &[String], lease_duration: std::time::Duration) -> Self {
+    pub fn new(hub_names: &[String]) -> Self {
         Self {
             hubs: hub_names
                 .iter()
                 .map(|h| (h.clone(), Hub::default()))
                 .collect(),
             leases: HashMap::new(),
-            lease_duration: chrono::Duration::from_std(lease_duration)
-                .unwrap_or(chrono::Duration::minutes(2)),
             seq: 0,
             changes: Vec::new(),
             record_instances: true,
@@ -303,7 +295,6 @@ impl Engine {
                     lease: None,
                     dispatched: Vec::new(),
                     terminate_children: false,
-                    avoid: None,
                 }),
             );
         }
@@ -392,7 +383,6 @@ impl Engine {
                 ActivityItem {
                     request,
                     lease: None,
-                    avoid: None,
                     queued: std::time::Instant::now(),
                 },
             );

@@ -1,0 +1,283 @@
+//! The gRPC face of the engine: `TaskHubSidecarService` as DTS serves it.
+//!
+//! - this module: the shared state (`Shared`: the engine behind its mutex, the store, wake-ups),
+//!   the helpers every RPC uses, and the one mapping of `EngineError` to gRPC statuses;
+//! - `rpc`: the service's methods;
+//! - `dispatch`: the loop that feeds one worker's work-item stream, and its spans.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use durabletask_proto as pb;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use opentelemetry::KeyValue;
+use service_kit::telemetry::TraceParent;
+
+use crate::engine::{Engine, EngineError, StreamFilter};
+use crate::model::Change;
+use crate::store::SqliteStore;
+
+mod dispatch;
+mod rpc;
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub orchestrations_dispatched: AtomicU64,
+    pub activities_dispatched: AtomicU64,
+    pub orchestrations_completed: AtomicU64,
+    pub activities_completed: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub streams_open: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+pub struct Shared {
+    engine: Mutex<Engine>,
+    store: Option<Mutex<SqliteStore>>,
+    /// Woken when new work may be available.
+    work: Notify,
+    /// Woken on every state change, for the long-poll RPCs.
+    changed: Notify,
+    /// Woken when a timer was added, so the timer task re-plans.
+    timers: Notify,
+    next_stream: AtomicU64,
+    pub shutdown: CancellationToken,
+    ping_interval: Duration,
+    pub counters: Counters,
+    /// Whether spans are exported (OTLP configured): only then are dispatch spans built.
+    trace_spans: AtomicBool,
+}
+
+impl Shared {
+    /// Turns the scheduler's own spans on (see [`dispatch_span`]).
+    pub fn set_trace_spans(&self, on: bool) {
+        self.trace_spans.store(on, Ordering::Relaxed);
+    }
+
+    fn tracing(&self) -> bool {
+        self.trace_spans.load(Ordering::Relaxed)
+    }
+
+    pub fn new(
+        engine: Engine,
+        store: Option<SqliteStore>,
+        ping_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine: Mutex::new(engine),
+            store: store.map(Mutex::new),
+            work: Notify::new(),
+            changed: Notify::new(),
+            timers: Notify::new(),
+            next_stream: AtomicU64::new(1),
+            shutdown,
+            ping_interval,
+            counters: Counters::default(),
+            trace_spans: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs one engine operation, writes its changes in one transaction, then wakes whoever waits.
+    pub fn with_engine<T, E: Into<Status>>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> Result<T, E>,
+    ) -> Result<T, Status> {
+        let mut engine = self
+            .engine
+            .lock()
+            .map_err(|_| Status::internal("scheduler state is poisoned"))?;
+        let result = f(&mut engine);
+        let changes = engine.take_changes();
+        let timer_added = changes.iter().any(|c| matches!(c, Change::PutTimer { .. }));
+        if let Some(store) = &self.store
+            && let Err(e) = store
+                .lock()
+                .map_err(|_| "store lock poisoned".to_string())
+                .and_then(|mut s| s.apply(changes).map_err(|e| e.to_string()))
+        {
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "could not persist a state change");
+            return Err(Status::unavailable(format!(
+                "the scheduler could not persist the change: {e}"
+            )));
+        }
+        drop(engine);
+        self.work.notify_waiters();
+        self.changed.notify_waiters();
+        if timer_added {
+            self.timers.notify_one();
+        }
+        result.map_err(Into::into)
+    }
+
+    /// Engine access for operations that change nothing durable and must not wake anyone
+    /// (taking work: a dispatch loop waking itself would spin).
+    pub fn quiet<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> Option<T> {
+        self.engine.lock().ok().map(|mut e| f(&mut e))
+    }
+
+    /// Points the engine's dispatch-latency histograms at the ones `/metrics` exposes.
+    pub fn set_dispatch_latency(&self, latency: crate::engine::DispatchLatency) {
+        if let Ok(mut e) = self.engine.lock() {
+            e.dispatch_latency = latency;
+        }
+    }
+
+    pub fn engine_snapshot<T>(&self, f: impl FnOnce(&Engine) -> T) -> Option<T> {
+        self.engine.lock().ok().map(|e| f(&e))
+    }
+
+    /// Fires due timers, forever (until shutdown).
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let planned = self.timers.notified();
+            let next = self
+                .with_engine(|e| Ok::<_, EngineError>(e.fire_due_timers(Utc::now())))
+                .unwrap_or(None);
+            let wait = next
+                .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = planned => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = sweep.tick() => {}
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Service {
+    pub shared: Arc<Shared>,
+}
+
+fn hub_of<T>(req: &Request<T>) -> Result<String, Status> {
+    req.metadata()
+        .get("taskhub")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Status::invalid_argument("missing `taskhub` header: every call must name its task hub")
+        })
+}
+
+type Res<T> = Result<Response<T>, Status>;
+type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
+
+impl Service {
+    /// A read-only call: no store write, no wake-ups.
+    fn read<T, R>(
+        &self,
+        req: &Request<R>,
+        f: impl FnOnce(&mut Engine, &str) -> Result<T, EngineError>,
+    ) -> Res<T> {
+        let hub = hub_of(req)?;
+        self.shared
+            .quiet(|e| {
+                e.hub(&hub)?;
+                f(e, &hub)
+            })
+            .ok_or_else(|| Status::internal("scheduler state is poisoned"))?
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    fn op<T, R>(
+        &self,
+        req: &Request<R>,
+        f: impl FnOnce(&mut Engine, &str) -> Result<T, EngineError>,
+    ) -> Res<T> {
+        let hub = hub_of(req)?;
+        self.shared
+            .with_engine(|e| {
+                e.hub(&hub)?;
+                f(e, &hub)
+            })
+            .map(Response::new)
+    }
+
+    /// Hands a leased work item back to its queue; an unknown token is `NOT_FOUND`.
+    fn abandon<R>(&self, req: &Request<R>, token: &str) -> Result<(), Status> {
+        self.op(req, |e, _| {
+            if e.release(token) {
+                Ok(())
+            } else {
+                Err(EngineError::not_found(
+                    "unknown or expired completion token",
+                ))
+            }
+        })?;
+        self.shared
+            .counters
+            .abandoned
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        req: Request<pb::GetInstanceRequest>,
+        done: impl Fn(&pb::OrchestrationState) -> bool,
+    ) -> Res<pb::GetInstanceResponse> {
+        let hub = hub_of(&req)?;
+        let r = req.into_inner();
+        loop {
+            let changed = self.shared.changed.notified();
+            let state = self
+                .shared
+                .quiet(|e| e.get(&hub, &r.instance_id, r.get_inputs_and_outputs))
+                .ok_or_else(|| Status::internal("scheduler state is poisoned"))??;
+            match state {
+                None => {
+                    return Ok(Response::new(pb::GetInstanceResponse {
+                        exists: false,
+                        orchestration_state: None,
+                    }));
+                }
+                Some(s) if done(&s) => {
+                    return Ok(Response::new(pb::GetInstanceResponse {
+                        exists: true,
+                        orchestration_state: Some(s),
+                    }));
+                }
+                Some(_) => {}
+            }
+            // Held until the state changes; the caller's deadline or disconnect cancels this future.
+            tokio::select! {
+                _ = changed => {}
+                _ = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the scheduler is shutting down")),
+            }
+        }
+    }
+}
+
+fn entities_unsupported() -> Status {
+    Status::unimplemented("durable entities are not supported by the local scheduler")
+}
+
+/// The engine's refusals as gRPC statuses: the one place where the engine meets gRPC.
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) => Status::invalid_argument(m),
+            EngineError::NotFound(m) => Status::not_found(m),
+            EngineError::AlreadyExists(m) => Status::already_exists(m),
+            EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
+            EngineError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        }
+    }
+}

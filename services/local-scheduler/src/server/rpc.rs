@@ -1,0 +1,313 @@
+//! The `TaskHubSidecarService` methods.
+
+use super::dispatch::{SPAN_SCOPE, dispatch_loop};
+use super::*;
+
+#[tonic::async_trait]
+impl pb::TaskHubSidecarService for Service {
+    async fn hello(&self, req: Request<()>) -> Res<()> {
+        self.read(&req, |_, _| Ok(()))
+    }
+
+    async fn start_instance(
+        &self,
+        req: Request<pb::CreateInstanceRequest>,
+    ) -> Res<pb::CreateInstanceResponse> {
+        let hub = hub_of(&req)?;
+        let r = req.into_inner();
+        let traced = self
+            .shared
+            .tracing()
+            .then(|| {
+                r.parent_trace_context
+                    .as_ref()
+                    .map(|t| (t.trace_parent.clone(), r.name.clone()))
+            })
+            .flatten();
+        let started = std::time::SystemTime::now();
+        let instance_id = self.shared.with_engine(|e| e.start_instance(&hub, r))?;
+        if let Some((parent, name)) = traced {
+            service_kit::telemetry::record_finished_span(
+                SPAN_SCOPE,
+                "TaskHubSidecarService/StartInstance".into(),
+                opentelemetry::trace::SpanKind::Server,
+                &parent,
+                started,
+                std::time::SystemTime::now(),
+                vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", "TaskHubSidecarService"),
+                    KeyValue::new("rpc.method", "StartInstance"),
+                    KeyValue::new("durabletask.type", "orchestration"),
+                    KeyValue::new("durabletask.task.name", name),
+                    KeyValue::new("durabletask.task.instance_id", instance_id.clone()),
+                    KeyValue::new("operation.id", instance_id.clone()),
+                ],
+            );
+        }
+        Ok(Response::new(pb::CreateInstanceResponse { instance_id }))
+    }
+
+    async fn get_instance(
+        &self,
+        req: Request<pb::GetInstanceRequest>,
+    ) -> Res<pb::GetInstanceResponse> {
+        let r = req.get_ref().clone();
+        self.read(&req, |e, hub| {
+            let state = e.get(hub, &r.instance_id, r.get_inputs_and_outputs)?;
+            Ok(pb::GetInstanceResponse {
+                exists: state.is_some(),
+                orchestration_state: state,
+            })
+        })
+    }
+
+    async fn wait_for_instance_start(
+        &self,
+        req: Request<pb::GetInstanceRequest>,
+    ) -> Res<pb::GetInstanceResponse> {
+        let pending = pb::OrchestrationStatus::Pending as i32;
+        self.wait_for(req, |s| s.orchestration_status != pending)
+            .await
+    }
+
+    async fn wait_for_instance_completion(
+        &self,
+        req: Request<pb::GetInstanceRequest>,
+    ) -> Res<pb::GetInstanceResponse> {
+        self.wait_for(req, |s| crate::model::is_terminal(s.orchestration_status))
+            .await
+    }
+
+    async fn raise_event(
+        &self,
+        req: Request<pb::RaiseEventRequest>,
+    ) -> Res<pb::RaiseEventResponse> {
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.raise_event(hub, r).map(|_| pb::RaiseEventResponse {})
+        })
+    }
+
+    async fn terminate_instance(
+        &self,
+        req: Request<pb::TerminateRequest>,
+    ) -> Res<pb::TerminateResponse> {
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.terminate(hub, r).map(|_| pb::TerminateResponse {})
+        })
+    }
+
+    async fn suspend_instance(&self, req: Request<pb::SuspendRequest>) -> Res<pb::SuspendResponse> {
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.suspend(hub, &r.instance_id, r.reason)
+                .map(|_| pb::SuspendResponse {})
+        })
+    }
+
+    async fn resume_instance(&self, req: Request<pb::ResumeRequest>) -> Res<pb::ResumeResponse> {
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.resume(hub, &r.instance_id, r.reason)
+                .map(|_| pb::ResumeResponse {})
+        })
+    }
+
+    async fn restart_instance(
+        &self,
+        req: Request<pb::RestartInstanceRequest>,
+    ) -> Res<pb::RestartInstanceResponse> {
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.restart(hub, &r.instance_id, r.restart_with_new_instance_id)
+                .map(|instance_id| pb::RestartInstanceResponse { instance_id })
+        })
+    }
+
+    async fn rewind_instance(
+        &self,
+        req: Request<pb::RewindInstanceRequest>,
+    ) -> Res<pb::RewindInstanceResponse> {
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            e.rewind(hub, &r.instance_id, r.reason)
+                .map(|_| pb::RewindInstanceResponse {})
+        })
+    }
+
+    async fn query_instances(
+        &self,
+        req: Request<pb::QueryInstancesRequest>,
+    ) -> Res<pb::QueryInstancesResponse> {
+        let q = req.get_ref().query.clone().unwrap_or_default();
+        self.read(&req, |e, hub| e.query(hub, &q))
+    }
+
+    async fn list_instance_ids(
+        &self,
+        req: Request<pb::ListInstanceIdsRequest>,
+    ) -> Res<pb::ListInstanceIdsResponse> {
+        let r = req.get_ref().clone();
+        self.read(&req, |e, hub| e.list_ids(hub, &r))
+    }
+
+    async fn purge_instances(
+        &self,
+        req: Request<pb::PurgeInstancesRequest>,
+    ) -> Res<pb::PurgeInstancesResponse> {
+        use pb::purge_instances_request::Request as R;
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| {
+            let deleted = match r.request {
+                Some(R::InstanceId(id)) => e.purge_one(hub, &id, r.recursive)?,
+                Some(R::PurgeInstanceFilter(f)) => e.purge_filter(hub, &f, r.recursive)?,
+                Some(R::InstanceBatch(b)) => {
+                    if b.instance_ids.len() > 500 {
+                        return Err(EngineError::invalid_argument(
+                            "at most 500 instance ids per batch purge",
+                        ));
+                    }
+                    let mut n = 0;
+                    for id in b.instance_ids {
+                        n += e.purge_one(hub, &id, r.recursive).unwrap_or(0);
+                    }
+                    n
+                }
+                None => {
+                    return Err(EngineError::invalid_argument(
+                        "purge needs an instance id, a filter or a batch",
+                    ));
+                }
+            };
+            Ok(pb::PurgeInstancesResponse {
+                deleted_instance_count: deleted,
+                is_complete: Some(true),
+            })
+        })
+    }
+
+    async fn get_work_items(&self, req: Request<pb::GetWorkItemsRequest>) -> Res<WorkStream> {
+        let hub = hub_of(&req)?;
+        self.read(&req, |_, _| Ok(()))?;
+        let r = req.into_inner();
+        let limit = |n: i32| if n > 0 { n as usize } else { 1000 };
+        let max_orch = limit(r.max_concurrent_orchestration_work_items);
+        let max_act = limit(r.max_concurrent_activity_work_items);
+        let filter = StreamFilter::from_request(r.work_item_filters.as_ref());
+        let stream_id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(256);
+        let shared = self.shared.clone();
+        shared.counters.streams_open.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stream_id, %hub, max_orch, max_act, "worker connected");
+        tokio::spawn(async move {
+            dispatch_loop(&shared, &hub, stream_id, max_orch, max_act, &filter, tx).await;
+            let released = shared.with_engine(|e| {
+                let n = e.release_stream(stream_id);
+                e.forget_stream(stream_id);
+                Ok::<_, EngineError>(n)
+            });
+            shared.counters.streams_open.fetch_sub(1, Ordering::Relaxed);
+            let released = released.unwrap_or(0);
+            if released > 0 {
+                shared
+                    .counters
+                    .redelivered
+                    .fetch_add(released as u64, Ordering::Relaxed);
+            }
+            tracing::info!(
+                stream_id,
+                released,
+                "worker disconnected; its in-flight work items are queued again"
+            );
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn complete_activity_task(
+        &self,
+        req: Request<pb::ActivityResponse>,
+    ) -> Res<pb::CompleteTaskResponse> {
+        let hub = hub_of(&req)?;
+        let r = req.into_inner();
+        self.shared.with_engine(|e| e.complete_activity(&hub, r))?;
+        self.shared
+            .counters
+            .activities_completed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::CompleteTaskResponse {}))
+    }
+
+    async fn complete_orchestrator_task(
+        &self,
+        req: Request<pb::OrchestratorResponse>,
+    ) -> Res<pb::CompleteTaskResponse> {
+        let hub = hub_of(&req)?;
+        let r = req.into_inner();
+        #[allow(deprecated)]
+        let partial = r.is_partial;
+        self.shared
+            .with_engine(|e| e.complete_orchestration(&hub, r))?;
+        if partial {
+            return Ok(Response::new(pb::CompleteTaskResponse {}));
+        }
+        self.shared
+            .counters
+            .orchestrations_completed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::CompleteTaskResponse {}))
+    }
+
+    async fn abandon_task_activity_work_item(
+        &self,
+        req: Request<pb::AbandonActivityTaskRequest>,
+    ) -> Res<pb::AbandonActivityTaskResponse> {
+        let token = req.get_ref().completion_token.clone();
+        self.abandon(&req, &token)?;
+        Ok(Response::new(pb::AbandonActivityTaskResponse {}))
+    }
+
+    async fn abandon_task_orchestrator_work_item(
+        &self,
+        req: Request<pb::AbandonOrchestrationTaskRequest>,
+    ) -> Res<pb::AbandonOrchestrationTaskResponse> {
+        let token = req.get_ref().completion_token.clone();
+        self.abandon(&req, &token)?;
+        Ok(Response::new(pb::AbandonOrchestrationTaskResponse {}))
+    }
+
+    async fn signal_entity(
+        &self,
+        _r: Request<pb::SignalEntityRequest>,
+    ) -> Res<pb::SignalEntityResponse> {
+        Err(entities_unsupported())
+    }
+    async fn get_entity(&self, _r: Request<pb::GetEntityRequest>) -> Res<pb::GetEntityResponse> {
+        Err(entities_unsupported())
+    }
+    async fn query_entities(
+        &self,
+        _r: Request<pb::QueryEntitiesRequest>,
+    ) -> Res<pb::QueryEntitiesResponse> {
+        Err(entities_unsupported())
+    }
+    async fn clean_entity_storage(
+        &self,
+        _r: Request<pb::CleanEntityStorageRequest>,
+    ) -> Res<pb::CleanEntityStorageResponse> {
+        Err(entities_unsupported())
+    }
+    async fn complete_entity_task(
+        &self,
+        _r: Request<pb::EntityBatchResult>,
+    ) -> Res<pb::CompleteTaskResponse> {
+        Err(entities_unsupported())
+    }
+    async fn abandon_task_entity_work_item(
+        &self,
+        _r: Request<pb::AbandonEntityTaskRequest>,
+    ) -> Res<pb::AbandonEntityTaskResponse> {
+        Err(entities_unsupported())
+    }
+}
