@@ -287,6 +287,29 @@ impl Client {
         ))
     }
 
+    /// The history of an instance's current execution, in order, each event with its timestamp
+    /// (`StreamInstanceHistory`, read to the end). `None` when there is no such instance.
+    pub async fn get_history(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<Vec<pb::HistoryEvent>>, Error> {
+        let req = pb::StreamInstanceHistoryRequest {
+            instance_id: instance_id.to_string(),
+            execution_id: None,
+            for_work_item_processing: false,
+        };
+        let mut stream = match self.grpc.clone().stream_instance_history(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(s.into()),
+        };
+        let mut events = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            events.extend(chunk.events);
+        }
+        Ok(Some(events))
+    }
+
     /// Deletes every terminal instance matching the filter.
     pub async fn purge_instances(
         &self,

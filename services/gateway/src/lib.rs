@@ -41,13 +41,14 @@ pub use model::{
 };
 pub use openapi::ApiDoc;
 pub use problem::{Problem, ProblemDetails};
+pub use routes::history::{HistoryEntry, OperationHistory};
 pub use routes::sample::{SampleAccepted, SampleStartRequest, SampleStatus};
 pub use state::{AppState, Shared};
 
 /// The whole API. Route templates are written here once: the metrics middleware labels requests
 /// with the template the router matched, and the OpenAPI document lists the same handlers.
 pub fn app(state: AppState) -> Router {
-    use routes::{cancel, health, list, process, result, sample, status};
+    use routes::{cancel, health, history, list, process, purge, result, sample, status};
     let limit = state.config.max_body_bytes;
     Router::new()
         .route(
@@ -61,12 +62,16 @@ pub fn app(state: AppState) -> Router {
             post(cancel::cancel).layer(from_fn(run_to_completion)),
         )
         .route("/api/operations", get(list::list))
+        .route("/api/operations/{id}/history", get(history::history))
         // The original sample's routes, with its field names.
         .route(
             "/api/start-operation",
             post(sample::sample_start).layer(from_fn(run_to_completion)),
         )
-        .route("/api/operations/{id}", get(sample::sample_status))
+        .route(
+            "/api/operations/{id}",
+            get(sample::sample_status).delete(purge::purge),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics_text))

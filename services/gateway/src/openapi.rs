@@ -26,6 +26,8 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         crate::routes::result::result,
         crate::routes::cancel::cancel,
         crate::routes::list::list,
+        crate::routes::history::history,
+        crate::routes::purge::purge,
         crate::routes::sample::sample_start,
         crate::routes::sample::sample_status,
         crate::routes::health::healthz,
@@ -48,6 +50,8 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         SampleStartRequest,
         SampleAccepted,
         SampleStatus,
+        crate::routes::history::OperationHistory,
+        crate::routes::history::HistoryEntry,
     )),
     tags(
         (name = "operations", description = "The async request-reply API"),

@@ -730,3 +730,159 @@ async fn wrong_types_name_the_field_and_its_range() {
         );
     }
 }
+
+/// The history of a finished operation, in order, then its purge: `409` while an operation runs,
+/// `204` once finished, and `404` for everything about it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_in_order_then_purge_over_real_processes() {
+    let (_sched, endpoint) = local_scheduler().await;
+    let worker_admin = free_port();
+    let _worker = spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
+        ],
+        worker_admin,
+    )
+    .await;
+    let gw_port = free_port();
+    let state = state_for(&endpoint, GatewayConfig::default()).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", gw_port))
+        .await
+        .expect("bind");
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+
+    let (s, _, v) = http(
+        gw_port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Ada","delay_seconds":0}"#),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let (_, _, v) = http(gw_port, "GET", &format!("/api/status/{id}?wait=20"), None).await;
+    assert_eq!(v["status"], "Succeeded", "{v}");
+
+    let (s, h, v) = http(
+        gw_port,
+        "GET",
+        &format!("/api/operations/{id}/history"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(hdr(&h, "content-type"), Some("application/json"));
+    assert_eq!(v["id"], id.as_str());
+    let events = v["events"].as_array().expect("events");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    let position = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
+    assert!(
+        position("ExecutionStarted") < position("TaskScheduled")
+            && position("TaskScheduled") < position("TaskCompleted")
+            && position("TaskCompleted") < position("ExecutionCompleted"),
+        "{kinds:?}"
+    );
+    let started = &events[position("ExecutionStarted")];
+    assert_eq!(started["name"], "process_request");
+    assert_eq!(started["data"]["name"], "Ada");
+    let scheduled = &events[position("TaskScheduled")];
+    assert_eq!(scheduled["name"], "simulate_long_running_activity");
+    assert_eq!(
+        events[position("TaskCompleted")]["scheduled_id"],
+        scheduled["event_id"],
+        "the completion answers its scheduling event"
+    );
+    let completed = &events[position("ExecutionCompleted")];
+    assert_eq!(completed["runtime_status"], "COMPLETED");
+    assert_eq!(completed["data"]["name"], "Ada");
+    // Every event has its timestamp. A message keeps the time it was created (so an episode's
+    // `OrchestratorStarted` can be later than the `ExecutionStarted` it delivers), but what
+    // answers an event is never earlier than it.
+    let at = |k: &str| {
+        events[position(k)]["timestamp"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} has a timestamp"))
+            .to_string()
+    };
+    assert!(
+        events.iter().all(|e| e["timestamp"].is_string()),
+        "{events:?}"
+    );
+    assert!(at("TaskCompleted") >= at("TaskScheduled"));
+    assert!(at("ExecutionCompleted") >= at("ExecutionStarted"));
+
+    // A running operation cannot be purged.
+    let (_, _, v) = http(
+        gw_port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Long","delay_seconds":600}"#),
+    )
+    .await;
+    let long = v["id"].as_str().expect("id").to_string();
+    let (s, h, v) = http(gw_port, "DELETE", &format!("/api/operations/{long}"), None).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(hdr(&h, "content-type"), Some("application/problem+json"));
+    let (s, _, _) = http(
+        gw_port,
+        "POST",
+        &format!("/api/operations/{long}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+
+    // The finished one is purged; afterwards nothing about it exists.
+    let (s, _, v) = http(gw_port, "DELETE", &format!("/api/operations/{id}"), None).await;
+    assert_eq!(s, 204, "{v}");
+    for (method, path) in [
+        ("GET", format!("/api/status/{id}")),
+        ("GET", format!("/api/result/{id}")),
+        ("GET", format!("/api/operations/{id}/history")),
+        ("DELETE", format!("/api/operations/{id}")),
+    ] {
+        let (s, h, v) = http(gw_port, method, &path, None).await;
+        assert_eq!(s, 404, "{method} {path}: {v}");
+        assert_eq!(hdr(&h, "content-type"), Some("application/problem+json"));
+    }
+}
+
+/// A scheduler at its limit answers `RESOURCE_EXHAUSTED`; the gateway turns it into a `503`
+/// problem with `Retry-After` (transient: try again later), not a crash or a `502`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_scheduler_is_a_503_with_retry_after() {
+    let (_sched, endpoint) =
+        local_scheduler_with(&[("LOCAL_SCHEDULER__MAX_INSTANCES", "1".into())]).await;
+    let st = state_for(&endpoint, GatewayConfig::default()).await;
+    let body = r#"{"name":"a","delay_seconds":1}"#;
+    let (s, _, v) = call(
+        st.clone(),
+        "POST",
+        "/api/process",
+        Some("application/json"),
+        body,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (s, h, v) = call(st, "POST", "/api/process", Some("application/json"), body).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    is_problem(&h, &v, s);
+    assert_eq!(
+        h.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("overloaded"),
+        "{v}"
+    );
+}

@@ -85,6 +85,8 @@ async fn openapi_document_covers_every_route_status_and_schema() {
             &[202, 400, 413, 415, 422, 502, 503],
         ),
         ("/api/operations/{id}", "get", &[200, 404, 502, 503]),
+        ("/api/operations/{id}", "delete", &[204, 404, 409, 502, 503]),
+        ("/api/operations/{id}/history", "get", &[200, 404, 502, 503]),
         ("/healthz", "get", &[200]),
         ("/readyz", "get", &[200, 503]),
         ("/metrics", "get", &[200]),
@@ -312,6 +314,7 @@ async fn docs_page_renders_every_operation_in_headless_chromium_offline() {
         "/api/operations",
         "/api/start-operation",
         "/api/operations/{id}",
+        "/api/operations/{id}/history",
     ] {
         assert!(
             dom.contains(&format!("data-path=\"{path}\"")),

@@ -30,9 +30,13 @@ pub fn router(shared: Arc<Shared>, registry: Registry) -> Router {
         )
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+/// Ready unless stopping, stopped after a storage failure, or with a poisoned lock.
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    if let Err(why) = shared.health() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     }
-    (StatusCode::OK, "ready\n")
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    (StatusCode::OK, "ready\n".into())
 }

@@ -27,6 +27,7 @@ use durabletask_proto as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use engine::{Limits, Retention};
 pub use settings::Settings;
 
 use crate::engine::Engine;
@@ -57,6 +58,9 @@ pub enum ServeError {
     LoadStore(#[source] store::StoreError),
     #[error("the gRPC server failed")]
     Grpc(#[from] tonic::transport::Error),
+    /// The scheduler stopped itself (fail-stop): memory could be ahead of the store.
+    #[error("stopped after a failure: {0}")]
+    Stopped(String),
 }
 
 /// Pings every half lease, each answered within half a lease: a silent peer is dropped within
@@ -80,13 +84,14 @@ pub async fn serve(
     runtime: Runtime,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut engine = Engine::new(&settings.task_hubs);
+    let mut engine = Engine::new(&settings.task_hubs).with_limits(settings.limits());
     let store = if settings.store == "sqlite" {
-        let store =
-            SqliteStore::open(&settings.sqlite_path).map_err(|source| ServeError::OpenStore {
+        let store = SqliteStore::open(&settings.sqlite_path, &settings.store_options()).map_err(
+            |source| ServeError::OpenStore {
                 path: settings.sqlite_path.display().to_string(),
                 source,
-            })?;
+            },
+        )?;
         for hub in &settings.task_hubs {
             let loaded = store.load(hub).map_err(ServeError::LoadStore)?;
             let (i, a, t) = (
@@ -149,5 +154,8 @@ pub async fn serve(
         )
         .await?;
     let _ = admin_task.await;
-    Ok(())
+    match shared.failure() {
+        Some(reason) => Err(ServeError::Stopped(reason.to_string())),
+        None => Ok(()),
+    }
 }

@@ -18,6 +18,21 @@ pub struct Settings {
     /// `sqlite` (file, durable) or `memory`.
     pub store: String,
     pub sqlite_path: PathBuf,
+    /// `normal` (a commit survives a killed process; power loss may lose the last ones) or
+    /// `full` (commits survive power loss; each write waits for the disk).
+    pub sqlite_synchronous: String,
+    /// A cap on the SQLite file, in bytes (0: none). Past it, writes fail as on a full disk,
+    /// and the scheduler stops (fail-stop).
+    pub sqlite_max_bytes: u64,
+    /// Instances per task hub, finished ones included (0: no limit); past it, starts are refused
+    /// with `RESOURCE_EXHAUSTED` until retention or a purge makes room.
+    pub max_instances: usize,
+    /// Work items waiting per task hub (0: no limit); past it, new starts are refused likewise.
+    pub max_backlog: usize,
+    /// Finished instances are purged this long after they end, by outcome (0: kept for ever).
+    pub retention_completed_seconds: u64,
+    pub retention_failed_seconds: u64,
+    pub retention_terminated_seconds: u64,
     /// How long a worker may stop answering (HTTP/2 pings) before its connection is dropped and
     /// its work items are offered to others. A lease lasts as long as its stream otherwise,
     /// however long the activity runs.
@@ -37,7 +52,14 @@ impl Default for Settings {
             task_hubs: vec!["default".into()],
             store: "sqlite".into(),
             sqlite_path: ".data/local-scheduler.db".into(),
+            sqlite_synchronous: "normal".into(),
+            sqlite_max_bytes: 0,
             lease_seconds: 120,
+            max_instances: 25_000,
+            max_backlog: 10_000,
+            retention_completed_seconds: 3600,
+            retention_failed_seconds: 86_400,
+            retention_terminated_seconds: 86_400,
             health_ping_seconds: 30,
             max_message_bytes: 16 * 1024 * 1024,
             log_format: "auto".into(),
@@ -66,6 +88,12 @@ impl service_kit::settings::Validate for Settings {
                 self.store
             ));
         }
+        if !matches!(self.sqlite_synchronous.as_str(), "normal" | "full") {
+            return Err(format!(
+                "`sqlite_synchronous` must be `normal` or `full`, not '{}'",
+                self.sqlite_synchronous
+            ));
+        }
         if self.lease_seconds < 1 {
             return Err("`lease_seconds` must be at least 1".into());
         }
@@ -90,6 +118,34 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
 };
 
 impl Settings {
+    /// The engine's bounds.
+    pub fn limits(&self) -> crate::engine::Limits {
+        let keep = |s: u64| {
+            i64::try_from(s)
+                .ok()
+                .filter(|s| *s > 0)
+                .and_then(chrono::Duration::try_seconds)
+        };
+        crate::engine::Limits {
+            max_instances: self.max_instances,
+            max_backlog: self.max_backlog,
+            retention: crate::engine::Retention {
+                completed: keep(self.retention_completed_seconds),
+                failed: keep(self.retention_failed_seconds),
+                terminated: keep(self.retention_terminated_seconds),
+            },
+        }
+    }
+
+    /// How the SQLite store writes.
+    pub(crate) fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            synchronous: self.sqlite_synchronous.clone(),
+            max_bytes: self.sqlite_max_bytes,
+            busy_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
     /// `DTS_TASK_HUB_NAMES=a,b` over `task_hubs`, as the DTS emulator reads it.
     pub fn with_emulator_variables(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
         if let Some(hubs) = env("DTS_TASK_HUB_NAMES") {

@@ -50,18 +50,44 @@ fn decode_opt<M: Message + Default>(b: Option<Vec<u8>>) -> Result<Option<M>, Sto
         .transpose()
 }
 
+/// How the SQLite file is written.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `normal` (WAL: a commit survives a killed process; power loss may lose the last ones) or
+    /// `full` (every commit is on disk before the answer).
+    pub synchronous: String,
+    /// A cap on the database file (0: none). Past it, writes fail as on a full disk.
+    pub max_bytes: u64,
+    /// How long a write waits for a lock held by another connection.
+    pub busy_timeout: std::time::Duration,
+}
+
 impl SqliteStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
         let conn = rusqlite::Connection::open(path)?;
-        // WAL + NORMAL: a commit survives a process crash (SIGKILL); an OS crash may lose the last
-        // few milliseconds, which is the usual trade for a development server.
+        // Another process (a backup, an inspection with the sqlite3 shell) may hold a lock briefly.
+        conn.busy_timeout(options.busy_timeout)?;
+        // WAL: a commit survives a killed process (SIGKILL) with either setting; with NORMAL a
+        // power loss may lose the last commits, with FULL it loses none.
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            options.synchronous.to_ascii_uppercase(),
+        )?;
+        if options.max_bytes > 0 {
+            let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            conn.pragma_update(
+                None,
+                "max_page_count",
+                (options.max_bytes / page_size).max(1),
+            )?;
+        }
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS instances (
                 hub TEXT NOT NULL, instance_id TEXT NOT NULL, meta TEXT NOT NULL,

@@ -1070,6 +1070,184 @@ async fn sigkilled_worker_loses_no_activity() {
     );
 }
 
+/// A full store (the file capped by `SQLITE_MAX_BYTES`, as a full disk would): the write fails,
+/// the scheduler refuses the call, turns unready and exits non-zero. Restarted on the same file
+/// without the cap, it finishes every operation it had acknowledged, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_stops_the_scheduler_and_a_restart_loses_nothing_acknowledged() {
+    let db = temp_db("full");
+    let port = free_port();
+    let mut s = Scheduler::start_on(
+        port,
+        Store::Sqlite(&db),
+        &[("LOCAL_SCHEDULER__SQLITE_MAX_BYTES", "98304")],
+    )
+    .await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    // Timer orchestrations (no worker yet), each with a 4 KB tag, until the file is full.
+    let padding = "x".repeat(4096);
+    let mut acknowledged = Vec::new();
+    let refusal = loop {
+        assert!(acknowledged.len() < 500, "the store never filled up");
+        let id = format!("full-{}", acknowledged.len());
+        match client
+            .schedule_new_orchestration(
+                "timer",
+                &(),
+                StartOptions {
+                    instance_id: Some(id.clone()),
+                    tags: [("padding".to_string(), padding.clone())].into(),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(_) => acknowledged.push(id),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refusal, durabletask::Error::Unavailable(_)),
+        "{refusal:?}"
+    );
+    assert!(!acknowledged.is_empty());
+    // The process stops by itself, with a non-zero exit code naming the failure.
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .expect("the scheduler exits after a failed write")
+        .expect("wait");
+    assert!(!status.success(), "{status:?}");
+
+    // Same file, no cap: everything acknowledged completes, exactly once.
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    let worker = scenarios::start_worker(&conn);
+    for id in &acknowledged {
+        let m = client
+            .wait_for_instance_completion(id, true, Duration::from_secs(60))
+            .await
+            .expect("wait")
+            .expect("an acknowledged start survives");
+        assert_eq!(
+            m.runtime_status,
+            OrchestrationStatus::Completed,
+            "{id}: {m:?}"
+        );
+        assert!(
+            m.output::<bool>().expect("json"),
+            "{id}: the timer fired on time"
+        );
+        let history = client
+            .get_history(id)
+            .await
+            .expect("history")
+            .expect("exists");
+        let fired = history
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.event_type,
+                    Some(pb::history_event::EventType::TimerFired(_))
+                )
+            })
+            .count();
+        assert_eq!(fired, 1, "{id}: the timer fired exactly once");
+    }
+    assert!(
+        client
+            .get_history("never-was")
+            .await
+            .expect("history")
+            .is_none(),
+        "no history for an unknown instance"
+    );
+    let page = client
+        .query_instances(durabletask::InstanceQuery {
+            instance_id_prefix: Some("full-".into()),
+            page_size: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(
+        page.instances.len(),
+        acknowledged.len(),
+        "the refused start was never committed, so it is gone after the restart"
+    );
+    worker.shutdown().await;
+    drop(s);
+}
+
+/// Bounded state: past `MAX_INSTANCES` a start is refused with `RESOURCE_EXHAUSTED`; finished
+/// instances are purged after their retention, which makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_starts_and_retention_makes_room() {
+    let s = Scheduler::start(
+        Store::Memory,
+        &[
+            ("LOCAL_SCHEDULER__MAX_INSTANCES", "3"),
+            ("LOCAL_SCHEDULER__RETENTION_COMPLETED_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            client
+                .schedule_new_orchestration("sequence", &["a"], StartOptions::default())
+                .await
+                .expect("start within the limit"),
+        );
+    }
+    let refused = client
+        .schedule_new_orchestration("sequence", &["a"], StartOptions::default())
+        .await
+        .expect_err("the fourth start is refused");
+    let status = refused.status().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("max_instances"), "{status:?}");
+    assert!(refused.is_transient(), "callers are told to retry");
+
+    // They complete; a second after, retention purges them and a start fits again.
+    let worker = scenarios::start_worker(&conn);
+    for id in &ids {
+        let m = client
+            .wait_for_instance_completion(id, false, Duration::from_secs(30))
+            .await
+            .expect("wait")
+            .expect("exists");
+        assert_eq!(m.runtime_status, OrchestrationStatus::Completed);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let gone = futures_all_gone(&client, &ids).await;
+        if gone {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "finished instances were not purged after their retention"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .schedule_new_orchestration("sequence", &["a"], StartOptions::default())
+        .await
+        .expect("room again after the purge");
+    worker.shutdown().await;
+}
+
+async fn futures_all_gone(client: &Client, ids: &[String]) -> bool {
+    for id in ids {
+        if client.get_instance(id, false).await.expect("get").is_some() {
+            return false;
+        }
+    }
+    true
+}
+
 // ------------------------------------------------------------- configuration and shutdown
 
 #[tokio::test]

@@ -2,8 +2,10 @@
 
 pub(crate) mod cancel;
 pub(crate) mod health;
+pub(crate) mod history;
 pub(crate) mod list;
 pub(crate) mod process;
+pub(crate) mod purge;
 pub(crate) mod result;
 pub(crate) mod sample;
 pub(crate) mod status;

@@ -38,6 +38,8 @@ impl Engine {
                 )));
             }
             self.drop_instance(hub, &req.instance_id);
+        } else {
+            self.check_room(hub)?;
         }
         let id = req.instance_id.clone();
         self.create_instance(
@@ -67,6 +69,22 @@ impl Engine {
             .instances
             .get(id)
             .map(|i| i.state(with_payloads)))
+    }
+
+    /// The history of an instance's current execution, in order. `None` when there is no such
+    /// instance, or `execution_id` names another execution (only the current one is kept).
+    pub fn history(
+        &mut self,
+        hub: &str,
+        id: &str,
+        execution_id: Option<&str>,
+    ) -> Result<Option<Vec<pb::HistoryEvent>>, EngineError> {
+        Ok(self
+            .hub(hub)?
+            .instances
+            .get(id)
+            .filter(|i| execution_id.is_none_or(|e| e == i.row.execution_id))
+            .map(|i| i.history.clone()))
     }
 
     pub(super) fn require_live(&mut self, hub: &str, id: &str) -> Result<(), EngineError> {

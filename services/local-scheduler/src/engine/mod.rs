@@ -138,6 +138,46 @@ pub struct Engine {
     /// Leased (orchestration, activity) work items per stream.
     stream_counts: HashMap<u64, (usize, usize)>,
     pub dispatch_latency: DispatchLatency,
+    limits: Limits,
+}
+
+/// Bounds on what the engine holds, so that it never grows without bound. 0 / `None`: no bound.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Instances per task hub, finished ones included. A start past it is refused with
+    /// `RESOURCE_EXHAUSTED` (the gateway's `503` with `Retry-After`) until retention or a purge
+    /// makes room.
+    pub max_instances: usize,
+    /// Work waiting per task hub (runnable orchestrations and queued activities). New starts
+    /// past it are refused the same way; work already running is never refused.
+    pub max_backlog: usize,
+    /// How long finished instances are kept, by outcome, before they are purged automatically.
+    pub retention: Retention,
+}
+
+/// Automatic purge of finished instances, as DTS's retention policies.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub completed: Option<chrono::Duration>,
+    pub failed: Option<chrono::Duration>,
+    /// Terminated (canceled) instances.
+    pub terminated: Option<chrono::Duration>,
+}
+
+impl Retention {
+    fn of(&self, status: i32) -> Option<chrono::Duration> {
+        use pb::OrchestrationStatus as S;
+        match S::try_from(status).ok()? {
+            S::Completed => self.completed,
+            S::Failed => self.failed,
+            S::Terminated | S::Canceled => self.terminated,
+            _ => None,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.completed.is_some() || self.failed.is_some() || self.terminated.is_some()
+    }
 }
 
 pub fn activity_key(instance_id: &str, execution_id: &str, task_id: i32) -> String {
@@ -157,6 +197,7 @@ impl Engine {
             record_instances: true,
             stream_counts: HashMap::new(),
             dispatch_latency: DispatchLatency::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -164,6 +205,60 @@ impl Engine {
     pub fn without_persistence(mut self) -> Self {
         self.record_instances = false;
         self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Refuses a new instance in `hub` when it is at its instance or backlog limit.
+    fn check_room(&self, hub: &str) -> Result<(), EngineError> {
+        let Some(h) = self.hubs.get(hub) else {
+            return Ok(());
+        };
+        let l = &self.limits;
+        if l.max_instances > 0 && h.instances.len() >= l.max_instances {
+            return Err(EngineError::resource_exhausted(format!(
+                "task hub '{hub}' holds {} instances, its limit (max_instances); finished ones are purged after their retention, or purge them",
+                h.instances.len()
+            )));
+        }
+        let backlog = h.ready.len() + h.activity_order.len();
+        if l.max_backlog > 0 && backlog >= l.max_backlog {
+            return Err(EngineError::resource_exhausted(format!(
+                "task hub '{hub}' has {backlog} work items waiting, its limit (max_backlog); try again when workers catch up"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Purges the finished instances whose retention has passed; returns how many.
+    pub fn purge_expired(&mut self, now: DateTime<Utc>) -> usize {
+        if !self.limits.retention.any() {
+            return 0;
+        }
+        let mut expired = Vec::new();
+        for (hub, h) in &self.hubs {
+            for (id, i) in &h.instances {
+                if !is_terminal(i.row.status) {
+                    continue;
+                }
+                let ended = i.row.completed.unwrap_or(i.row.last_updated);
+                if self
+                    .limits
+                    .retention
+                    .of(i.row.status)
+                    .is_some_and(|keep| now - ended >= keep)
+                {
+                    expired.push((hub.clone(), id.clone()));
+                }
+            }
+        }
+        for (hub, id) in &expired {
+            self.drop_instance(hub, id);
+        }
+        expired.len()
     }
 
     pub fn take_changes(&mut self) -> Vec<Change> {

@@ -28,6 +28,10 @@ use crate::store::SqliteStore;
 mod dispatch;
 mod rpc;
 
+/// How often finished instances are checked against their retention (a scan of every instance,
+/// so not on every timer tick).
+const RETENTION_SWEEP: Duration = Duration::from_secs(2);
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Counters {
@@ -56,6 +60,10 @@ pub struct Shared {
     pub counters: Counters,
     /// Whether spans are exported (OTLP configured): only then are dispatch spans built.
     trace_spans: AtomicBool,
+    /// Set once a state change could not be persisted (or a lock was poisoned): memory may then be
+    /// ahead of disk, so the scheduler refuses everything and stops; a restart reloads the last
+    /// committed state (fail-stop).
+    failed: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -85,7 +93,44 @@ impl Shared {
             ping_interval,
             counters: Counters::default(),
             trace_spans: AtomicBool::new(false),
+            failed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Why the scheduler stopped serving, if a storage or lock failure made it stop.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Stops the scheduler for good after a failure that may leave memory ahead of disk: every
+    /// later call is refused, streams end, and `serve` returns an error (the process exits
+    /// non-zero, and its restart reloads what was committed).
+    fn fail_stop(&self, reason: String) -> Status {
+        tracing::error!(%reason, "stopping: the scheduler's state can no longer be trusted to match its store");
+        let _ = self.failed.set(reason);
+        self.shutdown.cancel();
+        self.refusal()
+    }
+
+    fn refusal(&self) -> Status {
+        Status::unavailable(format!(
+            "the scheduler stopped after a failure ({}); it reloads its last committed state when restarted",
+            self.failure().unwrap_or("unknown")
+        ))
+    }
+
+    /// Health of what readiness depends on: no failure, neither lock poisoned.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(reason) = self.failure() {
+            return Err(format!("stopped after a failure: {reason}"));
+        }
+        if self.engine.is_poisoned() {
+            return Err("the engine lock is poisoned".into());
+        }
+        if self.store.as_ref().is_some_and(Mutex::is_poisoned) {
+            return Err("the store lock is poisoned".into());
+        }
+        Ok(())
     }
 
     /// Runs one engine operation, writes its changes in one transaction, then wakes whoever waits.
@@ -93,24 +138,26 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut Engine) -> Result<T, E>,
     ) -> Result<T, Status> {
+        if self.failed.get().is_some() {
+            return Err(self.refusal());
+        }
         let mut engine = self
             .engine
             .lock()
-            .map_err(|_| Status::internal("scheduler state is poisoned"))?;
+            .map_err(|_| self.fail_stop("the engine lock is poisoned".into()))?;
         let result = f(&mut engine);
         let changes = engine.take_changes();
         let timer_added = changes.iter().any(|c| matches!(c, Change::PutTimer { .. }));
         if let Some(store) = &self.store
             && let Err(e) = store
                 .lock()
-                .map_err(|_| "store lock poisoned".to_string())
+                .map_err(|_| "the store lock is poisoned".to_string())
                 .and_then(|mut s| s.apply(changes).map_err(|e| e.to_string()))
         {
+            // Memory is now ahead of disk. Undoing the change would need every engine operation
+            // to be reversible; stopping is simpler and cannot be wrong.
             self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "could not persist a state change");
-            return Err(Status::unavailable(format!(
-                "the scheduler could not persist the change: {e}"
-            )));
+            return Err(self.fail_stop(format!("could not persist a state change: {e}")));
         }
         drop(engine);
         self.work.notify_waiters();
@@ -124,6 +171,9 @@ impl Shared {
     /// Engine access for operations that change nothing durable and must not wake anyone
     /// (taking work: a dispatch loop waking itself would spin).
     pub fn quiet<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> Option<T> {
+        if self.failed.get().is_some() {
+            return None;
+        }
         self.engine.lock().ok().map(|mut e| f(&mut e))
     }
 
@@ -141,11 +191,28 @@ impl Shared {
     /// Fires due timers, forever (until shutdown).
     pub async fn run_timers(self: Arc<Self>) {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut last_purge = std::time::Instant::now();
         loop {
             let planned = self.timers.notified();
+            let sweep_retention = last_purge.elapsed() >= RETENTION_SWEEP;
             let next = self
-                .with_engine(|e| Ok::<_, EngineError>(e.fire_due_timers(Utc::now())))
+                .with_engine(|e| {
+                    let now = Utc::now();
+                    if sweep_retention {
+                        let purged = e.purge_expired(now);
+                        if purged > 0 {
+                            tracing::info!(
+                                purged,
+                                "purged finished instances past their retention"
+                            );
+                        }
+                    }
+                    Ok::<_, EngineError>(e.fire_due_timers(now))
+                })
                 .unwrap_or(None);
+            if sweep_retention {
+                last_purge = std::time::Instant::now();
+            }
             let wait = next
                 .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(1))
@@ -176,7 +243,7 @@ fn hub_of<T>(req: &Request<T>) -> Result<String, Status> {
 }
 
 type Res<T> = Result<Response<T>, Status>;
-type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
+type WorkStream<T = pb::WorkItem> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Service {
     /// A read-only call: no store write, no wake-ups.

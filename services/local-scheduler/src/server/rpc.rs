@@ -188,6 +188,29 @@ impl pb::TaskHubSidecarService for Service {
         })
     }
 
+    /// The history in chunks of at most about 256 KiB, as DTS serves it.
+    async fn stream_instance_history(
+        &self,
+        req: Request<pb::StreamInstanceHistoryRequest>,
+    ) -> Res<WorkStream<pb::HistoryChunk>> {
+        let r = req.get_ref().clone();
+        let events = self
+            .read(&req, |e, hub| {
+                e.history(hub, &r.instance_id, r.execution_id.as_deref())
+            })?
+            .into_inner()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no instance '{}' (or not that execution)",
+                    r.instance_id
+                ))
+            })?;
+        let chunks = history_chunks(events, HISTORY_CHUNK_BYTES);
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+
     async fn get_work_items(&self, req: Request<pb::GetWorkItemsRequest>) -> Res<WorkStream> {
         let hub = hub_of(&req)?;
         self.read(&req, |_, _| Ok(()))?;
@@ -309,5 +332,67 @@ impl pb::TaskHubSidecarService for Service {
         _r: Request<pb::AbandonEntityTaskRequest>,
     ) -> Res<pb::AbandonEntityTaskResponse> {
         Err(entities_unsupported())
+    }
+}
+
+/// Upper size of one `HistoryChunk` (the .NET DTS host uses about the same).
+const HISTORY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Splits a history into chunks of at most `max` encoded bytes (an event larger than that gets
+/// a chunk of its own); an empty history is one empty chunk, so the client sees the instance.
+fn history_chunks(events: Vec<pb::HistoryEvent>, max: usize) -> Vec<pb::HistoryChunk> {
+    use prost::Message;
+    let mut chunks = vec![pb::HistoryChunk::default()];
+    let mut size = 0;
+    for e in events {
+        let n = e.encoded_len();
+        let last = chunks.last_mut().expect("at least one chunk");
+        if size + n > max && !last.events.is_empty() {
+            chunks.push(pb::HistoryChunk::default());
+            size = 0;
+        }
+        size += n;
+        chunks
+            .last_mut()
+            .expect("at least one chunk")
+            .events
+            .push(e);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histories_are_cut_into_bounded_chunks_in_order() {
+        let events: Vec<pb::HistoryEvent> = (0..100)
+            .map(|i| pb::HistoryEvent {
+                event_id: i,
+                timestamp: None,
+                event_type: Some(pb::history_event::EventType::EventRaised(
+                    pb::EventRaisedEvent {
+                        name: "e".into(),
+                        input: Some("x".repeat(1000)),
+                    },
+                )),
+            })
+            .collect();
+        let chunks = history_chunks(events, 10_000);
+        assert!(chunks.len() >= 10, "{}", chunks.len());
+        use prost::Message;
+        assert!(chunks.iter().all(|c| c.encoded_len() <= 10_000 + 16));
+        let ids: Vec<i32> = chunks
+            .iter()
+            .flat_map(|c| &c.events)
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        assert_eq!(
+            history_chunks(vec![], 10).len(),
+            1,
+            "an empty history is one empty chunk"
+        );
     }
 }
