@@ -1,6 +1,5 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the body types.
 
-use serde_json::Value;
 use utoipa::OpenApi;
 
 use crate::GatewayConfig;
@@ -63,42 +62,35 @@ pub struct ApiDoc;
 
 impl ApiDoc {
     /// The document with this deployment's limits filled in (they are configurable, so the
-    /// annotations cannot carry them).
+    /// annotations cannot carry them). Patched on the typed document: a round trip through JSON
+    /// would silently lose the patch for schemas that do not read back.
     pub fn for_config(config: &GatewayConfig) -> utoipa::openapi::OpenApi {
-        let doc = Self::openapi();
-        let Ok(mut json) = serde_json::to_value(&doc) else {
-            return doc;
-        };
-        let limits = [
-            (
-                "/components/schemas/ProcessRequest/properties/name",
-                "maxLength",
-                config.max_name_chars as u64,
-            ),
-            (
-                "/components/schemas/ProcessRequest/properties/delay_seconds",
-                "maximum",
-                config.max_delay_seconds,
-            ),
-            (
-                "/components/schemas/SampleStartRequest/properties/processing_time",
-                "maximum",
-                config.max_delay_seconds,
-            ),
-        ];
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{Object, Schema};
+        let mut doc = Self::openapi();
         let sample_default = contract::SAMPLE_DEFAULT_SECONDS
             .unsigned_abs()
             .min(config.max_delay_seconds);
-        let limits = limits.into_iter().chain([(
-            "/components/schemas/SampleStartRequest/properties/processing_time",
-            "default",
-            sample_default,
-        )]);
-        for (pointer, key, value) in limits {
-            if let Some(Value::Object(schema)) = json.pointer_mut(pointer) {
-                schema.insert(key.to_string(), value.into());
-            }
+        let max_delay = usize::try_from(config.max_delay_seconds).unwrap_or(usize::MAX);
+        if let Some(components) = doc.components.as_mut() {
+            let mut property = |schema: &str, field: &str, patch: &dyn Fn(&mut Object)| {
+                if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(schema)
+                    && let Some(RefOr::T(Schema::Object(p))) = o.properties.get_mut(field)
+                {
+                    patch(p);
+                }
+            };
+            property("ProcessRequest", "name", &|p| {
+                p.max_length = Some(config.max_name_chars);
+            });
+            property("ProcessRequest", "delay_seconds", &|p| {
+                p.maximum = Some(max_delay.into());
+            });
+            property("SampleStartRequest", "processing_time", &|p| {
+                p.maximum = Some(max_delay.into());
+                p.default = Some(sample_default.into());
+            });
         }
-        serde_json::from_value(json).unwrap_or(doc)
+        doc
     }
 }

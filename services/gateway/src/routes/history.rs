@@ -41,9 +41,9 @@ pub struct HistoryEntry {
     /// The `event_id` of the event this one answers (a task, sub-orchestration or timer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_id: Option<i32>,
-    /// The input, result or event data it carries (JSON).
+    /// The input, result or event data it carries: any JSON value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub data: Option<Value>,
     /// Why a task, a sub-orchestration or the orchestration failed.
     #[serde(skip_serializing_if = "Option::is_none")]
