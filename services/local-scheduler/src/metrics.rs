@@ -164,8 +164,13 @@ impl Collector for StateCollector {
             ),
             (
                 "dts_local_work_items_redelivered",
-                "Work items queued again after a lost stream or an expired lease",
+                "Work items queued again after their worker's stream ended",
                 load(&c.redelivered),
+            ),
+            (
+                "dts_local_long_poll_wakeups",
+                "Times a waiting WaitForInstance* call was woken to look at its instance again",
+                load(&c.long_poll_wakeups),
             ),
             (
                 "dts_local_store_errors",

@@ -1248,6 +1248,86 @@ async fn futures_all_gone(client: &Client, ids: &[String]) -> bool {
     true
 }
 
+/// A long poll wakes only for its own instance: other instances running to completion, and the
+/// scheduler idling with its timer task, wake it not once; its own instance's end does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_only_for_its_own_instance() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let waiting = client
+        .schedule_new_orchestration("approval", &(), StartOptions::default())
+        .await
+        .expect("start");
+    let poll = tokio::spawn({
+        let client = client.clone();
+        let waiting = waiting.clone();
+        async move {
+            client
+                .wait_for_instance_completion(&waiting, true, Duration::from_secs(60))
+                .await
+        }
+    });
+    let worker = scenarios::start_worker(&conn);
+    // Let the waited-for instance reach its event wait (its own episode may wake the poll).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = client
+            .get_instance(&waiting, true)
+            .await
+            .expect("get")
+            .expect("exists");
+        if m.custom_status::<String>().ok().as_deref() == Some("waiting for approval") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = counter(&s.metrics().await, "dts_local_long_poll_wakeups_total");
+    // Twenty other operations, then two idle seconds (two timer-task ticks).
+    for _ in 0..20 {
+        run_to_end_quietly(&client).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_others = counter(&s.metrics().await, "dts_local_long_poll_wakeups_total");
+    assert_eq!(
+        after_others, before,
+        "other instances' changes and idle ticks woke the long poll"
+    );
+    assert!(!poll.is_finished());
+    client
+        .raise_event(&waiting, "Approval", &"yes")
+        .await
+        .expect("raise");
+    let done = poll.await.expect("task").expect("wait").expect("exists");
+    assert_eq!(done.runtime_status, OrchestrationStatus::Completed);
+    assert!(counter(&s.metrics().await, "dts_local_long_poll_wakeups_total") > before);
+    worker.shutdown().await;
+}
+
+/// Runs one orchestration to its end, watching it with plain reads (a long poll of its own would
+/// count in the wake-ups).
+async fn run_to_end_quietly(client: &Client) {
+    let id = client
+        .schedule_new_orchestration("sequence", &["x"], StartOptions::default())
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = client
+            .get_instance(&id, false)
+            .await
+            .expect("get")
+            .expect("exists");
+        if m.runtime_status == OrchestrationStatus::Completed {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 // ------------------------------------------------------------- configuration and shutdown
 
 #[tokio::test]

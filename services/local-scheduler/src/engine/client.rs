@@ -363,55 +363,64 @@ impl Engine {
         Ok(count)
     }
 
+    /// One page of instances in (created, id) order, from where the continuation token says
+    /// the last page ended: the cost of a page does not depend on how many instances exist
+    /// (only on how many it skips for not matching a filter).
     pub fn query(
         &mut self,
         hub: &str,
         q: &pb::InstanceQuery,
     ) -> Result<pb::QueryInstancesResponse, EngineError> {
+        use std::ops::Bound;
         let from = q.created_time_from.as_ref().map(from_ts);
         let to = q.created_time_to.as_ref().map(from_ts);
         let prefix = q.instance_id_prefix.as_ref().map(|p| p.to_lowercase());
-        let mut matching: Vec<&Instance> = self
-            .hub(hub)?
-            .instances
-            .values()
-            .map(|i| &**i)
-            .filter(|i| q.runtime_status.is_empty() || q.runtime_status.contains(&i.row.status))
-            .filter(|i| {
-                from.is_none_or(|t| i.row.created >= t) && to.is_none_or(|t| i.row.created <= t)
-            })
-            .filter(|i| {
-                prefix
-                    .as_ref()
-                    .is_none_or(|p| i.row.instance_id.to_lowercase().starts_with(p))
-            })
-            .collect();
-        matching.sort_by(|a, b| {
-            (a.row.created, &a.row.instance_id).cmp(&(b.row.created, &b.row.instance_id))
-        });
-        let offset: usize = match q.continuation_token.as_deref() {
-            None | Some("") => 0,
-            Some(t) => t.parse().map_err(|_| {
-                EngineError::invalid_argument(format!(
-                    "continuation token '{t}' is not one this server issued"
-                ))
-            })?,
+        let after = match q.continuation_token.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(parse_page_token(t)?),
+        };
+        let lower = match (after, from) {
+            (Some(key), Some(f)) if key.0 < f => Bound::Included((f, String::new())),
+            (Some(key), _) => Bound::Excluded(key),
+            (None, Some(f)) => Bound::Included((f, String::new())),
+            (None, None) => Bound::Unbounded,
         };
         let page = if q.max_instance_count > 0 {
             q.max_instance_count as usize
         } else {
             100
         };
-        let slice: Vec<pb::OrchestrationState> = matching
-            .iter()
-            .skip(offset)
-            .take(page)
-            .map(|i| i.state(q.fetch_inputs_and_outputs))
-            .collect();
-        let next = offset + slice.len();
+        let h = self.hub(hub)?;
+        let mut states = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for (created, id) in h.by_created.range((lower, Bound::Unbounded)) {
+            if to.is_some_and(|t| *created > t) {
+                break;
+            }
+            let Some(i) = h.instances.get(id) else {
+                continue;
+            };
+            let matches = (q.runtime_status.is_empty() || q.runtime_status.contains(&i.row.status))
+                && prefix
+                    .as_ref()
+                    .is_none_or(|p| i.row.instance_id.to_lowercase().starts_with(p));
+            if !matches {
+                continue;
+            }
+            if states.len() == page {
+                more = true;
+                break;
+            }
+            states.push(i.state(q.fetch_inputs_and_outputs));
+            last = Some((*created, id));
+        }
         Ok(pb::QueryInstancesResponse {
-            orchestration_state: slice,
-            continuation_token: (next < matching.len()).then(|| next.to_string()),
+            orchestration_state: states,
+            continuation_token: more
+                .then_some(last)
+                .flatten()
+                .map(|(created, id)| page_token(created, id)),
         })
     }
 
@@ -459,4 +468,106 @@ impl Engine {
     }
 
     // ------------------------------------------------------------ worker side
+}
+
+/// The continuation token of a query page: where it ended, as (created, id).
+fn page_token(created: DateTime<Utc>, id: &str) -> String {
+    format!("{}:{id}", created.timestamp_nanos_opt().unwrap_or(0))
+}
+
+fn parse_page_token(t: &str) -> Result<(DateTime<Utc>, String), EngineError> {
+    t.split_once(':')
+        .and_then(|(nanos, id)| Some((nanos.parse::<i64>().ok()?, id)))
+        .map(|(nanos, id)| (DateTime::from_timestamp_nanos(nanos), id.to_string()))
+        .ok_or_else(|| {
+            EngineError::invalid_argument(format!(
+                "continuation token '{t}' is not one this server issued"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(e: &mut Engine, id: &str) {
+        e.start_instance(
+            "h",
+            pb::CreateInstanceRequest {
+                instance_id: id.into(),
+                name: "o".into(),
+                ..Default::default()
+            },
+        )
+        .expect("start");
+    }
+
+    fn page(e: &mut Engine, size: i32, token: Option<String>) -> pb::QueryInstancesResponse {
+        e.query(
+            "h",
+            &pb::InstanceQuery {
+                max_instance_count: size,
+                continuation_token: token,
+                ..Default::default()
+            },
+        )
+        .expect("query")
+    }
+
+    #[test]
+    fn pages_follow_each_other_by_keyset_in_creation_order() {
+        let mut e = Engine::new(&["h".to_string()]);
+        let ids: Vec<String> = (0..7).map(|i| format!("i{i}")).collect();
+        for id in &ids {
+            start(&mut e, id);
+        }
+        let mut seen = Vec::new();
+        let mut token = None;
+        let mut pages = 0;
+        loop {
+            let p = page(&mut e, 3, token.take());
+            pages += 1;
+            seen.extend(p.orchestration_state.iter().map(|s| s.instance_id.clone()));
+            match p.continuation_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        let mut by_creation: Vec<(DateTime<Utc>, String)> = e.hubs["h"]
+            .instances
+            .values()
+            .map(|i| (i.row.created, i.row.instance_id.clone()))
+            .collect();
+        by_creation.sort();
+        let expected: Vec<String> = by_creation.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(
+            seen, expected,
+            "every instance once, in (created, id) order"
+        );
+
+        // A page that started before an instance was purged still continues after it.
+        let first = page(&mut e, 2, None);
+        let token = first.continuation_token.expect("more");
+        let next_id = seen[2].clone();
+        e.hubs.get_mut("h").map(|h| {
+            h.instances.get_mut(&next_id).map(|i| {
+                i.row.status = pb::OrchestrationStatus::Completed as i32;
+            })
+        });
+        e.purge_one("h", &next_id, false).expect("purge");
+        let second = page(&mut e, 2, Some(token));
+        assert_eq!(second.orchestration_state[0].instance_id, seen[3]);
+
+        assert!(matches!(
+            e.query(
+                "h",
+                &pb::InstanceQuery {
+                    continuation_token: Some("not-a-token".into()),
+                    ..Default::default()
+                }
+            ),
+            Err(EngineError::InvalidArgument(_))
+        ));
+    }
 }

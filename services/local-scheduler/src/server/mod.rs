@@ -5,6 +5,7 @@
 //! - `rpc`: the service's methods;
 //! - `dispatch`: the loop that feeds one worker's work-item stream, and its spans.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,7 @@ pub struct Counters {
     pub redelivered: AtomicU64,
     pub streams_open: AtomicU64,
     pub store_errors: AtomicU64,
+    pub long_poll_wakeups: AtomicU64,
 }
 
 pub struct Shared {
@@ -50,8 +52,9 @@ pub struct Shared {
     store: Option<Mutex<SqliteStore>>,
     /// Woken when new work may be available.
     work: Notify,
-    /// Woken on every state change, for the long-poll RPCs.
-    changed: Notify,
+    /// The long polls (`WaitForInstance*`) by (hub, instance): a change wakes only its own
+    /// instance's waiters.
+    waiters: Mutex<HashMap<(String, String), Arc<Notify>>>,
     /// Woken when a timer was added, so the timer task re-plans.
     timers: Notify,
     next_stream: AtomicU64,
@@ -86,7 +89,7 @@ impl Shared {
             engine: Mutex::new(engine),
             store: store.map(Mutex::new),
             work: Notify::new(),
-            changed: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
             timers: Notify::new(),
             next_stream: AtomicU64::new(1),
             shutdown,
@@ -146,6 +149,7 @@ impl Shared {
             .lock()
             .map_err(|_| self.fail_stop("the engine lock is poisoned".into()))?;
         let result = f(&mut engine);
+        let touched = engine.take_touched();
         let changes = engine.take_changes();
         let timer_added = changes.iter().any(|c| matches!(c, Change::PutTimer { .. }));
         if let Some(store) = &self.store
@@ -161,11 +165,44 @@ impl Shared {
         }
         drop(engine);
         self.work.notify_waiters();
-        self.changed.notify_waiters();
+        self.wake(&touched);
         if timer_added {
             self.timers.notify_one();
         }
         result.map_err(Into::into)
+    }
+
+    /// Wakes the long polls of the instances that changed (and nobody else).
+    fn wake(&self, touched: &[(String, String)]) {
+        if touched.is_empty() {
+            return;
+        }
+        let Ok(waiters) = self.waiters.lock() else {
+            return;
+        };
+        if waiters.is_empty() {
+            return;
+        }
+        for key in touched {
+            if let Some(n) = waiters.get(key) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Registers a long poll on one instance; dropping the guard unregisters it.
+    pub fn waiter(&self, hub: &str, instance_id: &str) -> Waiter<'_> {
+        let key = (hub.to_string(), instance_id.to_string());
+        let notify = self
+            .waiters
+            .lock()
+            .map(|mut w| w.entry(key.clone()).or_default().clone())
+            .unwrap_or_default();
+        Waiter {
+            shared: self,
+            key,
+            notify,
+        }
     }
 
     /// Engine access for operations that change nothing durable and must not wake anyone
@@ -195,6 +232,21 @@ impl Shared {
         loop {
             let planned = self.timers.notified();
             let sweep_retention = last_purge.elapsed() >= RETENTION_SWEEP;
+            // Only a due timer or the retention sweep changes anything: otherwise nothing is
+            // written and nobody is woken.
+            let due = self.quiet(|e| e.next_timer_due()).flatten();
+            if !sweep_retention && due.is_none_or(|t| t > Utc::now()) {
+                let wait = due
+                    .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1));
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = planned => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
             let next = self
                 .with_engine(|e| {
                     let now = Utc::now();
@@ -302,8 +354,10 @@ impl Service {
     ) -> Res<pb::GetInstanceResponse> {
         let hub = hub_of(&req)?;
         let r = req.into_inner();
+        let waiter = self.shared.waiter(&hub, &r.instance_id);
         loop {
-            let changed = self.shared.changed.notified();
+            // Created before the state is read: a change in between still wakes it.
+            let changed = waiter.notify.notified();
             let state = self
                 .shared
                 .quiet(|e| e.get(&hub, &r.instance_id, r.get_inputs_and_outputs))
@@ -325,7 +379,9 @@ impl Service {
             }
             // Held until the state changes; the caller's deadline or disconnect cancels this future.
             tokio::select! {
-                _ = changed => {}
+                _ = changed => {
+                    self.shared.counters.long_poll_wakeups.fetch_add(1, Ordering::Relaxed);
+                }
                 _ = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the scheduler is shutting down")),
             }
         }
@@ -345,6 +401,24 @@ impl From<EngineError> for Status {
             EngineError::AlreadyExists(m) => Status::already_exists(m),
             EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
             EngineError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        }
+    }
+}
+
+/// A registered long poll; see [`Shared::waiter`].
+pub struct Waiter<'a> {
+    shared: &'a Shared,
+    key: (String, String),
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiters) = self.shared.waiters.lock()
+            // Ours and the map's: nobody else waits on this instance.
+            && Arc::strong_count(&self.notify) == 2
+        {
+            waiters.remove(&self.key);
         }
     }
 }
