@@ -124,6 +124,7 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs t
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
+	cargo bench -p local-scheduler --bench scheduler_state
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p gateway --bench gateway_throughput
 

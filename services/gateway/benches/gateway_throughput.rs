@@ -8,6 +8,7 @@
 //! --bench gateway_throughput`). Prints a table; no assertions.
 
 use test_support::net::{free_port, wait_port};
+use test_support::process::{cpu_seconds, rss_mib};
 use test_support::python as pyenv;
 
 use std::path::PathBuf;
@@ -39,34 +40,6 @@ async fn spawn(bin: PathBuf, env: &[(&str, String)], port: u16) -> Child {
     let child = cmd.spawn().expect("spawn");
     wait_port(port).await;
     child
-}
-
-/// Peak and current resident set size of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
-    ticks / 100.0
 }
 
 /// Reads one HTTP/1.1 response (Content-Length bodies); returns the status code.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use durabletask::{Error as DtsError, OrchestrationMetadata};
+use durabletask::{Error as DtsError, OrchestrationMetadata, StartOptions};
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::extract::valid_id;
@@ -91,6 +92,32 @@ pub(crate) fn timed_out(state: &AppState) -> Problem {
         "the Durable Task Scheduler did not answer in time; try again shortly",
     )
     .retry_after(state.config.retry_after_seconds)
+}
+
+/// Starts `name` as instance `id`, in a `create_orchestration` span whose trace context the
+/// orchestration continues; counted in `gateway_operations_started`.
+pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    id: &str,
+    input: &I,
+) -> Result<(), Problem> {
+    let (span, trace) = create_span(name, id, headers);
+    let opts = StartOptions {
+        instance_id: Some(id.to_string()),
+        parent_trace_context: trace,
+        ..Default::default()
+    };
+    with_deadline(
+        state,
+        "StartInstance",
+        state.client.schedule_new_orchestration(name, input, opts),
+    )
+    .instrument(span)
+    .await?;
+    state.metrics.started.inc();
+    Ok(())
 }
 
 /// An operation's metadata, `404` when there is none.

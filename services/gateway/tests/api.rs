@@ -513,23 +513,8 @@ async fn bad_list_and_wait_queries_are_400_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_and_long_poll_over_real_processes() {
-    let (_sched, endpoint) = local_scheduler().await;
-    let worker_admin = free_port();
-    let _worker = spawn(
-        "worker",
-        &[
-            ("ENDPOINT", endpoint.clone()),
-            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
-        ],
-        worker_admin,
-    )
-    .await;
-    let gw_port = free_port();
-    let state = state_for(&endpoint, GatewayConfig::default()).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", gw_port))
-        .await
-        .expect("bind");
-    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let sys = system(GatewayConfig::default()).await;
+    let gw_port = sys.port;
 
     // Long poll: one request, answered when the operation ends (about 1 s), not at once.
     let (_, _, v) = http(
@@ -735,23 +720,8 @@ async fn wrong_types_name_the_field_and_its_range() {
 /// `204` once finished, and `404` for everything about it afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_in_order_then_purge_over_real_processes() {
-    let (_sched, endpoint) = local_scheduler().await;
-    let worker_admin = free_port();
-    let _worker = spawn(
-        "worker",
-        &[
-            ("ENDPOINT", endpoint.clone()),
-            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
-        ],
-        worker_admin,
-    )
-    .await;
-    let gw_port = free_port();
-    let state = state_for(&endpoint, GatewayConfig::default()).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", gw_port))
-        .await
-        .expect("bind");
-    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let sys = system(GatewayConfig::default()).await;
+    let gw_port = sys.port;
 
     let (s, _, v) = http(
         gw_port,

@@ -4,15 +4,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
-use durabletask::StartOptions;
-use tracing::Instrument;
 
 use crate::extract::{FieldRules, JsonBody};
 use crate::idempotency::{idempotency_key, start_idempotent};
 use crate::model::OperationState;
 use crate::problem::{Problem, invalid};
 use crate::respond::accepted;
-use crate::scheduler::{create_span, with_deadline};
+use crate::scheduler::start_orchestration;
 use crate::{AppState, GatewayConfig};
 
 impl FieldRules for ProcessRequest {
@@ -85,22 +83,7 @@ pub(crate) async fn start_process(
         None => {
             // Random and unguessable: the id is the only key to the operation's status and result.
             let id = uuid::Uuid::new_v4().simple().to_string();
-            let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, &headers);
-            let opts = StartOptions {
-                instance_id: Some(id.clone()),
-                parent_trace_context: trace,
-                ..Default::default()
-            };
-            with_deadline(
-                &state,
-                "StartInstance",
-                state
-                    .client
-                    .schedule_new_orchestration(PROCESS_ORCHESTRATION, &input, opts),
-            )
-            .instrument(span)
-            .await?;
-            state.metrics.started.inc();
+            start_orchestration(&state, &headers, PROCESS_ORCHESTRATION, &id, &input).await?;
             id
         }
     };

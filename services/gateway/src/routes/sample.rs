@@ -5,10 +5,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use contract::{SAMPLE_DEFAULT_SECONDS, SAMPLE_ORCHESTRATION, SampleInput};
-use durabletask::{OrchestrationStatus, StartOptions};
+use durabletask::OrchestrationStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::Instrument;
 use utoipa::ToSchema;
 
 use crate::extract::{FieldRules, OperationPath, OptionalJsonBody};
@@ -16,7 +15,7 @@ use crate::links::base;
 use crate::model::{error_of, rfc3339};
 use crate::problem::{Problem, invalid};
 use crate::respond::{JSON, json_response, location, retry_after};
-use crate::scheduler::{create_span, fetch, with_deadline};
+use crate::scheduler::{fetch, start_orchestration};
 use crate::{AppState, GatewayConfig};
 
 /// The original sample's start request.
@@ -102,22 +101,7 @@ pub(crate) async fn sample_start(
         operation_id: Some(id.clone()),
         processing_time: Some(processing_time),
     };
-    let (span, trace) = create_span(SAMPLE_ORCHESTRATION, &id, &headers);
-    let opts = StartOptions {
-        instance_id: Some(id.clone()),
-        parent_trace_context: trace,
-        ..Default::default()
-    };
-    with_deadline(
-        &state,
-        "StartInstance",
-        state
-            .client
-            .schedule_new_orchestration(SAMPLE_ORCHESTRATION, &input, opts),
-    )
-    .instrument(span)
-    .await?;
-    state.metrics.started.inc();
+    start_orchestration(&state, &headers, SAMPLE_ORCHESTRATION, &id, &input).await?;
     let status_url = format!("/api/operations/{id}");
     let absolute = format!("{}{status_url}", base(&state, &headers));
     let mut resp = json_response(

@@ -165,3 +165,36 @@ pub async fn http_with_headers(
 pub fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
     h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
+
+/// A whole system on loopback: a local scheduler and a worker as processes, and the gateway in
+/// this process on `port`. The processes stop when it is dropped.
+pub struct System {
+    _scheduler: Child,
+    _worker: Child,
+    pub port: u16,
+}
+
+pub async fn system(config: GatewayConfig) -> System {
+    let (scheduler, endpoint) = local_scheduler().await;
+    let worker_admin = free_port();
+    let worker = spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
+        ],
+        worker_admin,
+    )
+    .await;
+    let port = free_port();
+    let state = state_for(&endpoint, config).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    System {
+        _scheduler: scheduler,
+        _worker: worker,
+        port,
+    }
+}

@@ -1,0 +1,226 @@
+//! What the scheduler's bounded-state work buys, measured in one run:
+//! - a list page (`QueryInstances`, 50 per page) with 1,000 and with 100,000 instances, timed in
+//!   process on the engine (keyset paging: the two should be about equal);
+//! - new starts at a fixed rate while 10,000 `WaitForInstanceCompletion` long polls (30 s) wait
+//!   on running operations, against the same rate with none: start latency p50/p99 and the
+//!   scheduler's CPU (long polls wake only for their own instance).
+//!
+//! `cargo bench -p local-scheduler --bench scheduler_state` (or `make bench`). Prints a table; no
+//! assertions.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use durabletask::{Client, Connection, ConnectionOptions, StartOptions};
+use durabletask_proto as pb;
+use local_scheduler::engine::Engine;
+use test_support::net::{free_port, wait_port};
+use test_support::process::{cpu_seconds, rss_mib};
+use tokio::process::{Child, Command};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Median and p99 time of one 50-instance page, walking every page from the first, 2,000 pages.
+fn page_latency(instances: usize) -> (Duration, Duration) {
+    let mut e = Engine::new(&["h".to_string()]).without_persistence();
+    for i in 0..instances {
+        e.start_instance(
+            "h",
+            pb::CreateInstanceRequest {
+                instance_id: format!("i{i:07}"),
+                name: "o".into(),
+                ..Default::default()
+            },
+        )
+        .expect("start");
+        if i % 10_000 == 0 {
+            e.take_changes();
+            e.take_touched();
+        }
+    }
+    let mut times = Vec::with_capacity(2_000);
+    while times.len() < 2_000 {
+        let mut token = None;
+        loop {
+            let q = pb::InstanceQuery {
+                max_instance_count: 50,
+                continuation_token: token.take(),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let page = e.query("h", &q).expect("query");
+            times.push(t.elapsed());
+            match page.continuation_token {
+                Some(next) if times.len() < 2_000 => token = Some(next),
+                _ => break,
+            }
+        }
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+async fn scheduler() -> (Child, u16) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_local-scheduler"))
+        .env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "LOCAL_SCHEDULER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("LOCAL_SCHEDULER__STORE", "memory")
+        // No worker runs here: everything stays waiting, so lift the limits.
+        .env("LOCAL_SCHEDULER__MAX_INSTANCES", "0")
+        .env("LOCAL_SCHEDULER__MAX_BACKLOG", "0")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn local-scheduler");
+    wait_port(port).await;
+    (child, port)
+}
+
+async fn connect(port: u16) -> Connection {
+    Connection::connect(
+        ConnectionOptions::new(&format!("http://127.0.0.1:{port}"), "default").expect("opts"),
+    )
+    .await
+    .expect("connect")
+}
+
+struct StartFigures {
+    p50: Duration,
+    p99: Duration,
+    cpu_share: f64,
+    rss: f64,
+}
+
+/// Starts at `rate` per second for `secs` seconds on a fixed schedule (latency from each start's
+/// due time); the scheduler's CPU share over the window.
+async fn starts_at_rate(client: &Client, pid: u32, rate: u32, secs: u32) -> StartFigures {
+    let total = rate * secs;
+    let interval = Duration::from_secs(1) / rate;
+    let cpu0 = cpu_seconds(pid);
+    let began = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = began + interval * i;
+        tokio::time::sleep_until(due.into()).await;
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.schedule_new_orchestration("waits", &(), StartOptions::default())
+                .await
+                .expect("start");
+            due.elapsed()
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.expect("task"));
+    }
+    let wall = began.elapsed().as_secs_f64();
+    lat.sort();
+    StartFigures {
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        cpu_share: (cpu_seconds(pid) - cpu0) / wall,
+        rss: rss_mib(pid).1,
+    }
+}
+
+async fn long_polls() -> (StartFigures, StartFigures, usize) {
+    const POLLS: usize = 10_000;
+    const CONNECTIONS: usize = 50;
+    const RATE: u32 = 500;
+    let (child, port) = scheduler().await;
+    let pid = child.id().expect("pid");
+    let conn = connect(port).await;
+    let client = Client::new(&conn);
+
+    let baseline = starts_at_rate(&client, pid, RATE, 5).await;
+
+    // 10,000 running operations (no worker: they wait), each with a long poll on it.
+    let mut ids = Vec::with_capacity(POLLS);
+    for _ in 0..POLLS {
+        ids.push(
+            client
+                .schedule_new_orchestration("waits", &(), StartOptions::default())
+                .await
+                .expect("start"),
+        );
+    }
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        clients.push(Client::new(&connect(port).await));
+    }
+    let mut polls = Vec::with_capacity(POLLS);
+    for (i, id) in ids.into_iter().enumerate() {
+        let c = clients[i % CONNECTIONS].clone();
+        polls.push(tokio::spawn(async move {
+            c.wait_for_instance_completion(&id, false, Duration::from_secs(30))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let open = polls.iter().filter(|p| !p.is_finished()).count();
+    let loaded = starts_at_rate(&client, pid, RATE, 5).await;
+    for p in polls {
+        p.abort();
+    }
+    drop(child);
+    (baseline, loaded, open)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let (small_p50, small_p99) = page_latency(1_000);
+    let (large_p50, large_p99) = page_latency(100_000);
+    println!("\nList page (50 instances, QueryInstances on the engine, in process):\n");
+    println!("| instances | p50 µs | p99 µs |");
+    println!("|---|---|---|");
+    println!(
+        "| 1,000 | {:.1} | {:.1} |",
+        small_p50.as_secs_f64() * 1e6,
+        small_p99.as_secs_f64() * 1e6
+    );
+    println!(
+        "| 100,000 | {:.1} | {:.1} |",
+        large_p50.as_secs_f64() * 1e6,
+        large_p99.as_secs_f64() * 1e6
+    );
+    println!(
+        "\nratio 100,000 / 1,000: p50 {:.2}x, p99 {:.2}x",
+        large_p50.as_secs_f64() / small_p50.as_secs_f64(),
+        large_p99.as_secs_f64() / small_p99.as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (baseline, loaded, open) = rt.block_on(long_polls());
+    println!("\nStarts at 500/s for 5 s (open loop), local scheduler in memory:\n");
+    println!(
+        "| long polls waiting | start p50 ms | start p99 ms | scheduler CPU (cores) | scheduler RSS MiB |"
+    );
+    println!("|---|---|---|---|---|");
+    for (label, f) in [("none", &baseline), (&*format!("{open}"), &loaded)] {
+        println!(
+            "| {label} | {} | {} | {:.2} | {:.1} |",
+            ms(f.p50),
+            ms(f.p99),
+            f.cpu_share,
+            f.rss
+        );
+    }
+}
