@@ -37,6 +37,13 @@ pub fn registry() -> Registry {
             Ok(vec![first, second])
         },
     );
+    r.add_orchestrator(
+        "rewindable_parent",
+        |ctx: OrchestrationContext, key: String| async move {
+            let child: Vec<String> = ctx.call_sub_orchestrator("rewindable", &key, None).await?;
+            Ok(child)
+        },
+    );
     r.add_activity("greet", |_c: ActivityContext, name: String| async move {
         Ok(format!("Hello {name}"))
     });
@@ -429,6 +436,55 @@ pub async fn rewind(client: &Client) {
         matches!(again, Err(durabletask::Error::FailedPrecondition(_))),
         "{again:?}"
     );
+}
+
+/// A failed parent whose failed sub-orchestration was purged is rewound: the child is scheduled
+/// again (as DTS does) and the parent completes with the child's new result.
+pub async fn rewind_after_child_purged(client: &Client) {
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let parent = run_to_end(client, "rewindable_parent", json!(key)).await;
+    assert_eq!(
+        parent.runtime_status,
+        OrchestrationStatus::Failed,
+        "{parent:?}"
+    );
+    let child_id = format!("{}:0000", parent.instance_id);
+    let child = client
+        .get_instance(&child_id, false)
+        .await
+        .expect("get")
+        .expect("the child exists");
+    assert_eq!(child.runtime_status, OrchestrationStatus::Failed);
+    let purged = client
+        .purge_instance(&child_id, false)
+        .await
+        .expect("purge");
+    assert_eq!(purged.deleted_instance_count, 1);
+    FIXED.lock().unwrap().push(key);
+    client
+        .rewind(&parent.instance_id, Some("dependency is back"))
+        .await
+        .expect("rewind");
+    let done = client
+        .wait_for_instance_completion(&parent.instance_id, true, DONE)
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(
+        done.runtime_status,
+        OrchestrationStatus::Completed,
+        "{done:?}"
+    );
+    assert_eq!(
+        done.output::<Value>().expect("json"),
+        json!(["Hello before", "fixed"])
+    );
+    let child = client
+        .get_instance(&child_id, false)
+        .await
+        .expect("get")
+        .expect("the child was scheduled again");
+    assert_eq!(child.runtime_status, OrchestrationStatus::Completed);
 }
 
 async fn wait_for_status(client: &Client, id: &str, want: OrchestrationStatus) {

@@ -66,25 +66,120 @@ fn page_latency(instances: usize) -> (Duration, Duration) {
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
-async fn scheduler() -> (Child, u16) {
+/// A scheduler process with the instance and backlog limits lifted (the bench decides what
+/// accumulates) and `env` on top.
+async fn scheduler_with(env: &[(&str, String)]) -> (Child, u16) {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_local-scheduler"))
-        .env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_local-scheduler"));
+    cmd.env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}"))
         .env(
             "LOCAL_SCHEDULER__ADMIN_LISTEN",
             format!("127.0.0.1:{}", free_port()),
         )
         .env("LOCAL_SCHEDULER__STORE", "memory")
-        // No worker runs here: everything stays waiting, so lift the limits.
         .env("LOCAL_SCHEDULER__MAX_INSTANCES", "0")
         .env("LOCAL_SCHEDULER__MAX_BACKLOG", "0")
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "error");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn local-scheduler");
     wait_port(port).await;
     (child, port)
+}
+
+async fn scheduler() -> (Child, u16) {
+    scheduler_with(&[]).await
+}
+
+/// Runs `n` one-activity orchestrations to their end, 64 at a time, with an in-process worker.
+async fn run_operations(port: u16, n: usize) {
+    let conn = connect(port).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(
+        durabletask::Worker::new(
+            &conn,
+            test_support::scenarios::registry(),
+            durabletask::WorkerOptions::default(),
+        )
+        .run(stop.clone()),
+    );
+    let client = Client::new(&conn);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = slots.clone().acquire_owned().await.expect("semaphore");
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            let id = c
+                .schedule_new_orchestration("sequence", &["bench"], StartOptions::default())
+                .await
+                .expect("start");
+            c.wait_for_instance_completion(&id, false, Duration::from_secs(120))
+                .await
+                .expect("wait");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    stop.cancel();
+    let _ = worker.await;
+}
+
+struct Memory {
+    /// KiB of resident memory per finished instance kept (SQLite store, no retention).
+    per_instance_kib: f64,
+    kept: usize,
+    /// Peak and final RSS after `churned` operations with a 1 s retention.
+    churn_peak_mib: f64,
+    churn_final_mib: f64,
+    churned: usize,
+}
+
+async fn finished_memory() -> Memory {
+    const KEPT: usize = 20_000;
+    const CHURNED: usize = 200_000;
+    let dir = std::env::temp_dir().join(format!("scheduler-state-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (child, port) = scheduler_with(&[
+        ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
+        (
+            "LOCAL_SCHEDULER__SQLITE_PATH",
+            dir.join("kept.db").display().to_string(),
+        ),
+        ("LOCAL_SCHEDULER__RETENTION_COMPLETED_SECONDS", "0".into()),
+    ])
+    .await;
+    let pid = child.id().expect("pid");
+    run_operations(port, 200).await;
+    let before = rss_mib(pid).1;
+    run_operations(port, KEPT).await;
+    let after = rss_mib(pid).1;
+    drop(child);
+
+    let (child, port) =
+        scheduler_with(&[("LOCAL_SCHEDULER__RETENTION_COMPLETED_SECONDS", "1".into())]).await;
+    let pid = child.id().expect("pid");
+    run_operations(port, CHURNED).await;
+    // Past the retention and a sweep, the last ones are purged too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (peak, last) = rss_mib(pid);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+    Memory {
+        per_instance_kib: (after - before) * 1024.0 / KEPT as f64,
+        kept: KEPT,
+        churn_peak_mib: peak,
+        churn_final_mib: last,
+        churned: CHURNED,
+    }
 }
 
 async fn connect(port: u16) -> Connection {
@@ -209,6 +304,7 @@ fn main() {
         .build()
         .expect("runtime");
     let (baseline, loaded, open) = rt.block_on(long_polls());
+    let memory = rt.block_on(finished_memory());
     println!("\nStarts at 500/s for 5 s (open loop), local scheduler in memory:\n");
     println!(
         "| long polls waiting | start p50 ms | start p99 ms | scheduler CPU (cores) | scheduler RSS MiB |"
@@ -223,4 +319,13 @@ fn main() {
             f.rss
         );
     }
+    println!("\nMemory of finished operations (one activity each):\n");
+    println!(
+        "- kept (SQLite store, no retention): {:.1} KiB of scheduler RSS per finished instance, over {}",
+        memory.per_instance_kib, memory.kept
+    );
+    println!(
+        "- {} operations through a scheduler with a 1 s retention (memory store): peak RSS {:.1} MiB, {:.1} MiB at the end",
+        memory.churned, memory.churn_peak_mib, memory.churn_final_mib
+    );
 }

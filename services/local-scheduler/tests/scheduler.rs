@@ -139,6 +139,7 @@ async fn sdk_scenarios_in_memory() {
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "mem-paged-").await;
     scenarios::rewind(&client).await;
+    scenarios::rewind_after_child_purged(&client).await;
     let versioned = scenarios::more(&client).await;
     let m = client
         .get_instance(&versioned, false)
@@ -187,6 +188,7 @@ async fn sdk_scenarios_on_sqlite() {
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "sql-paged-").await;
     scenarios::rewind(&client).await;
+    scenarios::rewind_after_child_purged(&client).await;
     let versioned = scenarios::more(&client).await;
     let m = client
         .get_instance(&versioned, false)

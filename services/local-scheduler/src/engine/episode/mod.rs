@@ -19,8 +19,9 @@ pub(super) struct EpisodeOutcome {
     pub messages: Vec<(String, pb::HistoryEvent, Option<DateTime<Utc>>)>,
     /// Children to terminate (the instance ended after a recursive terminate).
     pub terminate_children: Vec<String>,
-    /// Children to rewind with it (the instance was rewound).
-    pub rewind_children: Vec<String>,
+    /// Children to rewind with it (the instance was rewound): those it still waits for, each
+    /// as it was created, so one that was purged meanwhile is created again.
+    pub rewind_children: Vec<CreateSpec>,
 }
 
 impl Engine {
@@ -135,13 +136,20 @@ impl Engine {
             self.deliver(hub, &target, msg, at);
         }
         for child in rewind_children {
-            let failed = self
+            let status = self
                 .hubs
                 .get(hub)
-                .and_then(|h| h.instances.get(&child))
-                .is_some_and(|c| c.row.status == status_i32(pb::OrchestrationStatus::Failed));
-            if failed {
-                self.prepare_rewind(hub, &child, Some("parent rewound".into()));
+                .and_then(|h| h.instances.get(&child.instance_id))
+                .map(|c| c.row.status);
+            match status {
+                // Failed with the parent: rewound with it.
+                Some(s) if s == status_i32(pb::OrchestrationStatus::Failed) => {
+                    self.prepare_rewind(hub, &child.instance_id, Some("parent rewound".into()));
+                }
+                // Purged since: scheduled again, as DTS does, so the parent gets its answer.
+                None => self.create_instance(hub, child),
+                // Still running, or already done: its answer comes, or came, on its own.
+                Some(_) => {}
             }
         }
         for child in terminate_children {
@@ -367,13 +375,31 @@ pub(super) fn plan_episode(
                 _ => None,
             })
             .collect();
+        let execution_id = inst.row.execution_id.clone();
         rewind_children = history
             .iter()
             .filter_map(|e| match &e.event_type {
                 Some(EventType::SubOrchestrationInstanceCreated(c))
                     if !completed.contains(&e.event_id) =>
                 {
-                    Some(c.instance_id.clone())
+                    Some(CreateSpec {
+                        instance_id: c.instance_id.clone(),
+                        name: c.name.clone(),
+                        version: c.version.clone(),
+                        input: c.input.clone(),
+                        tags: c.tags.clone(),
+                        parent: Some(pb::ParentInstanceInfo {
+                            task_scheduled_id: e.event_id,
+                            name: Some(inst.row.name.clone()),
+                            version: inst.row.version.clone(),
+                            orchestration_instance: Some(pb::OrchestrationInstance {
+                                instance_id: instance_id.clone(),
+                                execution_id: Some(execution_id.clone()),
+                            }),
+                        }),
+                        parent_trace: c.parent_trace_context.clone(),
+                        scheduled_start: None,
+                    })
                 }
                 _ => None,
             })

@@ -308,7 +308,19 @@ fn a_rewind_adopts_the_new_history_and_rewinds_unfinished_children() {
     assert_eq!(inst.history, new_history);
     assert_eq!(inst.row.status, RUNNING);
     assert!(inst.row.output.is_none());
-    assert_eq!(out.rewind_children, ["p:0000"], "only the unfinished child");
+    let rewound: Vec<&str> = out
+        .rewind_children
+        .iter()
+        .map(|c| c.instance_id.as_str())
+        .collect();
+    assert_eq!(rewound, ["p:0000"], "only the unfinished child");
+    let child = &out.rewind_children[0];
+    assert_eq!(child.name, "child");
+    assert_eq!(
+        child.parent.as_ref().map(|p| p.task_scheduled_id),
+        Some(0),
+        "a child created again reports to the same task"
+    );
     assert_eq!(
         kinds(&inst.inbox.iter().cloned().collect::<Vec<_>>()),
         ["OrchestratorStarted"]
