@@ -5,17 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Fake, activity_item, serve};
 use durabletask::proto as pb;
 use durabletask::{
     ActivityContext, Connection, ConnectionOptions, Registry, Worker, WorkerOptions,
 };
+use test_support::fake_scheduler::{Fake, activity_item, serve};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 

@@ -1,19 +1,17 @@
 //! Client and worker against an in-process fake scheduler: headers, tokens, reconnects, drain.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use common::{Fake, activity_item, health_ping, serve};
 use durabletask::auth::{AuthError, Token, TokenSource};
 use durabletask::testing::HistoryBuilder;
 use durabletask::{
     ActivityContext, Client, Connection, ConnectionOptions, Error, Registry, StartOptions, Worker,
     WorkerOptions,
 };
+use test_support::fake_scheduler::{Fake, activity_item, health_ping, serve};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);

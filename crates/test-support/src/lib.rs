@@ -1,5 +1,6 @@
 //! What the project's tests and benches share, as a dev-dependency: one copy of each helper.
 //!
+//! - [`fake_scheduler`]: an in-process fake DTS server that records what the SDK sends.
 //! - [`net`]: free ports and waiting for a listener.
 //! - [`process`]: the workspace's binaries.
 //! - [`python`]: the official Python SDK as an independent peer (the project's `.venv`).
@@ -8,6 +9,7 @@
 //! - [`readme`]: the README's configuration tables, checked against the settings' defaults.
 
 pub mod exposition;
+pub mod fake_scheduler;
 pub mod net;
 pub mod process;
 pub mod python;

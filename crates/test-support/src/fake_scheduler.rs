@@ -1,6 +1,6 @@
 //! An in-process fake scheduler (tonic server) that records what the SDK sends and lets a test
 //! feed work items into the stream.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a poisoned lock should stop the test here
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
