@@ -199,6 +199,10 @@ async fn measure(
                 format!("127.0.0.1:{}", free_port()),
             ),
             ("LOCAL_SCHEDULER__STORE", "memory".into()),
+            // The starts-only runs pile up hundreds of thousands of waiting instances on
+            // purpose: this measures the front end, not the scheduler's limits.
+            ("LOCAL_SCHEDULER__MAX_INSTANCES", "0".into()),
+            ("LOCAL_SCHEDULER__MAX_BACKLOG", "0".into()),
         ],
         sched_port,
     )
