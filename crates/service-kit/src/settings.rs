@@ -71,7 +71,10 @@ pub fn load<T: DeserializeOwned + Validate>(
         }
         crate::Args::Help => return Ok(Startup::Print(help(source))),
     };
-    load_from(source, file.as_deref(), std::env::vars()).map(Startup::Run)
+    // `vars_os`: `vars` panics on a variable that is not UTF-8; such a variable is no setting.
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    load_from(source, file.as_deref(), vars).map(Startup::Run)
 }
 
 /// [`load`] from an explicit file and environment (name, value pairs): what tests call.

@@ -70,10 +70,6 @@ impl Problem {
         self.retry_after = Some(seconds);
         self
     }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl IntoResponse for Problem {
