@@ -132,9 +132,23 @@ async fn run_operations(port: u16, n: usize) {
     let _ = worker.await;
 }
 
+/// RSS once the scheduler answers gRPC: it binds its port before loading its store, and serves
+/// only after.
+async fn rss_once_serving(child: &Child, port: u16) -> f64 {
+    let client = Client::new(&connect(port).await);
+    client
+        .get_instance("any", false)
+        .await
+        .expect("the scheduler answers");
+    rss_mib(child.id().expect("pid")).1
+}
+
 struct Memory {
     /// KiB of resident memory per finished instance kept (SQLite store, no retention).
     per_instance_kib: f64,
+    /// RSS of a scheduler restarted on that file, once it has loaded it.
+    restarted_mib: f64,
+    empty_mib: f64,
     kept: usize,
     /// Peak and final RSS after `churned` operations with a 1 s retention.
     churn_peak_mib: f64,
@@ -163,9 +177,38 @@ async fn finished_memory() -> Memory {
     run_operations(port, KEPT).await;
     let after = rss_mib(pid).1;
     drop(child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same file, loaded by a new process: what a restart costs.
+    let (child, restarted_port) = scheduler_with(&[
+        ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
+        (
+            "LOCAL_SCHEDULER__SQLITE_PATH",
+            dir.join("kept.db").display().to_string(),
+        ),
+    ])
+    .await;
+    let restarted_mib = rss_once_serving(&child, restarted_port).await;
+    drop(child);
+    let (child, empty_port) = scheduler_with(&[
+        ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
+        (
+            "LOCAL_SCHEDULER__SQLITE_PATH",
+            dir.join("empty.db").display().to_string(),
+        ),
+    ])
+    .await;
+    let empty_mib = rss_once_serving(&child, empty_port).await;
+    drop(child);
 
-    let (child, port) =
-        scheduler_with(&[("LOCAL_SCHEDULER__RETENTION_COMPLETED_SECONDS", "1".into())]).await;
+    let (child, port) = scheduler_with(&[
+        ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
+        (
+            "LOCAL_SCHEDULER__SQLITE_PATH",
+            dir.join("churn.db").display().to_string(),
+        ),
+        ("LOCAL_SCHEDULER__RETENTION_COMPLETED_SECONDS", "1".into()),
+    ])
+    .await;
     let pid = child.id().expect("pid");
     run_operations(port, CHURNED).await;
     // Past the retention and a sweep, the last ones are purged too.
@@ -175,6 +218,8 @@ async fn finished_memory() -> Memory {
     let _ = std::fs::remove_dir_all(&dir);
     Memory {
         per_instance_kib: (after - before) * 1024.0 / KEPT as f64,
+        restarted_mib,
+        empty_mib,
         kept: KEPT,
         churn_peak_mib: peak,
         churn_final_mib: last,
@@ -329,7 +374,13 @@ fn main() {
         memory.per_instance_kib, memory.kept
     );
     println!(
-        "- {} operations through a scheduler with a 1 s retention (memory store): peak RSS {:.1} MiB, {:.1} MiB at the end",
+        "- restarted on that file: {:.1} MiB RSS once loaded ({:.1} MiB on an empty file): {:.2} KiB per finished instance",
+        memory.restarted_mib,
+        memory.empty_mib,
+        (memory.restarted_mib - memory.empty_mib) * 1024.0 / memory.kept as f64
+    );
+    println!(
+        "- {} operations through a scheduler with a 1 s retention (SQLite store): peak RSS {:.1} MiB, {:.1} MiB at the end",
         memory.churned, memory.churn_peak_mib, memory.churn_final_mib
     );
 }

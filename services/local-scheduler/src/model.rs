@@ -74,7 +74,8 @@ pub enum Change {
     PutInstance {
         hub: String,
         row: Box<InstanceRow>,
-        history: Vec<pb::HistoryEvent>,
+        /// `None`: the stored history stays as it is (the instance's history is on disk only).
+        history: Option<Vec<pb::HistoryEvent>>,
         inbox: Vec<pb::HistoryEvent>,
     },
     DeleteInstance {
@@ -115,6 +116,21 @@ pub struct Instance {
     pub dispatched: Vec<pb::HistoryEvent>,
     /// Set by a recursive terminate: children are terminated when this one ends.
     pub terminate_children: bool,
+    /// `Some` when the history is only in the store (a finished instance, with a store): then
+    /// `history` is empty, and this holds the sub-orchestrations the history names, which is all
+    /// a finished instance needs of it until it is read back (history requests, rewind).
+    pub history_on_disk: Option<Vec<String>>,
+}
+
+/// Instance ids of the sub-orchestrations a history created.
+pub fn children_of(history: &[pb::HistoryEvent]) -> Vec<String> {
+    history
+        .iter()
+        .filter_map(|e| match &e.event_type {
+            Some(EventType::SubOrchestrationInstanceCreated(c)) => Some(c.instance_id.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Instance {
@@ -153,13 +169,10 @@ impl Instance {
 
     /// Instance ids of sub-orchestrations this execution created.
     pub fn children(&self) -> Vec<String> {
-        self.history
-            .iter()
-            .filter_map(|e| match &e.event_type {
-                Some(EventType::SubOrchestrationInstanceCreated(c)) => Some(c.instance_id.clone()),
-                _ => None,
-            })
-            .collect()
+        match &self.history_on_disk {
+            Some(children) => children.clone(),
+            None => children_of(&self.history),
+        }
     }
 }
 

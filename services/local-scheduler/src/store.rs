@@ -13,7 +13,7 @@ use durabletask_proto as pb;
 use prost::Message;
 use rusqlite::params;
 
-use crate::model::{Change, Instance, InstanceRow, from_ts, ts};
+use crate::model::{Change, Instance, InstanceRow, children_of, from_ts, is_terminal, ts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -102,6 +102,26 @@ impl SqliteStore {
         Ok(Self { conn })
     }
 
+    /// An instance's stored history (`None`: no such instance).
+    pub fn history(
+        &self,
+        hub: &str,
+        id: &str,
+    ) -> Result<Option<Vec<pb::HistoryEvent>>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT history FROM instances WHERE hub = ?1 AND instance_id = ?2")?
+            .query_row(params![hub, id], |r| r.get(0))
+            .optional()?;
+        blob.map(|b| {
+            pb::HistoryChunk::decode(b.as_slice())
+                .map(|c| c.events)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .transpose()
+    }
+
     /// Writes the changes in one transaction. Repeated writes of one instance collapse to the last.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), StoreError> {
         if changes.is_empty() {
@@ -134,20 +154,38 @@ impl SqliteStore {
                 } => {
                     let meta = serde_json::to_string(&row)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )?
-                    .execute(params![
-                        hub,
-                        row.instance_id,
-                        meta,
-                        opt_bytes(&row.failure),
-                        opt_bytes(&row.parent),
-                        opt_bytes(&row.trace),
-                        encode_events(&history),
-                        encode_events(&inbox)
-                    ])?;
+                    match history {
+                        Some(history) => tx
+                            .prepare_cached(
+                                "INSERT OR REPLACE INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                            )?
+                            .execute(params![
+                                hub,
+                                row.instance_id,
+                                meta,
+                                opt_bytes(&row.failure),
+                                opt_bytes(&row.parent),
+                                opt_bytes(&row.trace),
+                                encode_events(&history),
+                                encode_events(&inbox)
+                            ])?,
+                        // The history is on disk only: everything but it.
+                        None => tx
+                            .prepare_cached(
+                                "UPDATE instances SET meta = ?3, failure = ?4, parent = ?5, trace = ?6, inbox = ?7
+                                 WHERE hub = ?1 AND instance_id = ?2",
+                            )?
+                            .execute(params![
+                                hub,
+                                row.instance_id,
+                                meta,
+                                opt_bytes(&row.failure),
+                                opt_bytes(&row.parent),
+                                opt_bytes(&row.trace),
+                                encode_events(&inbox)
+                            ])?,
+                    };
                 }
                 Change::DeleteInstance { hub, instance_id } => {
                     tx.prepare_cached("DELETE FROM instances WHERE hub = ?1 AND instance_id = ?2")?
@@ -208,11 +246,20 @@ impl SqliteStore {
             r.failure = decode_opt(failure)?;
             r.parent = decode_opt(parent)?;
             r.trace = decode_opt(trace)?;
+            let mut history = pb::HistoryChunk::decode(history.as_slice())
+                .map_err(corrupt)?
+                .events;
+            // A finished instance's history stays on disk (one row's worth is decoded at a time,
+            // so a restart with many finished instances needs little memory).
+            let history_on_disk = is_terminal(r.status).then(|| {
+                let children = children_of(&history);
+                history = Vec::new();
+                children
+            });
             instances.push(Instance {
+                history_on_disk,
                 row: r,
-                history: pb::HistoryChunk::decode(history.as_slice())
-                    .map_err(corrupt)?
-                    .events,
+                history,
                 inbox: pb::HistoryChunk::decode(inbox.as_slice())
                     .map_err(corrupt)?
                     .events

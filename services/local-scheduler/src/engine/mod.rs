@@ -30,8 +30,8 @@ pub use validate::{
 };
 
 use crate::model::{
-    ActivityItem, Change, Instance, InstanceRow, event, from_ts, is_terminal, now_ts, status_i32,
-    ts,
+    ActivityItem, Change, Instance, InstanceRow, children_of, event, from_ts, is_terminal, now_ts,
+    status_i32, ts,
 };
 
 /// Why the engine refused an operation. The gRPC service maps each kind to its status code;
@@ -144,6 +144,14 @@ pub struct Engine {
     limits: Limits,
     /// Instances whose state changed since the last `take_touched`: their long polls are woken.
     touched: Vec<(String, String)>,
+}
+
+/// An instance's history as the engine has it.
+#[derive(Debug)]
+pub enum HistoryView {
+    Loaded(Vec<pb::HistoryEvent>),
+    /// Only in the store (a finished instance): the server reads it there.
+    OnDisk,
 }
 
 /// Bounds on what the engine holds, so that it never grows without bound. 0 / `None`: no bound.
@@ -300,23 +308,27 @@ impl Engine {
         if !self.record_instances {
             return;
         }
-        let inst = self
-            .hubs
-            .get(hub)
-            .and_then(|h| h.instances.get(id))
-            .cloned();
-        match inst {
-            Some(i) => self.changes.push(Change::PutInstance {
-                hub: hub.to_string(),
-                row: Box::new(i.row.clone()),
-                history: i.history.clone(),
-                // Messages out with a worker come first: they are older than the inbox.
-                inbox: undispatched(&i.dispatched)
-                    .iter()
-                    .chain(i.inbox.iter())
-                    .cloned()
-                    .collect(),
-            }),
+        match self.hubs.get_mut(hub).and_then(|h| h.instances.get_mut(id)) {
+            Some(i) => {
+                self.changes.push(Change::PutInstance {
+                    hub: hub.to_string(),
+                    row: Box::new(i.row.clone()),
+                    history: i.history_on_disk.is_none().then(|| i.history.clone()),
+                    // Messages out with a worker come first: they are older than the inbox.
+                    inbox: undispatched(&i.dispatched)
+                        .iter()
+                        .chain(i.inbox.iter())
+                        .cloned()
+                        .collect(),
+                });
+                // A finished instance keeps its history on disk only (it was just written):
+                // memory then holds its row, and the server reads the history back for the
+                // rare request that needs it (StreamInstanceHistory, rewind).
+                if is_terminal(i.row.status) && i.history_on_disk.is_none() {
+                    i.history_on_disk = Some(children_of(&i.history));
+                    i.history = Vec::new();
+                }
+            }
             None => self.changes.push(Change::DeleteInstance {
                 hub: hub.to_string(),
                 instance_id: id.to_string(),
@@ -405,6 +417,7 @@ impl Engine {
             h.instances.insert(
                 spec.instance_id.clone(),
                 Box::new(Instance {
+                    history_on_disk: None,
                     row,
                     history: Vec::new(),
                     inbox: VecDeque::new(),

@@ -122,6 +122,24 @@ impl Shared {
         ))
     }
 
+    /// An instance's history from the store, for a finished instance whose history is on disk
+    /// only. A read failure is a plain error: memory is not ahead of disk.
+    pub fn stored_history(
+        &self,
+        hub: &str,
+        id: &str,
+    ) -> Result<Option<Vec<pb::HistoryEvent>>, Status> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let store = store
+            .lock()
+            .map_err(|_| self.fail_stop("the store lock is poisoned".into()))?;
+        store
+            .history(hub, id)
+            .map_err(|e| Status::unavailable(format!("could not read the history: {e}")))
+    }
+
     /// Health of what readiness depends on: no failure, neither lock poisoned.
     pub fn health(&self) -> Result<(), String> {
         if let Some(reason) = self.failure() {

@@ -2,6 +2,7 @@
 
 use super::dispatch::{SPAN_SCOPE, dispatch_loop};
 use super::*;
+use crate::engine::HistoryView;
 
 #[tonic::async_trait]
 impl pb::TaskHubSidecarService for Service {
@@ -131,6 +132,18 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::RewindInstanceRequest>,
     ) -> Res<pb::RewindInstanceResponse> {
         let r = req.get_ref().clone();
+        // A finished subtree's histories are on disk: load them back before the engine needs
+        // them (the rewound parent's, and its failed children's, which it rewinds too).
+        let hub = hub_of(&req)?;
+        let unloaded = self
+            .shared
+            .quiet(|e| e.unloaded_subtree(&hub, &r.instance_id))
+            .unwrap_or_default();
+        for id in unloaded {
+            if let Some(history) = self.shared.stored_history(&hub, &id)? {
+                self.shared.quiet(|e| e.hydrate(&hub, &id, history));
+            }
+        }
         self.op(&req, |e, hub| {
             e.rewind(hub, &r.instance_id, r.reason)
                 .map(|_| pb::RewindInstanceResponse {})
@@ -194,17 +207,25 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::StreamInstanceHistoryRequest>,
     ) -> Res<WorkStream<pb::HistoryChunk>> {
         let r = req.get_ref().clone();
-        let events = self
+        let not_found = || {
+            Status::not_found(format!(
+                "no instance '{}' (or not that execution)",
+                r.instance_id
+            ))
+        };
+        let view = self
             .read(&req, |e, hub| {
                 e.history(hub, &r.instance_id, r.execution_id.as_deref())
             })?
             .into_inner()
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no instance '{}' (or not that execution)",
-                    r.instance_id
-                ))
-            })?;
+            .ok_or_else(not_found)?;
+        let events = match view {
+            HistoryView::Loaded(events) => events,
+            HistoryView::OnDisk => self
+                .shared
+                .stored_history(&hub_of(&req)?, &r.instance_id)?
+                .ok_or_else(not_found)?,
+        };
         let chunks = history_chunks(events, HISTORY_CHUNK_BYTES);
         Ok(Response::new(Box::pin(tokio_stream::iter(
             chunks.into_iter().map(Ok),

@@ -34,6 +34,7 @@ fn leased(id: &str, past: Vec<pb::HistoryEvent>, new: Vec<pb::HistoryEvent>) -> 
         lease: Some("token".into()),
         dispatched: new,
         terminate_children: false,
+        history_on_disk: None,
     }
 }
 
