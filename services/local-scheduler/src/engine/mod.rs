@@ -16,6 +16,7 @@ mod client;
 mod dispatch;
 mod episode;
 mod filter;
+mod history;
 mod latency;
 mod timers;
 mod validate;
