@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::extract::{OperationPath, valid_id};
-use crate::model::OperationError;
+use crate::model::{OperationError, rfc3339};
 use crate::problem::{Problem, operation_not_found};
 use crate::respond::{JSON, json_response};
 use crate::scheduler::{record_operation, with_deadline};
@@ -91,10 +91,13 @@ pub(crate) async fn history(
     Ok(json_response(StatusCode::OK, &body, JSON))
 }
 
+/// A protocol timestamp as the API writes every time (`model::rfc3339`).
 fn time(t: Option<&pb::Timestamp>) -> Option<String> {
     let t = t?;
-    chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    rfc3339(chrono::DateTime::from_timestamp(
+        t.seconds,
+        u32::try_from(t.nanos).unwrap_or(0),
+    ))
 }
 
 /// A payload as JSON (DTS payloads are JSON text; anything else is kept as a string).

@@ -115,6 +115,16 @@ impl Shared {
         self.refusal()
     }
 
+    /// Why `quiet` had no engine to offer: stopped after a failure (the same refusal as every
+    /// other call then), or a poisoned lock.
+    pub fn no_engine(&self) -> Status {
+        if self.failed.get().is_some() {
+            self.refusal()
+        } else {
+            Status::internal("scheduler state is poisoned")
+        }
+    }
+
     fn refusal(&self) -> Status {
         Status::unavailable(format!(
             "the scheduler stopped after a failure ({}); it reloads its last committed state when restarted",
@@ -328,7 +338,7 @@ impl Service {
                 e.hub(&hub)?;
                 f(e, &hub)
             })
-            .ok_or_else(|| Status::internal("scheduler state is poisoned"))?
+            .ok_or_else(|| self.shared.no_engine())?
             .map(Response::new)
             .map_err(Into::into)
     }
@@ -379,7 +389,7 @@ impl Service {
             let state = self
                 .shared
                 .quiet(|e| e.get(&hub, &r.instance_id, r.get_inputs_and_outputs))
-                .ok_or_else(|| Status::internal("scheduler state is poisoned"))??;
+                .ok_or_else(|| self.shared.no_engine())??;
             match state {
                 None => {
                     return Ok(Response::new(pb::GetInstanceResponse {
