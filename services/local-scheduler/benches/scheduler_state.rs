@@ -1,12 +1,15 @@
 //! What the scheduler's bounded-state work buys, measured in one run:
-//! - a list page (`QueryInstances`, 50 per page) with 1,000 and with 100,000 instances, timed in
-//!   process on the engine (keyset paging: the two should be about equal);
-//! - new starts at a fixed rate while 10,000 `WaitForInstanceCompletion` long polls (30 s) wait
-//!   on running operations, against the same rate with none: start latency p50/p99 and the
-//!   scheduler's CPU (long polls wake only for their own instance).
+//! - `list`: a list page (`QueryInstances`, 50 per page) with 1,000 and with 100,000 instances,
+//!   timed in process on the engine, three ways (see `Walk`): with keyset paging the cost of a
+//!   page does not depend on the number of instances, only on whether its rows are in cache;
+//! - `polls`: new starts at a fixed rate while 10,000 `WaitForInstanceCompletion` long polls
+//!   (30 s) wait on running operations, against the same rate with none: start latency p50/p99
+//!   and the scheduler's CPU (long polls wake only for their own instance);
+//! - `memory`: RSS per finished instance kept (200,000 operations, SQLite store, no retention),
+//!   a restart on that file, and 200,000 operations with a 1 s retention.
 //!
-//! `cargo bench -p local-scheduler --bench scheduler_state` (or `make bench`). Prints a table; no
-//! assertions.
+//! `cargo bench -p local-scheduler --bench scheduler_state [-- list|polls|memory]` (or `make
+//! bench`). Prints tables; no assertions.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -26,8 +29,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Median and p99 time of one 50-instance page, walking every page from the first, 2,000 pages.
-fn page_latency(instances: usize) -> (Duration, Duration) {
+/// An engine (in memory, no store) holding `instances` started instances.
+fn engine_with(instances: usize) -> Engine {
     let mut e = Engine::new(&["h".to_string()]).without_persistence();
     for i in 0..instances {
         e.start_instance(
@@ -44,22 +47,53 @@ fn page_latency(instances: usize) -> (Duration, Duration) {
             e.take_touched();
         }
     }
-    let mut times = Vec::with_capacity(2_000);
-    while times.len() < 2_000 {
-        let mut token = None;
-        loop {
-            let q = pb::InstanceQuery {
-                max_instance_count: 50,
-                continuation_token: token.take(),
-                ..Default::default()
-            };
-            let t = Instant::now();
-            let page = e.query("h", &q).expect("query");
-            times.push(t.elapsed());
-            match page.continuation_token {
-                Some(next) if times.len() < 2_000 => token = Some(next),
-                _ => break,
+    e
+}
+
+/// How a list-page run moves through the instances.
+#[derive(Clone, Copy)]
+enum Walk {
+    /// Every page from the first, again from the first at the end: at 1,000 instances the same
+    /// 20 pages over and over (all in cache), at 100,000 each page once (none in cache).
+    Every,
+    /// The first 20 pages (1,000 instances) over and over, as a dashboard refreshing its first
+    /// pages does: the same rows in both sizes, so only the index's size differs.
+    First20,
+    /// The caches evicted before each page (a 64 MiB buffer written), as a page served between
+    /// other requests is: the same (cold) memory in both sizes, so only the index's size differs.
+    Cold,
+}
+
+/// Median and p99 time of one 50-instance page over 2,000 pages.
+fn page_latency(e: &mut Engine, walk: Walk) -> (Duration, Duration) {
+    const PAGES: usize = 2_000;
+    let mut evict = vec![0u8; 64 << 20];
+    let mut times = Vec::with_capacity(PAGES);
+    let mut token = None;
+    let mut in_walk = 0;
+    while times.len() < PAGES {
+        if matches!(walk, Walk::First20) && in_walk == 20 {
+            token = None;
+            in_walk = 0;
+        }
+        if matches!(walk, Walk::Cold) {
+            for b in evict.iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
             }
+            std::hint::black_box(&evict);
+        }
+        let q = pb::InstanceQuery {
+            max_instance_count: 50,
+            continuation_token: token.take(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let page = e.query("h", &q).expect("query");
+        times.push(t.elapsed());
+        in_walk += 1;
+        token = page.continuation_token;
+        if token.is_none() {
+            in_walk = 0;
         }
     }
     times.sort();
@@ -134,21 +168,23 @@ async fn run_operations(port: u16, n: usize) {
 
 /// RSS once the scheduler answers gRPC: it binds its port before loading its store, and serves
 /// only after.
-async fn rss_once_serving(child: &Child, port: u16) -> f64 {
+async fn rss_once_serving(child: &Child, port: u16) -> (f64, f64) {
     let client = Client::new(&connect(port).await);
     client
         .get_instance("any", false)
         .await
         .expect("the scheduler answers");
-    rss_mib(child.id().expect("pid")).1
+    rss_mib(child.id().expect("pid"))
 }
 
 struct Memory {
     /// KiB of resident memory per finished instance kept (SQLite store, no retention).
     per_instance_kib: f64,
-    /// RSS of a scheduler restarted on that file, once it has loaded it.
-    restarted_mib: f64,
+    /// Peak and current RSS of a scheduler restarted on that file, once it has loaded it.
+    restarted_mib: (f64, f64),
     empty_mib: f64,
+    /// How long the restarted scheduler took to serve.
+    restart_secs: f64,
     kept: usize,
     /// Peak and final RSS after `churned` operations with a 1 s retention.
     churn_peak_mib: f64,
@@ -157,7 +193,7 @@ struct Memory {
 }
 
 async fn finished_memory() -> Memory {
-    const KEPT: usize = 20_000;
+    const KEPT: usize = 200_000;
     const CHURNED: usize = 200_000;
     let dir = std::env::temp_dir().join(format!("scheduler-state-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -179,6 +215,7 @@ async fn finished_memory() -> Memory {
     drop(child);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same file, loaded by a new process: what a restart costs.
+    let restart_began = Instant::now();
     let (child, restarted_port) = scheduler_with(&[
         ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
         (
@@ -188,6 +225,7 @@ async fn finished_memory() -> Memory {
     ])
     .await;
     let restarted_mib = rss_once_serving(&child, restarted_port).await;
+    let restart_secs = restart_began.elapsed().as_secs_f64();
     drop(child);
     let (child, empty_port) = scheduler_with(&[
         ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
@@ -197,7 +235,7 @@ async fn finished_memory() -> Memory {
         ),
     ])
     .await;
-    let empty_mib = rss_once_serving(&child, empty_port).await;
+    let empty_mib = rss_once_serving(&child, empty_port).await.1;
     drop(child);
 
     let (child, port) = scheduler_with(&[
@@ -220,6 +258,7 @@ async fn finished_memory() -> Memory {
         per_instance_kib: (after - before) * 1024.0 / KEPT as f64,
         restarted_mib,
         empty_mib,
+        restart_secs,
         kept: KEPT,
         churn_peak_mib: peak,
         churn_final_mib: last,
@@ -327,33 +366,62 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let (small_p50, small_p99) = page_latency(1_000);
-    let (large_p50, large_p99) = page_latency(100_000);
-    println!("\nList page (50 instances, QueryInstances on the engine, in process):\n");
-    println!("| instances | p50 µs | p99 µs |");
-    println!("|---|---|---|");
-    println!(
-        "| 1,000 | {:.1} | {:.1} |",
-        small_p50.as_secs_f64() * 1e6,
-        small_p99.as_secs_f64() * 1e6
-    );
-    println!(
-        "| 100,000 | {:.1} | {:.1} |",
-        large_p50.as_secs_f64() * 1e6,
-        large_p99.as_secs_f64() * 1e6
-    );
-    println!(
-        "\nratio 100,000 / 1,000: p50 {:.2}x, p99 {:.2}x",
-        large_p50.as_secs_f64() / small_p50.as_secs_f64(),
-        large_p99.as_secs_f64() / small_p99.as_secs_f64()
-    );
-
+    // `cargo bench --bench scheduler_state -- list` (or `polls`, `memory`) runs one section.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    if runs("list") {
+        list_pages();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let (baseline, loaded, open) = rt.block_on(long_polls());
-    let memory = rt.block_on(finished_memory());
+    if runs("polls") {
+        rt.block_on(report_long_polls());
+    }
+    if runs("memory") {
+        rt.block_on(report_memory());
+    }
+}
+
+fn list_pages() {
+    let walks = [
+        (Walk::Every, "every page in turn"),
+        (Walk::First20, "first 20 pages, repeated"),
+        (Walk::Cold, "caches evicted before each page"),
+    ];
+    let mut small = engine_with(1_000);
+    let small: Vec<_> = walks
+        .iter()
+        .map(|(w, _)| page_latency(&mut small, *w))
+        .collect();
+    let mut large = engine_with(100_000);
+    let large: Vec<_> = walks
+        .iter()
+        .map(|(w, _)| page_latency(&mut large, *w))
+        .collect();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("\nList page (50 instances, QueryInstances on the engine, in process):\n");
+    println!("| walk | 1,000: p50 / p99 µs | 100,000: p50 / p99 µs | ratio p50 / p99 |");
+    println!("|---|---|---|---|");
+    for (((_, label), s), l) in walks.iter().zip(&small).zip(&large) {
+        println!(
+            "| {label} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2}x / {:.2}x |",
+            us(s.0),
+            us(s.1),
+            us(l.0),
+            us(l.1),
+            us(l.0) / us(s.0),
+            us(l.1) / us(s.1)
+        );
+    }
+}
+
+async fn report_long_polls() {
+    let (baseline, loaded, open) = long_polls().await;
     println!("\nStarts at 500/s for 5 s (open loop), local scheduler in memory:\n");
     println!(
         "| long polls waiting | start p50 ms | start p99 ms | scheduler CPU (cores) | scheduler RSS MiB |"
@@ -368,16 +436,22 @@ fn main() {
             f.rss
         );
     }
+}
+
+async fn report_memory() {
+    let memory = finished_memory().await;
     println!("\nMemory of finished operations (one activity each):\n");
     println!(
         "- kept (SQLite store, no retention): {:.1} KiB of scheduler RSS per finished instance, over {}",
         memory.per_instance_kib, memory.kept
     );
     println!(
-        "- restarted on that file: {:.1} MiB RSS once loaded ({:.1} MiB on an empty file): {:.2} KiB per finished instance",
-        memory.restarted_mib,
+        "- restarted on that file: serving after {:.1} s, RSS {:.1} MiB (peak {:.1} MiB; {:.1} MiB on an empty file): {:.2} KiB per finished instance",
+        memory.restart_secs,
+        memory.restarted_mib.1,
+        memory.restarted_mib.0,
         memory.empty_mib,
-        (memory.restarted_mib - memory.empty_mib) * 1024.0 / memory.kept as f64
+        (memory.restarted_mib.1 - memory.empty_mib) * 1024.0 / memory.kept as f64
     );
     println!(
         "- {} operations through a scheduler with a 1 s retention (SQLite store): peak RSS {:.1} MiB, {:.1} MiB at the end",

@@ -43,7 +43,8 @@ pub fn is_terminal(status: i32) -> bool {
         .any(|s| *s as i32 == status)
 }
 
-/// Instance metadata (everything but history and inbox).
+/// Instance metadata (everything but history and inbox). The fields most instances leave empty
+/// are boxed: every finished instance stays in memory (until purged), so its size counts.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct InstanceRow {
     pub instance_id: String,
@@ -59,12 +60,12 @@ pub struct InstanceRow {
     pub output: Option<String>,
     pub custom_status: Option<String>,
     #[serde(skip)]
-    pub failure: Option<pb::TaskFailureDetails>,
+    pub failure: Option<Box<pb::TaskFailureDetails>>,
     pub tags: HashMap<String, String>,
     #[serde(skip)]
-    pub parent: Option<pb::ParentInstanceInfo>,
+    pub parent: Option<Box<pb::ParentInstanceInfo>>,
     #[serde(skip)]
-    pub trace: Option<pb::OrchestrationTraceContext>,
+    pub trace: Option<Box<pb::OrchestrationTraceContext>>,
 }
 
 /// One unit of state to write.
@@ -155,7 +156,7 @@ impl Instance {
             } else {
                 None
             },
-            failure_details: r.failure.clone(),
+            failure_details: r.failure.as_deref().cloned(),
             execution_id: Some(r.execution_id.clone()),
             completed_timestamp: r.completed.map(ts),
             parent_instance_id: r

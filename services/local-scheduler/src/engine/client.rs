@@ -1,6 +1,8 @@
 //! Client operations: start, read, raise events, terminate, rewind, suspend, resume, restart,
 //! purge and query.
 
+use std::sync::Arc;
+
 use super::*;
 
 impl Engine {
@@ -364,9 +366,9 @@ impl Engine {
             Some(t) => Some(parse_page_token(t)?),
         };
         let lower = match (after, from) {
-            (Some(key), Some(f)) if key.0 < f => Bound::Included((f, String::new())),
+            (Some(key), Some(f)) if key.0 < f => Bound::Included((f, Arc::from(""))),
             (Some(key), _) => Bound::Excluded(key),
-            (None, Some(f)) => Bound::Included((f, String::new())),
+            (None, Some(f)) => Bound::Included((f, Arc::from(""))),
             (None, None) => Bound::Unbounded,
         };
         let page = if q.max_instance_count > 0 {
@@ -378,13 +380,10 @@ impl Engine {
         let mut states = Vec::new();
         let mut last = None;
         let mut more = false;
-        for (created, id) in h.by_created.range((lower, Bound::Unbounded)) {
+        for ((created, id), i) in h.instances.created_from(lower) {
             if to.is_some_and(|t| *created > t) {
                 break;
             }
-            let Some(i) = h.instances.get(id) else {
-                continue;
-            };
             let matches = (q.runtime_status.is_empty() || q.runtime_status.contains(&i.row.status))
                 && prefix
                     .as_ref()
@@ -459,10 +458,10 @@ fn page_token(created: DateTime<Utc>, id: &str) -> String {
     format!("{}:{id}", created.timestamp_nanos_opt().unwrap_or(0))
 }
 
-fn parse_page_token(t: &str) -> Result<(DateTime<Utc>, String), EngineError> {
+fn parse_page_token(t: &str) -> Result<instances::CreatedKey, EngineError> {
     t.split_once(':')
         .and_then(|(nanos, id)| Some((nanos.parse::<i64>().ok()?, id)))
-        .map(|(nanos, id)| (DateTime::from_timestamp_nanos(nanos), id.to_string()))
+        .map(|(nanos, id)| (DateTime::from_timestamp_nanos(nanos), Arc::from(id)))
         .ok_or_else(|| {
             EngineError::invalid_argument(format!(
                 "continuation token '{t}' is not one this server issued"

@@ -198,7 +198,7 @@ impl Engine {
             entity_parameters: None,
             requires_history_streaming: false,
             properties: Default::default(),
-            orchestration_trace_context: inst.row.trace.clone(),
+            orchestration_trace_context: inst.row.trace.as_deref().cloned(),
         };
         if let Some(waited) = found_waited {
             let created = execution_started(&req).and_then(|s| s.parent_trace_context.as_ref());

@@ -5,7 +5,7 @@
 //! Semantics follow the DTS protocol as its SDKs speak it: history `eventId`s equal action ids, results refer back by `taskScheduledId`/`timerId`, `OrchestratorStarted`
 //! opens every episode, completions are keyed by an opaque per-dispatch token.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use durabletask_proto as pb;
@@ -17,11 +17,13 @@ mod dispatch;
 mod episode;
 mod filter;
 mod history;
+mod instances;
 mod latency;
 mod timers;
 mod validate;
 
 pub use filter::StreamFilter;
+use instances::Instances;
 use latency::exemplar;
 pub use latency::{DispatchLatency, LatencyHistogram, TraceLabels, execution_started};
 use validate::MAX_EVENTS_PER_EPISODE;
@@ -112,14 +114,9 @@ fn mark_ready(set: &mut HashMap<String, std::time::Instant>, id: String) -> bool
 
 #[derive(Default)]
 pub struct Hub {
-    /// A B-tree, not a hash map: instances accumulate (until purged), and a hash map doubling
-    /// rehashes every entry under the engine lock. At 57k instances that stalled every call for
-    /// ~90 ms (p99 spikes in the open-loop bench), and still ~35 ms with boxed entries and
-    /// foldhash; a B-tree grows a node at a time. Boxed, so node splits move pointers.
-    pub instances: BTreeMap<String, Box<Instance>>,
-    /// Every instance by (created, id): the order of queries, so a page starts where the last
-    /// one ended (keyset) instead of sorting everything again.
-    by_created: BTreeSet<(DateTime<Utc>, String)>,
+    /// By id, and by (created, id): the order of queries, so a page starts where the last one
+    /// ended (keyset) instead of sorting everything again.
+    pub instances: Instances,
     ready: VecDeque<String>,
     /// Instances in `ready`, with when they became runnable (for the dispatch latency).
     ready_set: HashMap<String, std::time::Instant>,
@@ -255,7 +252,7 @@ impl Engine {
         }
         let mut expired = Vec::new();
         for (hub, h) in &self.hubs {
-            for (id, i) in &h.instances {
+            for (id, i) in h.instances.iter() {
                 if !is_terminal(i.row.status) {
                     continue;
                 }
@@ -266,7 +263,7 @@ impl Engine {
                     .of(i.row.status)
                     .is_some_and(|keep| now - ended >= keep)
                 {
-                    expired.push((hub.clone(), id.clone()));
+                    expired.push((hub.clone(), id.to_string()));
                 }
             }
         }
@@ -328,6 +325,12 @@ impl Engine {
                 if is_terminal(i.row.status) && i.history_on_disk.is_none() {
                     i.history_on_disk = Some(children_of(&i.history));
                     i.history = Vec::new();
+                }
+                // An emptied queue keeps its buffer (events are 512 bytes: an inbox that once
+                // held four holds 2 KiB); a finished instance keeps it for as long as it is kept.
+                if is_terminal(i.row.status) {
+                    i.inbox.shrink_to_fit();
+                    i.dispatched.shrink_to_fit();
                 }
             }
             None => self.changes.push(Change::DeleteInstance {
@@ -410,23 +413,19 @@ impl Engine {
             custom_status: None,
             failure: None,
             tags: spec.tags,
-            parent: spec.parent,
+            parent: spec.parent.map(Box::new),
             trace: None,
         };
         if let Some(h) = self.hubs.get_mut(hub) {
-            h.by_created.insert((row.created, spec.instance_id.clone()));
-            h.instances.insert(
-                spec.instance_id.clone(),
-                Box::new(Instance {
-                    history_on_disk: None,
-                    row,
-                    history: Vec::new(),
-                    inbox: VecDeque::new(),
-                    lease: None,
-                    dispatched: Vec::new(),
-                    terminate_children: false,
-                }),
-            );
+            h.instances.insert(Box::new(Instance {
+                history_on_disk: None,
+                row,
+                history: Vec::new(),
+                inbox: VecDeque::new(),
+                lease: None,
+                dispatched: Vec::new(),
+                terminate_children: false,
+            }));
         }
         self.persist(hub, &spec.instance_id);
         self.deliver(hub, &spec.instance_id, started, spec.scheduled_start);
@@ -440,8 +439,6 @@ impl Engine {
             return;
         };
         if let Some(inst) = h.instances.remove(instance_id) {
-            h.by_created
-                .remove(&(inst.row.created, inst.row.instance_id.clone()));
             stale_leases.extend(inst.lease);
         }
         h.ready_set.remove(instance_id);
@@ -493,7 +490,7 @@ impl Engine {
     pub fn restore(
         &mut self,
         hub: &str,
-        instances: Vec<Instance>,
+        instances: Vec<Box<Instance>>,
         activities: Vec<(String, pb::ActivityRequest)>,
         timers: Vec<(DateTime<Utc>, u64, String, pb::HistoryEvent)>,
     ) {
@@ -508,8 +505,7 @@ impl Engine {
             {
                 h.ready.push_back(id.clone());
             }
-            h.by_created.insert((inst.row.created, id.clone()));
-            h.instances.insert(id, Box::new(inst));
+            h.instances.insert(inst);
         }
         for (key, request) in activities {
             h.activity_order.push_back(key.clone());

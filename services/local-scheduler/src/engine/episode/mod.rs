@@ -197,7 +197,7 @@ pub(super) fn plan_episode(
         inst.row.custom_status = resp.custom_status.clone();
     }
     if let Some(tc) = resp.orchestration_trace_context.clone() {
-        inst.row.trace = Some(tc);
+        inst.row.trace = Some(Box::new(tc));
     }
     let execution_id = inst.row.execution_id.clone();
     let parent = inst.row.parent.clone();
@@ -449,7 +449,7 @@ pub(super) fn plan_episode(
     } else if let Some((status, result, failure)) = terminal {
         inst.row.status = status;
         inst.row.output = result.clone();
-        inst.row.failure = failure.clone();
+        inst.row.failure = failure.clone().map(Box::new);
         inst.row.completed = Some(now);
         inst.inbox.clear();
         if inst.terminate_children {

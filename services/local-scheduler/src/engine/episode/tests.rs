@@ -141,14 +141,14 @@ fn a_timer_becomes_a_message_to_itself_due_at_fire_time() {
 fn a_child_that_completes_reports_to_its_parent_and_ends() {
     let mut h = HistoryBuilder::new("p:0001");
     let mut inst = leased("p:0001", vec![], h.started("child", None).take());
-    inst.row.parent = Some(pb::ParentInstanceInfo {
+    inst.row.parent = Some(Box::new(pb::ParentInstanceInfo {
         task_scheduled_id: 1,
         orchestration_instance: Some(pb::OrchestrationInstance {
             instance_id: "p".into(),
             execution_id: None,
         }),
         ..Default::default()
-    });
+    }));
     inst.inbox.push_back(event(
         -1,
         EventType::EventRaised(pb::EventRaisedEvent::default()),
@@ -180,14 +180,14 @@ fn a_child_that_completes_reports_to_its_parent_and_ends() {
 fn a_failed_child_reports_a_failure_with_its_details() {
     let mut h = HistoryBuilder::new("c");
     let mut inst = leased("c", vec![], h.started("child", None).take());
-    inst.row.parent = Some(pb::ParentInstanceInfo {
+    inst.row.parent = Some(Box::new(pb::ParentInstanceInfo {
         task_scheduled_id: 3,
         orchestration_instance: Some(pb::OrchestrationInstance {
             instance_id: "p".into(),
             execution_id: None,
         }),
         ..Default::default()
-    });
+    }));
     let out = plan_episode(
         &mut inst,
         "c",
