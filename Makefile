@@ -12,6 +12,7 @@ PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000
+GATEWAY_ADMIN_PORT ?= 9092
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
@@ -136,6 +137,7 @@ run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/worker & w=$$!; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default GATEWAY__LISTEN=127.0.0.1:$(GATEWAY_PORT) \
+	    GATEWAY__ADMIN_LISTEN=127.0.0.1:$(GATEWAY_ADMIN_PORT) GATEWAY__DRAIN_DELAY_SECONDS=0 \
 	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) ./target/debug/gateway & g=$$!; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(GATEWAY_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  echo; echo "Running. Try:"; \
@@ -143,7 +145,7 @@ run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/
 	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/status/<id>"; \
 	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/result/<id>"; \
 	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/operations/<id>/cancel"; \
-	  echo "Scheduler metrics: curl -s localhost:$(ADMIN_PORT)/metrics    Ctrl-C stops everything."; \
+	  echo "Metrics: curl -s localhost:$(GATEWAY_ADMIN_PORT)/metrics (gateway), localhost:$(ADMIN_PORT)/metrics (scheduler)    Ctrl-C stops everything."; \
 	  wait $$g
 
 demo: ## A Rust worker + client example against the local scheduler (prints one orchestration's result)

@@ -46,3 +46,9 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
     ticks / 100.0
 }
+
+/// Raises this process's open-file limit to at least `files` (up to the hard limit) and returns
+/// it. Tests that open thousands of connections call it; child processes inherit it.
+pub fn allow_open_files(files: u64) -> u64 {
+    rlimit::increase_nofile_limit(files).expect("raise the open-file limit")
+}

@@ -232,6 +232,10 @@ async fn measure(
                 &[
                     ("ENDPOINT", endpoint.clone()),
                     ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+                    (
+                        "GATEWAY__ADMIN_LISTEN",
+                        format!("127.0.0.1:{}", free_port()),
+                    ),
                 ],
                 port,
             )

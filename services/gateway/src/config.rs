@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// Address the HTTP API listens on.
     pub listen: String,
+    /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz` (not the public API's).
+    pub admin_listen: String,
     /// The scheduler's gRPC endpoint.
     pub endpoint: String,
     pub taskhub: String,
@@ -30,8 +32,27 @@ pub struct Settings {
     pub max_wait_seconds: u64,
     /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
     pub trust_forwarded: bool,
-    /// Time in-flight requests get after SIGTERM.
+    /// After SIGTERM: how long the gateway keeps serving with readiness failing (so that load
+    /// balancers stop sending it requests) before it stops accepting connections.
+    pub drain_delay_seconds: u64,
+    /// Then: how long open requests get to finish (long polls are answered at once).
     pub shutdown_timeout_seconds: u64,
+    /// A request head must arrive within this time of the connection's opening or of its own
+    /// first byte; slower clients are disconnected.
+    pub header_read_timeout_seconds: u64,
+    /// A kept-alive connection with no request for this long is closed. Keep it above the idle
+    /// timeout of any proxy in front (ingress-nginx: 60 s), so that the proxy closes first.
+    pub idle_timeout_seconds: u64,
+    /// Largest request head (request line and headers) answered other than `431`.
+    pub max_header_bytes: usize,
+    /// A whole request, body and answer included, past which the client gets `408`.
+    pub request_timeout_seconds: u64,
+    /// Open connections; past it new ones get a `503` problem and are closed.
+    pub max_connections: usize,
+    /// Requests in progress; past it requests get a `503` problem with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Long polls (`?wait=`) waiting at once; past it `?wait=` answers at once.
+    pub max_long_polls: usize,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
     pub log_format: String,
 }
@@ -40,6 +61,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8000".into(),
+            admin_listen: "127.0.0.1:9092".into(),
             endpoint: "http://localhost:8080".into(),
             taskhub: "default".into(),
             connection_string: None,
@@ -51,7 +73,15 @@ impl Default for Settings {
             retry_after_seconds: 1,
             max_wait_seconds: 30,
             trust_forwarded: false,
+            drain_delay_seconds: 5,
             shutdown_timeout_seconds: 20,
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 75,
+            max_header_bytes: 16 * 1024,
+            request_timeout_seconds: 60,
+            max_connections: 4096,
+            max_concurrent_requests: 2048,
+            max_long_polls: 1000,
             log_format: "auto".into(),
         }
     }
@@ -70,6 +100,35 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
 impl service_kit::settings::Validate for Settings {
     fn validate(&self) -> Result<(), String> {
         service_kit::settings::socket_addr("listen", &self.listen, "127.0.0.1:8000")?;
+        service_kit::settings::socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:9092")?;
+        if self.admin_listen == self.listen {
+            return Err("`admin_listen` must differ from `listen`: metrics and probes are not part of the public API".into());
+        }
+        for (key, value) in [
+            (
+                "header_read_timeout_seconds",
+                self.header_read_timeout_seconds,
+            ),
+            ("idle_timeout_seconds", self.idle_timeout_seconds),
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("`{key}` must be at least 1"));
+            }
+        }
+        if self.max_header_bytes < 1024 {
+            return Err("`max_header_bytes` must be at least 1024".into());
+        }
+        let longest = self.max_wait_seconds + self.dts_timeout_ms.div_ceil(1000) * 2;
+        if self.request_timeout_seconds <= longest {
+            return Err(format!(
+                "`request_timeout_seconds` must be over {longest}: a long poll may last `max_wait_seconds` plus two scheduler calls (`dts_timeout_ms`)"
+            ));
+        }
         if self.max_body_bytes < 256 {
             return Err("`max_body_bytes` must be at least 256".into());
         }
@@ -101,6 +160,21 @@ impl Settings {
             retry_after_seconds: self.retry_after_seconds,
             max_wait_seconds: self.max_wait_seconds,
             trust_forwarded: self.trust_forwarded,
+            max_header_bytes: self.max_header_bytes,
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_long_polls: self.max_long_polls,
+        }
+    }
+
+    /// The limits of the public listener.
+    pub fn server_limits(&self) -> crate::serve::ServerLimits {
+        crate::serve::ServerLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
+            retry_after_seconds: self.retry_after_seconds,
         }
     }
 }
@@ -121,6 +195,14 @@ pub struct GatewayConfig {
     pub max_wait_seconds: u64,
     /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
     pub trust_forwarded: bool,
+    /// Largest request head answered other than `431`.
+    pub max_header_bytes: usize,
+    /// A whole request; past it `408`.
+    pub request_timeout: Duration,
+    /// Requests in progress; past it `503` with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Long polls waiting at once; past it `?wait=` answers at once.
+    pub max_long_polls: usize,
 }
 
 impl Default for GatewayConfig {

@@ -7,11 +7,14 @@
 //! The modules, by job: [`config`] what behaviour depends on; `problem` the error shape;
 //! `extract` request parsing whose rejections are problems; `scheduler` the one shape of every
 //! scheduler call; `links` and `respond` building answers; `model` the response bodies;
-//! `idempotency` keyed starts; `routes` one file per resource; `metrics` and `openapi`.
+//! `idempotency` keyed starts; `routes` one file per resource; `metrics` and `openapi`;
+//! `limits` what every request meets before its handler, and [`serve`] the HTTP server with the
+//! connection limits and the end of serving on shutdown.
 
 pub mod config;
 mod extract;
 mod idempotency;
+mod limits;
 mod links;
 mod metrics;
 mod model;
@@ -20,6 +23,7 @@ mod problem;
 mod respond;
 mod routes;
 mod scheduler;
+pub mod serve;
 mod state;
 
 use axum::Router;
@@ -45,12 +49,13 @@ pub use routes::history::{HistoryEntry, OperationHistory};
 pub use routes::sample::{SampleAccepted, SampleStartRequest, SampleStatus};
 pub use state::{AppState, Shared};
 
-/// The whole API. Route templates are written here once: the metrics middleware labels requests
-/// with the template the router matched, and the OpenAPI document lists the same handlers.
+/// The whole public API. Route templates are written here once: the metrics middleware labels
+/// requests with the template the router matched, and the OpenAPI document lists the same
+/// handlers.
 pub fn app(state: AppState) -> Router {
-    use routes::{cancel, health, history, list, process, purge, result, sample, status};
+    use routes::{cancel, history, list, process, purge, result, sample, status};
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route(
             "/api/process",
             post(process::start_process).layer(from_fn(run_to_completion)),
@@ -72,18 +77,28 @@ pub fn app(state: AppState) -> Router {
             "/api/operations/{id}",
             get(sample::sample_status).delete(purge::purge),
         )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics_text))
         // `/openapi.json` is served by the Swagger UI router, from the same generated document.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::for_config(&state.config)))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(limit));
+    limits::apply(routes, &state.config)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
+        .with_state(state)
+}
+
+/// The admin listener's routes: probes and metrics, apart from the public API (not behind the
+/// Service an Ingress uses).
+pub fn admin_app(state: AppState) -> Router {
+    use routes::health;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics_text))
+        .fallback(problem::not_found)
         .with_state(state)
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use durabletask::{Client, Connection};
 use gateway::config::{SOURCE, Settings};
-use gateway::{AppState, app};
+use gateway::{AppState, admin_app, app};
 use service_kit::settings::Startup;
 
 #[tokio::main]
@@ -33,31 +33,74 @@ async fn run() -> anyhow::Result<()> {
         service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
             .context("`endpoint` / `taskhub` / `connection_string`")?;
     let telemetry = service_kit::telemetry::init("gateway", &s.log_format);
+    // Every connection is a file descriptor, and the usual soft limit (1,024) is below
+    // `max_connections`: raised to the hard limit, as Go's runtime does for its servers.
+    let wanted = (s.max_connections as u64).saturating_mul(2) + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            open_files = got,
+            wanted,
+            "the open-file limit is below what max_connections needs; connections past it fail to be accepted"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
     let state = AppState::new(Client::new(&conn), s.gateway_config());
-    let listener = tokio::net::TcpListener::bind(&s.listen)
+    let backlog = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
+    let public = gateway::serve::bind(&s.listen, backlog)
         .await
         .with_context(|| format!("`listen`: cannot bind {}", s.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let signal = stop.clone();
-    let grace = Duration::from_secs(s.shutdown_timeout_seconds);
-    tokio::spawn(async move {
-        service_kit::shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        signal.cancel();
+    let admin = gateway::serve::bind(&s.admin_listen, 128)
+        .await
+        .with_context(|| format!("`admin_listen`: cannot bind {}", s.admin_listen))?;
+    tracing::info!(addr = %public.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
+
+    // The hand-over on SIGTERM: readiness fails at once while the gateway keeps serving for
+    // `drain_delay_seconds` (load balancers take a moment to stop sending requests), then it
+    // stops accepting connections, answers waiting long polls, and open requests get
+    // `shutdown_timeout_seconds`.
+    let stop_public = tokio_util::sync::CancellationToken::new();
+    let drain_delay = Duration::from_secs(s.drain_delay_seconds);
+    tokio::spawn({
+        let state = state.clone();
+        let stop_public = stop_public.clone();
+        async move {
+            service_kit::shutdown_signal().await;
+            tracing::info!(
+                delay_seconds = drain_delay.as_secs(),
+                "shutting down: readiness fails, still serving"
+            );
+            state.draining.cancel();
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("no longer accepting connections; finishing open requests");
+            state.releasing.cancel();
+            stop_public.cancel();
+        }
     });
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    });
-    tokio::select! {
-        r = server => r?,
-        // In-flight requests get `shutdown_timeout_seconds`, then the process ends regardless.
-        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => tracing::warn!("shutdown deadline passed"),
-    }
+    let stop_admin = tokio_util::sync::CancellationToken::new();
+    // Probes and metrics keep answering until the public listener is done.
+    let admin_server = tokio::spawn(gateway::serve::serve(
+        admin,
+        admin_app(state.clone()),
+        s.server_limits(),
+        Default::default(),
+        stop_admin.clone(),
+        Duration::from_secs(1),
+    ));
+    gateway::serve::serve(
+        public,
+        app(state.clone()),
+        s.server_limits(),
+        state.metrics.connections.clone(),
+        stop_public,
+        Duration::from_secs(s.shutdown_timeout_seconds),
+    )
+    .await;
+    stop_admin.cancel();
+    let _ = admin_server.await;
     conn.close();
     telemetry.shutdown();
     Ok(())

@@ -12,6 +12,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use service_kit::telemetry::TraceParent;
@@ -97,6 +98,10 @@ pub struct GatewayMetrics {
     pub(crate) canceled: Counter,
     rpc_duration: Histograms<RpcLabels>,
     rpc_errors: Family<RpcErrorLabels, Counter>,
+    pub(crate) long_polls_waiting: Gauge,
+    pub(crate) long_polls_refused: Counter,
+    /// Of the public listener.
+    pub connections: crate::serve::ConnectionMetrics,
 }
 
 fn http_buckets() -> HistogramWithExemplars<TraceLabels> {
@@ -154,6 +159,29 @@ impl Default for GatewayMetrics {
             "Calls to the Durable Task Scheduler that failed, by gRPC method and code",
             rpc_errors.clone(),
         );
+        let long_polls_waiting = Gauge::default();
+        registry.register(
+            "gateway_long_polls_waiting",
+            "Long polls (?wait=) waiting for their operation to end",
+            long_polls_waiting.clone(),
+        );
+        let long_polls_refused = Counter::default();
+        registry.register(
+            "gateway_long_polls_refused",
+            "Long polls answered at once because max_long_polls were already waiting",
+            long_polls_refused.clone(),
+        );
+        let connections = crate::serve::ConnectionMetrics::default();
+        registry.register(
+            "gateway_connections_open",
+            "Open connections on the public listener",
+            connections.open.clone(),
+        );
+        registry.register(
+            "gateway_connections_refused",
+            "Connections answered 503 and closed because max_connections were open",
+            connections.refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -163,6 +191,9 @@ impl Default for GatewayMetrics {
             canceled,
             rpc_duration,
             rpc_errors,
+            long_polls_waiting,
+            long_polls_refused,
+            connections,
         }
     }
 }

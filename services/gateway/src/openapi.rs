@@ -29,9 +29,6 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         crate::routes::purge::purge,
         crate::routes::sample::sample_start,
         crate::routes::sample::sample_status,
-        crate::routes::health::healthz,
-        crate::routes::health::readyz,
-        crate::routes::health::metrics_text,
     ),
     components(schemas(
         ProcessRequest,
@@ -55,7 +52,6 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
     tags(
         (name = "operations", description = "The async request-reply API"),
         (name = "sample compatibility", description = "The original Python sample's routes and field names"),
-        (name = "health", description = "Kubernetes probes and Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;
@@ -91,6 +87,63 @@ impl ApiDoc {
                 p.default = Some(sample_default.into());
             });
         }
+        limit_responses(&mut doc);
         doc
+    }
+}
+
+/// The answers of the limits every request meets (`limits`), on every operation: `408` past the
+/// request timeout, `431` past the head size, `503` when requests are shed.
+fn limit_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{Object, Ref, Type};
+    use utoipa::openapi::{Content, Header, ResponseBuilder};
+    let problem = |description: &str, retry_after: bool| {
+        let mut r = ResponseBuilder::new().description(description).content(
+            "application/problem+json",
+            Content::new(Some(Ref::from_schema_name("ProblemDetails"))),
+        );
+        if retry_after {
+            r = r.header("Retry-After", Header::new(Object::with_type(Type::Integer)));
+        }
+        r.build()
+    };
+    let limits = [
+        (
+            "408",
+            problem(
+                "The request was not complete within the request timeout",
+                false,
+            ),
+        ),
+        (
+            "431",
+            problem("The request head is over the gateway's limit", false),
+        ),
+        (
+            "503",
+            problem(
+                "The gateway or the scheduler is overloaded or unreachable; retry after `Retry-After`",
+                true,
+            ),
+        ),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.put,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (code, response) in &limits {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| response.clone().into());
+            }
+        }
     }
 }

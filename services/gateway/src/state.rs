@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use durabletask::Client;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::{GatewayConfig, GatewayMetrics};
 
@@ -15,15 +17,58 @@ pub struct Shared {
     pub client: Client,
     pub config: GatewayConfig,
     pub metrics: GatewayMetrics,
+    /// One permit per long poll allowed to wait (`max_long_polls`).
+    pub long_polls: Semaphore,
+    /// Cancelled on SIGTERM: readiness fails from then on.
+    pub draining: CancellationToken,
+    /// Cancelled when the gateway stops accepting connections: waiting long polls answer now.
+    pub releasing: CancellationToken,
 }
 
 impl AppState {
     pub fn new(client: Client, config: GatewayConfig) -> Self {
         Self(Arc::new(Shared {
             client,
+            long_polls: Semaphore::new(config.max_long_polls),
             config,
             metrics: GatewayMetrics::default(),
+            draining: CancellationToken::new(),
+            releasing: CancellationToken::new(),
         }))
+    }
+}
+
+impl Shared {
+    /// A place among the waiting long polls, if one is free and the gateway is not releasing
+    /// them; counted in `gateway_long_polls_waiting` while held.
+    pub(crate) fn long_poll(&self) -> Option<LongPollSlot<'_>> {
+        if self.releasing.is_cancelled() {
+            return None;
+        }
+        match self.long_polls.try_acquire() {
+            Ok(permit) => {
+                self.metrics.long_polls_waiting.inc();
+                Some(LongPollSlot {
+                    _permit: permit,
+                    shared: self,
+                })
+            }
+            Err(_) => {
+                self.metrics.long_polls_refused.inc();
+                None
+            }
+        }
+    }
+}
+
+pub(crate) struct LongPollSlot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    shared: &'a Shared,
+}
+
+impl Drop for LongPollSlot<'_> {
+    fn drop(&mut self) {
+        self.shared.metrics.long_polls_waiting.dec();
     }
 }
 

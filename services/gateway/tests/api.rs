@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{AppState, GatewayConfig, app};
+use gateway::{AppState, GatewayConfig, admin_app, app};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -157,7 +157,7 @@ async fn scheduler_down_is_503_with_retry_after_within_the_deadline() {
     );
     let (s, _, _) = call(st.clone(), "GET", "/api/status/abc", None, "").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    let resp = app(st)
+    let resp = admin_app(st)
         .oneshot(
             Request::builder()
                 .uri("/readyz")
@@ -217,7 +217,7 @@ async fn a_start_whose_caller_hangs_up_is_seen_through() {
     );
     // Both calls ran to their deadline and were counted, the abandoned one included.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let resp = app(st)
+    let resp = admin_app(st)
         .oneshot(
             Request::builder()
                 .uri("/metrics")

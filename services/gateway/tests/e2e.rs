@@ -30,16 +30,6 @@ async fn worker(endpoint: &str, name: &str, activities: usize) -> (Child, u16) {
     (child, admin)
 }
 
-async fn gateway(endpoint: &str, extra: &[(&str, String)]) -> (Child, u16) {
-    let port = free_port();
-    let mut env = vec![
-        ("ENDPOINT", endpoint.to_string()),
-        ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
-    ];
-    env.extend(extra.iter().cloned());
-    (spawn("gateway", &env, port).await, port)
-}
-
 async fn wait_for(port: u16, path: &str, want: u16) {
     for _ in 0..400 {
         if http(port, "GET", path, None).await.0 == want {
@@ -77,7 +67,7 @@ async fn many_operations_complete_across_two_workers_with_ordered_transitions() 
     // Four activities each at most: 24 operations of 1 s need both workers.
     let _a = worker(&endpoint, "worker-a", 4).await;
     let _b = worker(&endpoint, "worker-b", 4).await;
-    let (_gw, port) = gateway(&endpoint, &[]).await;
+    let (_gw, port, _) = gateway(&endpoint, &[]).await;
 
     // One operation watched closely: its statuses only move forward.
     let watched = start(port, "watched", 2).await;
@@ -158,7 +148,7 @@ async fn many_operations_complete_across_two_workers_with_ordered_transitions() 
 async fn sigterm_of_a_worker_mid_activity_loses_no_operation() {
     let (_sched, endpoint) = local_scheduler().await;
     let (mut a, _) = worker(&endpoint, "worker-a", 10).await;
-    let (_gw, port) = gateway(&endpoint, &[]).await;
+    let (_gw, port, _) = gateway(&endpoint, &[]).await;
     let id = start(port, "Grace", 3).await;
     // The activity is running on A once the orchestration reports its stage.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -224,8 +214,9 @@ async fn scheduler_outage_is_503_and_everything_recovers_when_it_is_back() {
     let endpoint = format!("http://127.0.0.1:{port_s}");
     let mut sched = scheduler(db.clone()).await;
     let _w = worker(&endpoint, "worker-a", 10).await;
-    let (_gw, port) = gateway(&endpoint, &[("GATEWAY__DTS_TIMEOUT_MS", "1000".into())]).await;
-    wait_for(port, "/readyz", 200).await;
+    let (_gw, port, admin) =
+        gateway(&endpoint, &[("GATEWAY__DTS_TIMEOUT_MS", "1000".into())]).await;
+    wait_for(admin, "/readyz", 200).await;
     let id = start(port, "before the outage", 2).await;
 
     sched.kill().await.expect("kill scheduler");
@@ -246,11 +237,11 @@ async fn scheduler_outage_is_503_and_everything_recovers_when_it_is_back() {
         "answers come within the deadline, not a hang ({:?})",
         t.elapsed()
     );
-    wait_for(port, "/readyz", 503).await;
+    wait_for(admin, "/readyz", 503).await;
 
     // Back on the same port with the same file: the operation is still there and finishes.
     let _sched = scheduler(db).await;
-    wait_for(port, "/readyz", 200).await;
+    wait_for(admin, "/readyz", 200).await;
     let done = until_done(port, &id).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     let after = start(port, "after the outage", 0).await;

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{AppState, GatewayConfig, app};
+use gateway::{AppState, GatewayConfig, admin_app, app};
 use tower::ServiceExt;
 
 mod common;
@@ -23,7 +23,13 @@ async fn send(
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
     }
-    let resp = app(state.clone())
+    // Metrics are on the admin listener's router, not the public API's.
+    let router = if uri == "/metrics" {
+        admin_app(state.clone())
+    } else {
+        app(state.clone())
+    };
+    let resp = router
         .oneshot(req.body(Body::from(body.to_string())).expect("request"))
         .await
         .expect("response");

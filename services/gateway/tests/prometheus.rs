@@ -217,12 +217,9 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
         );
         worker_ports.push(admin);
     }
-    let gw = free_port();
-    let _gateway = spawn(
-        "gateway",
+    let (_gateway, gw, gw_admin) = gateway(
+        &endpoint,
         &[
-            ("ENDPOINT", endpoint.clone()),
-            ("GATEWAY__LISTEN", format!("127.0.0.1:{gw}")),
             // Traced requests, so that latency buckets carry trace ids as exemplars (nothing
             // listens there: spans are dropped, their ids still exist).
             (
@@ -230,7 +227,6 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
                 format!("http://127.0.0.1:{}", free_port()),
             ),
         ],
-        gw,
     )
     .await;
 
@@ -240,7 +236,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     let config = write_config(
         &dir,
         &[
-            ("gateway", vec![gw]),
+            ("gateway", vec![gw_admin]),
             ("worker", worker_ports.clone()),
             ("local-scheduler", vec![sched_admin]),
         ],
@@ -439,7 +435,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     }
 
     // promtool accepts every exposition.
-    for port in [gw, worker_ports[0], worker_ports[1], sched_admin] {
+    for port in [gw_admin, worker_ports[0], worker_ports[1], sched_admin] {
         let text = get_text(port, "/metrics").await;
         let (ok, out) = promtool(&["check", "metrics"], Some(&text)).await;
         assert!(ok, "promtool check metrics on :{port}: {out}\n{text}");

@@ -11,27 +11,13 @@ use serde_json::{Value, json};
 mod common;
 use common::*;
 
-async fn gateway(endpoint: &str) -> (tokio::process::Child, u16) {
-    let port = free_port();
-    let child = spawn(
-        "gateway",
-        &[
-            ("ENDPOINT", endpoint.to_string()),
-            ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
-        ],
-        port,
-    )
-    .await;
-    (child, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sample_worker_runs_operations_started_through_our_gateway() {
     let (_sched, endpoint) = local_scheduler().await;
     let address = endpoint.trim_start_matches("http://").to_string();
     let _py =
         pyenv::spawn_python(&[pyenv::script("py_worker.py").display().to_string(), address]).await;
-    let (_gw, port) = gateway(&endpoint).await;
+    let (_gw, port, _) = gateway(&endpoint, &[]).await;
 
     // The sample's own routes and field names.
     let (status, headers, accepted) = http(
@@ -92,7 +78,7 @@ async fn python_client_starts_process_request_and_our_worker_completes_it() {
         admin,
     )
     .await;
-    let (_gw, port) = gateway(&endpoint).await;
+    let (_gw, port, _) = gateway(&endpoint, &[]).await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/py_client.py");
     let out = tokio::time::timeout(

@@ -163,19 +163,15 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
         wait_port(admin).await;
     }
 
-    let port = free_port();
-    let _gateway = spawn(
-        "gateway",
+    let (_gateway, port, _) = gateway(
+        &endpoint,
         &[
-            ("ENDPOINT", endpoint.clone()),
-            ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{otlp_port}"),
             ),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ],
-        port,
     )
     .await;
 

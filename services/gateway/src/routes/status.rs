@@ -23,7 +23,8 @@ use crate::scheduler::{dts_call, dts_problem, fetch};
 #[into_params(parameter_in = Query)]
 pub(crate) struct StatusQuery {
     /// Long poll: hold the request up to this many seconds (capped by `max_wait_seconds`, 30 by
-    /// default) until the operation ends.
+    /// default) until the operation ends. When `max_long_polls` are already waiting, or the
+    /// gateway is shutting down, the current status is answered at once.
     #[param(minimum = 0)]
     wait: Option<i32>,
 }
@@ -55,23 +56,30 @@ pub(crate) async fn status(
     }
     .min(state.config.max_wait_seconds);
     let mut m = fetch(&state, &id, true).await?;
-    if wait > 0 && !m.runtime_status.is_terminal() {
+    // Past `max_long_polls` waiting, or once the gateway is shutting down, `?wait=` answers at
+    // once (with `Retry-After` while the operation runs).
+    let slot = (wait > 0 && !m.runtime_status.is_terminal())
+        .then(|| state.long_poll())
+        .flatten();
+    if let Some(_slot) = slot {
         let deadline = Duration::from_secs(wait);
         // WaitForInstanceCompletion on the scheduler; running out of time is a normal answer.
-        match dts_call(
-            &state,
-            "WaitForInstanceCompletion",
-            deadline + state.config.dts_timeout,
-            state
-                .client
-                .wait_for_instance_completion(&id, true, deadline),
-        )
-        .await
-        {
-            Ok(Ok(Some(done))) => m = done,
-            Ok(Ok(None)) => return Err(operation_not_found(&id)),
-            Ok(Err(DtsError::DeadlineExceeded(_))) | Err(_) => m = fetch(&state, &id, true).await?,
-            Ok(Err(e)) => return Err(dts_problem(&state, "WaitForInstanceCompletion", e)),
+        let waited = tokio::select! {
+            r = dts_call(
+                &state,
+                "WaitForInstanceCompletion",
+                deadline + state.config.dts_timeout,
+                state.client.wait_for_instance_completion(&id, true, deadline),
+            ) => Some(r),
+            _ = state.releasing.cancelled() => None,
+        };
+        match waited {
+            Some(Ok(Ok(Some(done)))) => m = done,
+            Some(Ok(Ok(None))) => return Err(operation_not_found(&id)),
+            Some(Ok(Err(e))) if !matches!(e, DtsError::DeadlineExceeded(_)) => {
+                return Err(dts_problem(&state, "WaitForInstanceCompletion", e));
+            }
+            _ => m = fetch(&state, &id, true).await?,
         }
     }
     let body = OperationStatusBody {

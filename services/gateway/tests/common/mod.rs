@@ -112,6 +112,21 @@ pub async fn local_scheduler_with(extra: &[(&str, String)]) -> (Child, String) {
     (child, format!("http://127.0.0.1:{port}"))
 }
 
+/// A gateway process on `endpoint` with extra environment variables: the process, its API port
+/// and its admin port (probes, metrics).
+pub async fn gateway(endpoint: &str, extra: &[(&str, String)]) -> (Child, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let mut env = vec![
+        ("ENDPOINT", endpoint.to_string()),
+        ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+        ("GATEWAY__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+    ];
+    env.extend(extra.iter().cloned());
+    let child = spawn("gateway", &env, port).await;
+    wait_port(admin).await;
+    (child, port, admin)
+}
+
 /// Minimal HTTP/1.1 over a real socket: status, headers (lower-case names), JSON body.
 pub async fn http(
     port: u16,
