@@ -66,7 +66,8 @@ smoke: ## The smoke script against local processes (in-memory scheduler, worker,
 	  trap 'kill $$g $$w $$s 2>/dev/null; wait 2>/dev/null' EXIT; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$$(($(SMOKE_PORT)+1))) 2>/dev/null && break; sleep 0.1; done; \
 	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) WORKER__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+3)) RUST_LOG=warn ./target/debug/worker & w=$$!; \
-	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) GATEWAY__LISTEN=127.0.0.1:$(SMOKE_PORT) RUST_LOG=warn ./target/debug/gateway & g=$$!; \
+	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) GATEWAY__LISTEN=127.0.0.1:$(SMOKE_PORT) GATEWAY__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+4)) \
+	    GATEWAY__AUTH=none GATEWAY__DRAIN_DELAY_SECONDS=0 RUST_LOG=warn ./target/debug/gateway & g=$$!; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(SMOKE_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  ./.ci/smoke http://127.0.0.1:$(SMOKE_PORT)
 
@@ -137,7 +138,7 @@ run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/worker & w=$$!; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default GATEWAY__LISTEN=127.0.0.1:$(GATEWAY_PORT) \
-	    GATEWAY__ADMIN_LISTEN=127.0.0.1:$(GATEWAY_ADMIN_PORT) GATEWAY__DRAIN_DELAY_SECONDS=0 \
+	    GATEWAY__ADMIN_LISTEN=127.0.0.1:$(GATEWAY_ADMIN_PORT) GATEWAY__DRAIN_DELAY_SECONDS=0 GATEWAY__AUTH=none \
 	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) ./target/debug/gateway & g=$$!; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(GATEWAY_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  echo; echo "Running. Try:"; \

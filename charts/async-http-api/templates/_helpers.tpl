@@ -111,3 +111,51 @@ Secret roll the pods on the next `helm upgrade`.
 checksum/dts-secret: {{ (lookup "v1" "Secret" .Release.Namespace .Values.dts.existingSecret.name).data | toJson | sha256sum }}
 {{- end -}}
 {{- end }}
+
+{{/* The gateway's authentication: env, checked values. */}}
+{{- define "aha.gatewayAuthEnv" -}}
+{{- $a := .Values.gateway.auth -}}
+{{- if not $a.mode }}
+{{- fail "gateway.auth.mode is required: jwt, api_key, \"jwt,api_key\", or none (anyone who reaches the gateway may do anything)" }}
+{{- end -}}
+- name: GATEWAY__AUTH
+  value: {{ $a.mode | quote }}
+{{- if ne $a.mode "none" }}
+{{- if not $a.idSecret.name }}
+{{- fail "gateway.auth.idSecret.name is required unless gateway.auth.mode is none: a Secret with the key of the operation ids" }}
+{{- end }}
+- name: GATEWAY__ID_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $a.idSecret.name }}
+      key: {{ $a.idSecret.key }}
+{{- end }}
+{{- if has "jwt" (splitList "," $a.mode) }}
+{{- if or (not $a.jwt.issuer) (not $a.jwt.audiences) }}
+{{- fail "gateway.auth.jwt.issuer and gateway.auth.jwt.audiences are required when gateway.auth.mode includes jwt" }}
+{{- end }}
+- name: GATEWAY__JWT_ISSUER
+  value: {{ $a.jwt.issuer | quote }}
+- name: GATEWAY__JWT_AUDIENCES
+  value: {{ join "," $a.jwt.audiences | quote }}
+- name: GATEWAY__JWT_IDENTITY_CLAIMS
+  value: {{ join "," $a.jwt.identityClaims | quote }}
+- name: GATEWAY__JWT_ADMIN_ROLE
+  value: {{ $a.jwt.adminRole | quote }}
+{{- with $a.jwt.jwksUrl }}
+- name: GATEWAY__JWT_JWKS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $a.jwt.requiredRole }}
+- name: GATEWAY__JWT_REQUIRED_ROLE
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if has "api_key" (splitList "," $a.mode) }}
+{{- if not $a.apiKeys.secretName }}
+{{- fail "gateway.auth.apiKeys.secretName is required when gateway.auth.mode includes api_key: a Secret with the keys file" }}
+{{- end }}
+- name: GATEWAY__API_KEYS_FILE
+  value: {{ printf "/etc/gateway/api-keys/%s" $a.apiKeys.key | quote }}
+{{- end }}
+{{- end -}}

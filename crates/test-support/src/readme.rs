@@ -25,10 +25,12 @@ pub fn defaults(readme: &str, prefix: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A default as the README writes it: strings bare, lists comma-separated, `None` as `unset`.
+/// A default as the README writes it: strings bare, lists comma-separated, `None` and empty
+/// lists as `unset`.
 pub fn shown(v: &Value) -> String {
     match v {
         Value::Null => "unset".into(),
+        Value::Array(items) if items.is_empty() => "unset".into(),
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(","),
         other => other.to_string(),

@@ -55,6 +55,35 @@ pub struct Settings {
     pub max_long_polls: usize,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
     pub log_format: String,
+    /// How callers authenticate: `jwt`, `api_key`, `jwt,api_key`, or `none` (anyone may do
+    /// anything: for a laptop). No default: a deployment says which.
+    pub auth: Option<String>,
+    /// Keys the operation ids derived from owners and idempotency keys (HMAC-SHA256); at least
+    /// 32 characters, the same on every replica, kept across restarts. Required with `jwt` or
+    /// `api_key`.
+    pub id_secret: Option<String>,
+    /// OIDC issuer (`iss`), e.g. `https://login.microsoftonline.com/<tenant>/v2.0`.
+    pub jwt_issuer: Option<String>,
+    /// Accepted audiences (`aud`), comma-separated.
+    pub jwt_audiences: Vec<String>,
+    /// The JWKS URL; unset: from the issuer's discovery document.
+    pub jwt_jwks_url: Option<String>,
+    /// Claims that identify the caller, comma-separated (`sub`; Entra ID: `tid,oid`).
+    pub jwt_identity_claims: Vec<String>,
+    pub jwt_roles_claim: String,
+    /// The role that sees and acts on every operation.
+    pub jwt_admin_role: String,
+    /// A role every caller must have (else `403`); unset: any valid token.
+    pub jwt_required_role: Option<String>,
+    pub jwt_leeway_seconds: u64,
+    /// The JWKS is fetched again after this long.
+    pub jwt_jwks_refresh_seconds: u64,
+    /// A token with an unknown key id fetches the JWKS again, at most this often.
+    pub jwt_jwks_min_refetch_seconds: u64,
+    /// The API keys file (JSON, hashed keys; see the README).
+    pub api_keys_file: Option<String>,
+    /// How often the API keys file is read again.
+    pub api_keys_reload_seconds: u64,
 }
 
 impl Default for Settings {
@@ -83,6 +112,20 @@ impl Default for Settings {
             max_concurrent_requests: 2048,
             max_long_polls: 1000,
             log_format: "auto".into(),
+            auth: None,
+            id_secret: None,
+            jwt_issuer: None,
+            jwt_audiences: Vec::new(),
+            jwt_jwks_url: None,
+            jwt_identity_claims: vec!["sub".into()],
+            jwt_roles_claim: "roles".into(),
+            jwt_admin_role: "Operations.Admin".into(),
+            jwt_required_role: None,
+            jwt_leeway_seconds: 60,
+            jwt_jwks_refresh_seconds: 3600,
+            jwt_jwks_min_refetch_seconds: 30,
+            api_keys_file: None,
+            api_keys_reload_seconds: 5,
         }
     }
 }
@@ -92,7 +135,7 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     service: "gateway",
     file_var: "GATEWAY_CONFIG",
     env_prefix: "GATEWAY",
-    list_keys: &[],
+    list_keys: &["jwt_audiences", "jwt_identity_claims"],
     seed_variables: true,
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.",
 };
@@ -139,6 +182,45 @@ impl service_kit::settings::Validate for Settings {
             return Err("`dts_timeout_ms` must be at least 100".into());
         }
         service_kit::settings::log_format(&self.log_format)?;
+        let modes = self.auth_modes()?;
+        if !modes.is_empty() && self.id_secret.as_deref().is_none_or(|s| s.len() < 32) {
+            return Err("`id_secret` must be set, at least 32 characters, when `auth` is not `none`: it keys the operation ids of each caller".into());
+        }
+        if modes.contains(&AuthMode::Jwt) {
+            match &self.jwt_issuer {
+                Some(i) if i.starts_with("https://") || i.starts_with("http://") => {}
+                _ => {
+                    return Err(
+                        "`jwt_issuer` must be set to the issuer's URL when `auth` includes `jwt`"
+                            .into(),
+                    );
+                }
+            }
+            if self.jwt_audiences.iter().all(|a| a.trim().is_empty()) {
+                return Err(
+                    "`jwt_audiences` must name at least one audience when `auth` includes `jwt`"
+                        .into(),
+                );
+            }
+            if self.jwt_identity_claims.iter().any(|c| c.trim().is_empty())
+                || self.jwt_identity_claims.is_empty()
+            {
+                return Err(
+                    "`jwt_identity_claims` must name at least one claim, e.g. `sub`".into(),
+                );
+            }
+            if self.jwt_jwks_refresh_seconds == 0 || self.jwt_jwks_min_refetch_seconds == 0 {
+                return Err("`jwt_jwks_refresh_seconds` and `jwt_jwks_min_refetch_seconds` must be at least 1".into());
+            }
+        }
+        if modes.contains(&AuthMode::ApiKey) {
+            if self.api_keys_file.as_deref().is_none_or(str::is_empty) {
+                return Err("`api_keys_file` must be set when `auth` includes `api_key`".into());
+            }
+            if self.api_keys_reload_seconds == 0 {
+                return Err("`api_keys_reload_seconds` must be at least 1".into());
+            }
+        }
         if let Some(u) = &self.public_base_url
             && !((u.starts_with("http://") || u.starts_with("https://")) && !u.ends_with('/'))
         {
@@ -148,7 +230,64 @@ impl service_kit::settings::Validate for Settings {
     }
 }
 
+/// One way of authenticating callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Jwt,
+    ApiKey,
+}
+
 impl Settings {
+    /// The authentication modes `auth` names; empty for `none`.
+    pub fn auth_modes(&self) -> Result<Vec<AuthMode>, String> {
+        let Some(auth) = self.auth.as_deref() else {
+            return Err("`auth` must be set: `jwt`, `api_key`, `jwt,api_key`, or `none` (no authentication: anyone who reaches the gateway may do anything)".into());
+        };
+        if auth.trim() == "none" {
+            return Ok(Vec::new());
+        }
+        let mut modes = Vec::new();
+        for m in auth.split(',').map(str::trim) {
+            let mode = match m {
+                "jwt" => AuthMode::Jwt,
+                "api_key" => AuthMode::ApiKey,
+                other => {
+                    return Err(format!(
+                        "`auth`: unknown mode '{other}'; use `jwt`, `api_key`, both comma-separated, or `none`"
+                    ));
+                }
+            };
+            if !modes.contains(&mode) {
+                modes.push(mode);
+            }
+        }
+        Ok(modes)
+    }
+
+    /// The JWT settings, when `auth` includes `jwt`.
+    pub fn jwt_config(&self) -> Option<crate::auth::JwtConfig> {
+        Some(crate::auth::JwtConfig {
+            issuer: self.jwt_issuer.clone()?,
+            audiences: self
+                .jwt_audiences
+                .iter()
+                .map(|a| a.trim().to_string())
+                .collect(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            identity_claims: self
+                .jwt_identity_claims
+                .iter()
+                .map(|c| c.trim().to_string())
+                .collect(),
+            roles_claim: self.jwt_roles_claim.clone(),
+            admin_role: self.jwt_admin_role.clone(),
+            required_role: self.jwt_required_role.clone(),
+            leeway_seconds: self.jwt_leeway_seconds,
+            refresh: Duration::from_secs(self.jwt_jwks_refresh_seconds),
+            min_refetch: Duration::from_secs(self.jwt_jwks_min_refetch_seconds),
+        })
+    }
+
     /// The part of the settings the HTTP handlers read.
     pub fn gateway_config(&self) -> GatewayConfig {
         GatewayConfig {
@@ -164,6 +303,7 @@ impl Settings {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_concurrent_requests: self.max_concurrent_requests,
             max_long_polls: self.max_long_polls,
+            auth_modes: self.auth_modes().unwrap_or_default(),
         }
     }
 
@@ -203,6 +343,8 @@ pub struct GatewayConfig {
     pub max_concurrent_requests: usize,
     /// Long polls waiting at once; past it `?wait=` answers at once.
     pub max_long_polls: usize,
+    /// How callers authenticate (for the OpenAPI document); empty: not at all.
+    pub auth_modes: Vec<AuthMode>,
 }
 
 impl Default for GatewayConfig {

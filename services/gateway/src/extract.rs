@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::auth::Caller;
 use crate::problem::{Problem, bad_query, invalid, operation_not_found};
 use crate::{AppState, GatewayConfig};
 
@@ -71,18 +72,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The `{id}` of an operation route. A path that cannot be read (bad percent-encoding) names no
-/// operation, so it is a 404 like any unknown id.
+/// The `{id}` of an operation route, which the caller may see. A path that cannot be read (bad
+/// percent-encoding) names no operation, and another caller's operation is none of this one's:
+/// both are a 404 like any unknown id.
 pub(crate) struct OperationPath(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for OperationPath {
+impl FromRequestParts<AppState> for OperationPath {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        Path::<String>::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map(|Path(id)| Self(id))
-            .map_err(|_| operation_not_found(parts.uri.path()))
+            .map_err(|_| operation_not_found(parts.uri.path()))?;
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if !caller.may_see(&state.ids, &id) {
+            return Err(operation_not_found(&id));
+        }
+        Ok(Self(id))
     }
 }
 

@@ -7,11 +7,12 @@ use durabletask::{Error as DtsError, StartOptions};
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::problem::Problem;
-use crate::scheduler::{create_span, dts_call, dts_problem, timed_out, with_deadline};
+use crate::scheduler::{create_span, dts_call, dts_problem, owner_tags, timed_out, with_deadline};
 
-/// Namespace for ids derived from idempotency keys (ours, so they collide with nothing else).
-const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+/// Namespace of the body fingerprints (ours, so they collide with nothing else).
+const FINGERPRINT_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x3b8e_51d2_7c40_4a1f_9e63_0d5a_c2f8_7b19);
 const FINGERPRINT_TAG: &str = "idempotency-fingerprint";
 
@@ -54,23 +55,26 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
 pub(crate) async fn start_idempotent(
     state: &AppState,
     headers: &HeaderMap,
+    caller: &Caller,
     key: &str,
     input: &ProcessRequest,
 ) -> Result<String, Problem> {
-    let id = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
-        .simple()
-        .to_string();
+    // Scoped to the caller: another caller's same key is another operation.
+    let id = state.ids.idempotent_id(caller, key);
     // Through `Value`, whose keys are sorted: the fingerprint does not depend on field order.
     let canonical = serde_json::to_value(input)
         .map(|v| v.to_string())
         .unwrap_or_default();
-    let fingerprint = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, canonical.as_bytes())
+    let fingerprint = uuid::Uuid::new_v5(&FINGERPRINT_NAMESPACE, canonical.as_bytes())
         .simple()
         .to_string();
     let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, headers);
     let opts = StartOptions {
         instance_id: Some(id.clone()),
-        tags: [(FINGERPRINT_TAG.to_string(), fingerprint.clone())].into(),
+        tags: owner_tags(caller)
+            .into_iter()
+            .chain([(FINGERPRINT_TAG.to_string(), fingerprint.clone())])
+            .collect(),
         replaceable_statuses: Some(vec![]),
         parent_trace_context: trace,
         ..Default::default()

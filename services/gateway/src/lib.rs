@@ -11,6 +11,7 @@
 //! `limits` what every request meets before its handler, and [`serve`] the HTTP server with the
 //! connection limits and the end of serving on shutdown.
 
+pub mod auth;
 pub mod config;
 mod extract;
 mod idempotency;
@@ -55,7 +56,7 @@ pub use state::{AppState, Shared};
 pub fn app(state: AppState) -> Router {
     use routes::{cancel, history, list, process, purge, result, sample, status};
     let limit = state.config.max_body_bytes;
-    let routes = Router::new()
+    let api = Router::new()
         .route(
             "/api/process",
             post(process::start_process).layer(from_fn(run_to_completion)),
@@ -77,6 +78,12 @@ pub fn app(state: AppState) -> Router {
             "/api/operations/{id}",
             get(sample::sample_status).delete(purge::purge),
         )
+        // Every API route needs a caller; the document and `/docs` are public.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
+    let routes = api
         // `/openapi.json` is served by the Swagger UI router, from the same generated document.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::for_config(&state.config)))
         .fallback(problem::not_found)

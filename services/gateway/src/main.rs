@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use durabletask::{Client, Connection};
+use gateway::auth::{ApiKeys, Authenticator, Ids, JwtVerifier};
+use gateway::config::AuthMode;
 use gateway::config::{SOURCE, Settings};
 use gateway::{AppState, admin_app, app};
 use service_kit::settings::Startup;
@@ -48,7 +50,12 @@ async fn run() -> anyhow::Result<()> {
     let conn = Connection::connect(conn_options)
         .await
         .context("connecting to the scheduler")?;
-    let state = AppState::new(Client::new(&conn), s.gateway_config());
+    let state = AppState::secured(
+        Client::new(&conn),
+        s.gateway_config(),
+        authenticator(&s)?,
+        Ids::new(s.id_secret.as_deref()),
+    );
     let backlog = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
     let public = gateway::serve::bind(&s.listen, backlog)
         .await
@@ -104,4 +111,33 @@ async fn run() -> anyhow::Result<()> {
     conn.close();
     telemetry.shutdown();
     Ok(())
+}
+
+/// The authentication `auth` asks for; with none, a warning that stays in the log.
+fn authenticator(s: &Settings) -> anyhow::Result<Authenticator> {
+    let modes = s.auth_modes().map_err(anyhow::Error::msg)?;
+    if modes.is_empty() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (auth = none): anyone who reaches this gateway can read, cancel and purge every operation; set `auth` to `jwt` and/or `api_key` for anything but a laptop"
+        );
+        return Ok(Authenticator::default());
+    }
+    let mut auth = Authenticator::default();
+    if modes.contains(&AuthMode::Jwt) {
+        let config = s.jwt_config().context("`jwt_issuer` is required")?;
+        tracing::info!(issuer = %config.issuer, audiences = ?config.audiences, "bearer tokens accepted");
+        auth.jwt = Some(std::sync::Arc::new(JwtVerifier::new(config)));
+    }
+    if modes.contains(&AuthMode::ApiKey) {
+        let path = s.api_keys_file.as_deref().unwrap_or_default();
+        let keys = std::sync::Arc::new(
+            ApiKeys::load(std::path::Path::new(path))
+                .map_err(|e| anyhow::anyhow!("`api_keys_file`: {e}"))?,
+        );
+        tracing::info!(keys = keys.len(), file = %path, "API keys accepted");
+        keys.clone()
+            .watch(Duration::from_secs(s.api_keys_reload_seconds));
+        auth.api_keys = Some(keys);
+    }
+    Ok(auth)
 }

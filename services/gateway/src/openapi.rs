@@ -88,7 +88,84 @@ impl ApiDoc {
             });
         }
         limit_responses(&mut doc);
+        security(&mut doc, &config.auth_modes);
         doc
+    }
+}
+
+/// With authentication on: the schemes (so that `/docs` offers "Authorize"), the requirement on
+/// every operation (either scheme), and the `401` and `403` every operation may answer.
+fn security(doc: &mut utoipa::openapi::OpenApi, modes: &[crate::config::AuthMode]) {
+    use crate::config::AuthMode;
+    use utoipa::openapi::schema::Ref;
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{Content, ResponseBuilder};
+    if modes.is_empty() {
+        return;
+    }
+    let mut requirements = Vec::new();
+    if let Some(components) = doc.components.as_mut() {
+        if modes.contains(&AuthMode::Jwt) {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .description(Some("An OIDC access token from the configured issuer"))
+                        .build(),
+                ),
+            );
+            requirements.push(SecurityRequirement::new("bearer", Vec::<String>::new()));
+        }
+        if modes.contains(&AuthMode::ApiKey) {
+            components.add_security_scheme(
+                "apiKey",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "X-API-Key",
+                    "A key issued by the operator (its hash is in the gateway's keys file)",
+                ))),
+            );
+            requirements.push(SecurityRequirement::new("apiKey", Vec::<String>::new()));
+        }
+    }
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                Content::new(Some(Ref::from_schema_name("ProblemDetails"))),
+            )
+            .build()
+    };
+    let answers = [
+        (
+            "401",
+            problem("No credentials, or credentials that do not hold (see `WWW-Authenticate`)"),
+        ),
+        ("403", problem("The caller's role does not allow this")),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.put,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.security = Some(requirements.clone());
+            for (code, response) in &answers {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| response.clone().into());
+            }
+        }
     }
 }
 

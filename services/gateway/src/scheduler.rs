@@ -8,6 +8,7 @@ use durabletask::{Error as DtsError, OrchestrationMetadata, StartOptions};
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::extract::valid_id;
 use crate::problem::{Problem, operation_not_found};
 
@@ -99,6 +100,7 @@ pub(crate) fn timed_out(state: &AppState) -> Problem {
 pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     state: &AppState,
     headers: &HeaderMap,
+    caller: &Caller,
     name: &str,
     id: &str,
     input: &I,
@@ -107,6 +109,7 @@ pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     let opts = StartOptions {
         instance_id: Some(id.to_string()),
         parent_trace_context: trace,
+        tags: owner_tags(caller),
         ..Default::default()
     };
     with_deadline(
@@ -118,6 +121,15 @@ pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     .await?;
     state.metrics.started.inc();
     Ok(())
+}
+
+/// The tags recording who started an operation.
+pub(crate) fn owner_tags(caller: &Caller) -> std::collections::HashMap<String, String> {
+    caller
+        .owner
+        .iter()
+        .map(|o| (crate::auth::OWNER_TAG.to_string(), o.clone()))
+        .collect()
 }
 
 /// An operation's metadata, `404` when there is none.

@@ -6,6 +6,7 @@ use durabletask::Client;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Authenticator, Ids};
 use crate::{GatewayConfig, GatewayMetrics};
 
 #[derive(Clone)]
@@ -23,10 +24,19 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Cancelled when the gateway stops accepting connections: waiting long polls answer now.
     pub releasing: CancellationToken,
+    /// Who callers are.
+    pub auth: Authenticator,
+    /// How operation ids are made, and whose they are.
+    pub ids: Ids,
 }
 
 impl AppState {
+    /// A state without authentication (every caller sees everything) and without an id secret.
     pub fn new(client: Client, config: GatewayConfig) -> Self {
+        Self::secured(client, config, Authenticator::default(), Ids::new(None))
+    }
+
+    pub fn secured(client: Client, config: GatewayConfig, auth: Authenticator, ids: Ids) -> Self {
         Self(Arc::new(Shared {
             client,
             long_polls: Semaphore::new(config.max_long_polls),
@@ -34,6 +44,8 @@ impl AppState {
             metrics: GatewayMetrics::default(),
             draining: CancellationToken::new(),
             releasing: CancellationToken::new(),
+            auth,
+            ids,
         }))
     }
 }

@@ -75,7 +75,7 @@ async fn openapi_document_covers_every_route_status_and_schema() {
         ("/api/status/{id}", "get", &[200, 400, 404, 502]),
         ("/api/result/{id}", "get", &[200, 202, 404, 409, 502]),
         ("/api/operations/{id}/cancel", "post", &[202, 404, 409, 502]),
-        ("/api/operations", "get", &[200, 400, 502]),
+        ("/api/operations", "get", &[200, 400, 403, 502]),
         (
             "/api/start-operation",
             "post",
@@ -131,6 +131,38 @@ async fn openapi_document_covers_every_route_status_and_schema() {
         let pointer = r.strip_prefix('#').expect("local ref");
         assert!(doc.pointer(pointer).is_some(), "dangling {r}");
     }
+    assert!(
+        doc["components"]["securitySchemes"].is_null(),
+        "no auth, no schemes"
+    );
+}
+
+#[test]
+fn with_authentication_the_document_has_its_schemes_and_401_everywhere() {
+    use gateway::config::AuthMode;
+    let config = GatewayConfig {
+        auth_modes: vec![AuthMode::Jwt, AuthMode::ApiKey],
+        ..Default::default()
+    };
+    let doc = serde_json::to_value(gateway::ApiDoc::for_config(&config)).expect("json");
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+    assert_eq!(schemes["bearer"]["bearerFormat"], "JWT");
+    assert_eq!(schemes["apiKey"]["in"], "header");
+    assert_eq!(schemes["apiKey"]["name"], "X-API-Key");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            let security = op["security"].as_array().expect("security");
+            assert_eq!(security.len(), 2, "{method} {path}: either scheme");
+            for code in ["401", "403"] {
+                assert_eq!(
+                    op["responses"][code]["content"]["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/ProblemDetails",
+                    "{method} {path} {code}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -165,9 +197,25 @@ async fn docs_page_and_its_assets_are_served_from_the_binary() {
 
 // ------------------------------------------------------------------ real processes
 
+const API_KEY: &str = "schemathesis-key-0123456789abcdef";
+
 /// The whole system on loopback: scheduler, worker and gateway (short limits, so that operations
 /// started by the tools finish quickly and long polls stay short).
 async fn system() -> (Vec<tokio::process::Child>, u16) {
+    // Authentication on: an API key of the `user` role, which Schemathesis presents.
+    let dir = std::env::temp_dir().join(format!("st-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.json");
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, API_KEY.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        &keys,
+        format!(r#"{{"keys":[{{"id":"schemathesis","name":"conformance","role":"user","sha256":"{hash}"}}]}}"#),
+    )
+    .expect("keys");
     let (scheduler, endpoint) = local_scheduler().await;
     let worker_admin = free_port();
     let worker = spawn(
@@ -184,6 +232,12 @@ async fn system() -> (Vec<tokio::process::Child>, u16) {
         &[
             ("GATEWAY__MAX_WAIT_SECONDS", "1".into()),
             ("GATEWAY__MAX_DELAY_SECONDS", "2".into()),
+            ("GATEWAY__AUTH", "api_key".into()),
+            (
+                "GATEWAY__ID_SECRET",
+                "an id secret of at least 32 characters".into(),
+            ),
+            ("GATEWAY__API_KEYS_FILE", keys.display().to_string()),
         ],
     )
     .await;
@@ -220,6 +274,7 @@ async fn schemathesis_finds_no_deviation_from_the_document() {
             .arg(&config)
             .args(["run", &format!("http://127.0.0.1:{port}/openapi.json")])
             .args(["--checks", "all", "--no-color"])
+            .args(["--header", &format!("X-API-Key: {API_KEY}")])
             .output(),
     )
     .await

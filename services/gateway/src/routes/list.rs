@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::AppState;
+use crate::auth::{Caller, Role, forbidden};
 use crate::extract::ApiQuery;
 use crate::links::{base, encode, links};
 use crate::model::{OperationPage, OperationSummary, operation_status, rfc3339, runtime_statuses};
@@ -36,6 +37,9 @@ pub(crate) struct ListQuery {
     page_size: Option<u32>,
     /// Opaque token from a previous page's `nextLink`.
     continuation_token: Option<String>,
+    /// Admins only: the operations of this owner (`jwt:<identity>` or `key:<key id>`). Others
+    /// always see their own.
+    owner: Option<String>,
 }
 
 fn parse_time(
@@ -63,14 +67,27 @@ fn parse_time(
     responses(
         (status = 200, description = "One page; follow `nextLink` for the next", body = OperationPage),
         (status = 400, description = "Bad query parameters", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "`owner` from a caller who is not an admin", body = crate::ProblemDetails, content_type = "application/problem+json"),
         super::SchedulerProblems,
     ),
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
+    // A caller's operations share their id prefix: the list is a prefix query.
+    let prefix = match (&q.owner, caller.role) {
+        (Some(owner), Role::Admin) => Some(state.ids.owner_prefix(owner)),
+        (Some(_), Role::User) => {
+            return Err(forbidden(
+                "only an admin may list another owner's operations",
+            ));
+        }
+        (None, Role::Admin) => None,
+        (None, Role::User) => Some(state.ids.prefix_of(&caller)).filter(|p| !p.is_empty()),
+    };
     let statuses = match q.status.as_deref() {
         None => vec![],
         Some(list) => {
@@ -93,6 +110,7 @@ pub(crate) async fn list(
         created_to: parse_time("created_to", q.created_to.as_ref())?,
         page_size: Some(page_size),
         continuation_token: q.continuation_token.clone(),
+        instance_id_prefix: prefix,
         ..Default::default()
     };
     let page = match dts_call(
@@ -135,6 +153,7 @@ pub(crate) async fn list(
             ("status", &q.status),
             ("created_from", &q.created_from),
             ("created_to", &q.created_to),
+            ("owner", &q.owner),
         ] {
             if let Some(v) = v {
                 params.push(format!("{k}={}", encode(v)));

@@ -5,6 +5,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
 
+use crate::auth::Caller;
 use crate::extract::{FieldRules, JsonBody};
 use crate::idempotency::{idempotency_key, start_idempotent};
 use crate::model::OperationState;
@@ -56,6 +57,7 @@ impl FieldRules for ProcessRequest {
 pub(crate) async fn start_process(
     State(state): State<AppState>,
     headers: HeaderMap,
+    caller: Caller,
     JsonBody(req): JsonBody<ProcessRequest>,
 ) -> Result<Response, Problem> {
     let name = req.name.trim();
@@ -79,11 +81,19 @@ pub(crate) async fn start_process(
         delay_seconds: req.delay_seconds,
     };
     let id = match idempotency_key(&headers)? {
-        Some(key) => start_idempotent(&state, &headers, &key, &input).await?,
+        Some(key) => start_idempotent(&state, &headers, &caller, &key, &input).await?,
         None => {
-            // Random and unguessable: the id is the only key to the operation's status and result.
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            start_orchestration(&state, &headers, PROCESS_ORCHESTRATION, &id, &input).await?;
+            // Random and unguessable, under the caller's prefix.
+            let id = state.ids.new_id(&caller);
+            start_orchestration(
+                &state,
+                &headers,
+                &caller,
+                PROCESS_ORCHESTRATION,
+                &id,
+                &input,
+            )
+            .await?;
             id
         }
     };

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::extract::{FieldRules, OperationPath, OptionalJsonBody};
 use crate::links::base;
 use crate::model::{error_of, rfc3339};
@@ -84,6 +85,7 @@ pub struct SampleStatus {
 pub(crate) async fn sample_start(
     State(state): State<AppState>,
     headers: HeaderMap,
+    caller: Caller,
     OptionalJsonBody(body): OptionalJsonBody<SampleStartRequest>,
 ) -> Result<Response, Problem> {
     let max = i64::try_from(state.config.max_delay_seconds).unwrap_or(i64::MAX);
@@ -96,12 +98,13 @@ pub(crate) async fn sample_start(
             "`processing_time` must be between 0 and {max}"
         )));
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    // The sample's hyphenated UUIDs, under the caller's prefix.
+    let id = format!("{}{}", state.ids.prefix_of(&caller), uuid::Uuid::new_v4());
     let input = SampleInput {
         operation_id: Some(id.clone()),
         processing_time: Some(processing_time),
     };
-    start_orchestration(&state, &headers, SAMPLE_ORCHESTRATION, &id, &input).await?;
+    start_orchestration(&state, &headers, &caller, SAMPLE_ORCHESTRATION, &id, &input).await?;
     let status_url = format!("/api/operations/{id}");
     let absolute = format!("{}{status_url}", base(&state, &headers));
     let mut resp = json_response(

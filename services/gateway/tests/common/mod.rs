@@ -120,7 +120,12 @@ pub async fn gateway(endpoint: &str, extra: &[(&str, String)]) -> (Child, u16, u
         ("ENDPOINT", endpoint.to_string()),
         ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
         ("GATEWAY__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+        ("GATEWAY__DRAIN_DELAY_SECONDS", "0".into()),
     ];
+    // Open unless the test says otherwise.
+    if !extra.iter().any(|(k, _)| *k == "GATEWAY__AUTH") {
+        env.push(("GATEWAY__AUTH", "none".into()));
+    }
     env.extend(extra.iter().cloned());
     let child = spawn("gateway", &env, port).await;
     wait_port(admin).await;

@@ -1,0 +1,282 @@
+//! OIDC bearer tokens (JWT), checked against the issuer's published keys (JWKS).
+//!
+//! Signatures and claims are checked by `jsonwebtoken`; what is ours is which keys to trust:
+//! the JWKS (configured, or found through the issuer's discovery document) is fetched once and
+//! kept, refreshed every `refresh`; a token signed with a key id not in it makes one refetch, at
+//! most every `min_refetch`, so that a rotation is picked up at once and a flood of made-up key
+//! ids costs the identity provider nothing. Only RS256 and ES256 are accepted: `alg: none` and
+//! HMAC (a shared secret, which a JWKS must never carry) are refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::{Caller, Refusal, Role};
+
+/// What is trusted, and what a token must say.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// The JWKS; `None`: from the issuer's `/.well-known/openid-configuration`.
+    pub jwks_url: Option<String>,
+    /// Claims whose values, joined, are the caller's identity (`sub`; Entra ID: `tid`, `oid`).
+    pub identity_claims: Vec<String>,
+    /// The claim listing the caller's roles (Entra ID app roles: `roles`).
+    pub roles_claim: String,
+    /// The role that sees every operation.
+    pub admin_role: String,
+    /// A role every caller must have (unless admin); `None`: any valid token.
+    pub required_role: Option<String>,
+    pub leeway_seconds: u64,
+    pub refresh: Duration,
+    pub min_refetch: Duration,
+}
+
+struct TrustedKeys {
+    by_kid: HashMap<String, (Algorithm, DecodingKey)>,
+    fetched: Instant,
+}
+
+pub struct JwtVerifier {
+    config: JwtConfig,
+    http: reqwest::Client,
+    keys: RwLock<Option<Arc<TrustedKeys>>>,
+    /// One fetch at a time; the others wait for its result.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+/// Largest JWKS or discovery document read.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+impl JwtVerifier {
+    pub fn new(config: JwtConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            config,
+            http,
+            keys: RwLock::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Refusal::Invalid("not a well-formed signed JWT".into()))?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(Refusal::Invalid(format!(
+                "algorithm {:?} is not accepted (RS256, ES256)",
+                header.alg
+            )));
+        }
+        let kid = header.kid.as_deref();
+        let (alg, key) = match self.find(kid, header.alg, false).await? {
+            Some(found) => found,
+            // Perhaps the issuer rotated its keys: look once more, at most every min_refetch.
+            None => self.find(kid, header.alg, true).await?.ok_or_else(|| {
+                Refusal::Invalid("signed by a key the issuer does not publish".into())
+            })?,
+        };
+        if alg != header.alg {
+            return Err(Refusal::Invalid(
+                "the token's algorithm does not match its key".into(),
+            ));
+        }
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[&self.config.issuer]);
+        v.set_audience(&self.config.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.leeway = self.config.leeway_seconds;
+        v.validate_nbf = true;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
+            .map_err(|e| Refusal::Invalid(reason(&e)))?
+            .claims;
+        self.caller(&claims)
+    }
+
+    fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, Refusal> {
+        let mut identity = Vec::with_capacity(self.config.identity_claims.len());
+        for c in &self.config.identity_claims {
+            match claims
+                .get(c)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                Some(v) => identity.push(v),
+                None => return Err(Refusal::Invalid(format!("the token has no `{c}` claim"))),
+            }
+        }
+        let roles: Vec<&str> = match claims.get(&self.config.roles_claim) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(s)) => s.split(' ').collect(),
+            _ => Vec::new(),
+        };
+        let role = if roles.contains(&self.config.admin_role.as_str()) {
+            Role::Admin
+        } else {
+            if let Some(required) = &self.config.required_role
+                && !roles.contains(&required.as_str())
+            {
+                return Err(Refusal::Forbidden(format!(
+                    "the token lacks the role `{required}`"
+                )));
+            }
+            Role::User
+        };
+        Ok(Caller {
+            owner: Some(format!("jwt:{}", identity.join(":"))),
+            role,
+        })
+    }
+
+    /// The key for `kid` (or the only key of `alg` when the token names none). Keys are fetched
+    /// when there are none yet, when they are older than `refresh`, and when `refetch` asks and
+    /// the last fetch is older than `min_refetch`.
+    async fn find(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        refetch: bool,
+    ) -> Result<Option<(Algorithm, DecodingKey)>, Refusal> {
+        let current = self.keys.read().ok().and_then(|k| k.clone());
+        let due = match &current {
+            None => true,
+            Some(k) if k.fetched.elapsed() >= self.config.refresh => true,
+            Some(k) => refetch && k.fetched.elapsed() >= self.config.min_refetch,
+        };
+        let keys = if due {
+            self.refresh(current.as_ref().map(|k| k.fetched)).await?
+        } else {
+            current.ok_or_else(|| Refusal::Unavailable("no keys".into()))?
+        };
+        Ok(match kid {
+            Some(kid) => keys.by_kid.get(kid).cloned(),
+            None => {
+                let mut of_alg = keys.by_kid.values().filter(|(a, _)| *a == alg);
+                match (of_alg.next(), of_alg.next()) {
+                    (Some(only), None) => Some(only.clone()),
+                    _ => None,
+                }
+            }
+        })
+    }
+
+    /// Fetches the keys, unless another request did since `seen`. A failed fetch keeps the keys
+    /// there are (logged); with none at all, tokens cannot be checked (`503`).
+    async fn refresh(&self, seen: Option<Instant>) -> Result<Arc<TrustedKeys>, Refusal> {
+        let _one = self.fetching.lock().await;
+        let current = self.keys.read().ok().and_then(|k| k.clone());
+        if let Some(k) = &current
+            && Some(k.fetched) != seen
+        {
+            return Ok(k.clone());
+        }
+        match self.fetch().await {
+            Ok(by_kid) => {
+                let keys = Arc::new(TrustedKeys {
+                    by_kid,
+                    fetched: Instant::now(),
+                });
+                if let Ok(mut k) = self.keys.write() {
+                    *k = Some(keys.clone());
+                }
+                Ok(keys)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not fetch the issuer's keys");
+                match current {
+                    Some(k) => {
+                        // Try again at the next min_refetch, not on every request.
+                        let keys = Arc::new(TrustedKeys {
+                            by_kid: k.by_kid.clone(),
+                            fetched: Instant::now()
+                                .checked_sub(self.config.refresh)
+                                .map_or(Instant::now(), |t| t + self.config.min_refetch),
+                        });
+                        if let Ok(mut slot) = self.keys.write() {
+                            *slot = Some(keys.clone());
+                        }
+                        Ok(keys)
+                    }
+                    None => Err(Refusal::Unavailable(e)),
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
+        let url = match &self.config.jwks_url {
+            Some(u) => u.clone(),
+            None => {
+                let discovery = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.config.issuer.trim_end_matches('/')
+                );
+                let doc: Value = self.get_json(&discovery).await?;
+                doc.get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("{discovery} has no jwks_uri"))?
+                    .to_string()
+            }
+        };
+        let set: JwkSet = self.get_json(&url).await?;
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            // Public keys only, of the two accepted algorithms.
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                by_kid.insert(kid, (alg, key));
+            }
+        }
+        Ok(by_kid)
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: HTTP {}", response.status()));
+        }
+        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        if body.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("{url}: over {MAX_DOCUMENT_BYTES} bytes"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    }
+}
+
+/// What a caller is told of a refused token.
+fn reason(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "the token has expired",
+        K::ImmatureSignature => "the token is not valid yet",
+        K::InvalidAudience => "the token is for another audience",
+        K::InvalidIssuer => "the token is from another issuer",
+        K::InvalidSignature => "the signature does not verify",
+        K::InvalidAlgorithm => "the token's algorithm does not match its key",
+        K::MissingRequiredClaim(c) => return format!("the token has no `{c}` claim"),
+        _ => "the token is not valid",
+    }
+    .to_string()
+}
