@@ -6,11 +6,13 @@
 //! - [`python`]: the official Python SDK as an independent peer (the project's `.venv`).
 //! - [`exposition`]: reading a `/metrics` page.
 //! - [`scenarios`]: orchestration scenarios run against every server we test.
+//! - [`oidc`]: an identity provider (keys, hand-signed tokens, discovery and JWKS over HTTP).
 //! - [`readme`]: the README's configuration tables, checked against the settings' defaults.
 
 pub mod exposition;
 pub mod fake_scheduler;
 pub mod net;
+pub mod oidc;
 pub mod process;
 pub mod python;
 pub mod readme;

@@ -8,6 +8,7 @@
 //! --bench gateway_throughput`). Prints a table; no assertions.
 
 use test_support::net::{free_port, wait_port};
+use test_support::oidc;
 use test_support::process::{cpu_seconds, rss_mib};
 use test_support::python as pyenv;
 
@@ -83,9 +84,16 @@ struct Outcome {
 /// (`rate` `None`, closed loop: the maximum throughput), or at `rate` requests per second in all
 /// (open loop, as wrk2 does: each connection sends on a fixed schedule and latency counts from
 /// the time a request was due, so a slow answer also charges the requests queued behind it).
-async fn load(port: u16, path: &str, body: &str, want: u16, rate: Option<f64>) -> Outcome {
+async fn load(
+    port: u16,
+    path: &str,
+    body: &str,
+    extra_header: &str,
+    want: u16,
+    rate: Option<f64>,
+) -> Outcome {
     let request = Arc::new(format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{extra_header}Content-Length: {}\r\n\r\n{body}",
         body.len()
     ));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -165,7 +173,11 @@ async fn load(port: u16, path: &str, body: &str, want: u16, rate: Option<f64>) -
 
 #[derive(Clone, Copy, PartialEq)]
 enum Front {
+    /// Authentication off.
     Gateway,
+    /// Every request with an OIDC bearer token (RS256), checked against a JWKS served by this
+    /// bench.
+    GatewayJwt,
     FastApi,
 }
 
@@ -225,23 +237,50 @@ async fn measure(
         None
     };
     let port = free_port();
+    // The JWT run's identity provider and token (valid for the whole run).
+    let mut issuer = None;
+    let mut extra_header = String::new();
     let (front_child, want) = match front {
-        Front::Gateway => (
-            spawn(
-                PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
-                &[
-                    ("ENDPOINT", endpoint.clone()),
-                    ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+        Front::Gateway | Front::GatewayJwt => {
+            let mut env = vec![
+                ("ENDPOINT", endpoint.clone()),
+                ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+                (
+                    "GATEWAY__ADMIN_LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                ),
+                // One caller sends everything here: this measures the gateway, not its limit.
+                ("GATEWAY__RATE_LIMIT_PER_SECOND", "0".into()),
+            ];
+            if front == Front::GatewayJwt {
+                let idp = oidc::issuer().await;
+                let key = oidc::Key::rsa("bench");
+                idp.keys.lock().expect("keys").push(key.jwk());
+                let token = key.sign(&oidc::claims(
+                    &idp.url,
+                    "api://bench",
+                    "bench-caller",
+                    serde_json::json!({}),
+                ));
+                extra_header = format!("Authorization: Bearer {token}\r\n");
+                env.extend([
+                    ("GATEWAY__AUTH", "jwt".into()),
                     (
-                        "GATEWAY__ADMIN_LISTEN",
-                        format!("127.0.0.1:{}", free_port()),
+                        "GATEWAY__ID_SECRET",
+                        "an id secret of at least 32 characters".into(),
                     ),
-                ],
-                port,
+                    ("GATEWAY__JWT_ISSUER", idp.url.clone()),
+                    ("GATEWAY__JWT_AUDIENCES", "api://bench".into()),
+                ]);
+                issuer = Some(idp);
+            } else {
+                env.push(("GATEWAY__AUTH", "none".into()));
+            }
+            (
+                spawn(PathBuf::from(env!("CARGO_BIN_EXE_gateway")), &env, port).await,
+                202,
             )
-            .await,
-            202,
-        ),
+        }
         Front::FastApi => {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/sample_client.py");
             let child = Command::new(pyenv::python())
@@ -265,7 +304,8 @@ async fn measure(
         std::process::id(),
     ];
     let before = pids.map(cpu_seconds);
-    let outcome = load(port, path, body, want, rate).await;
+    let outcome = load(port, path, body, &extra_header, want, rate).await;
+    drop(issuer);
     let after = pids.map(cpu_seconds);
     let starts = outcome.rate * (WARM_UP + MEASURE).as_secs_f64();
     let cpu_us_per_start = [0, 1, 2].map(|i| (after[i] - before[i]) / starts * 1e6);
@@ -306,6 +346,18 @@ fn main() {
                 a
             }
         };
+        // Authentication's cost: the same starts with a bearer token on each, interleaved.
+        let mut jwt = None::<(Measured, Measured)>;
+        for _ in 0..ROUNDS {
+            let open = measure(Front::Gateway, "/api/process", PROCESS_BODY, false, None).await;
+            let signed =
+                measure(Front::GatewayJwt, "/api/process", PROCESS_BODY, false, None).await;
+            jwt = Some(match jwt {
+                None => (open, signed),
+                Some((a, b)) => (best(a, open), best(b, signed)),
+            });
+        }
+        let (open, signed) = jwt.expect("at least one round");
         let mut rows = Vec::new();
         for with_worker in [false, true] {
             let mut round = None::<(Measured, Measured, Measured)>;
@@ -368,6 +420,20 @@ fn main() {
                 ours_sample.outcome.rate / py.outcome.rate
             );
         }
+        println!();
+        println!("authentication: POST /api/process, starts only, {CONNECTIONS} connections, best of {ROUNDS} interleaved runs");
+        println!("| gateway | starts/s | p50 ms | p99 ms | errors | CPU µs per start (gateway) |");
+        println!("|---|---|---|---|---|---|");
+        for (name, m) in [("auth none", &open), ("auth jwt (RS256 bearer token)", &signed)] {
+            println!(
+                "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
+                m.outcome.rate, m.outcome.p50_ms, m.outcome.p99_ms, m.outcome.errors, m.cpu_us_per_start[0]
+            );
+        }
+        println!(
+            "| ratio jwt / none | {:.2} | | | | |",
+            signed.outcome.rate / open.outcome.rate
+        );
         let o = &paced.outcome;
         println!();
         println!(

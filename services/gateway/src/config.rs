@@ -53,6 +53,11 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     /// Long polls (`?wait=`) waiting at once; past it `?wait=` answers at once.
     pub max_long_polls: usize,
+    /// Requests per second each caller may make (by identity; by address when authentication is
+    /// off); past it `429` with `Retry-After`. 0: no limit.
+    pub rate_limit_per_second: u32,
+    /// Requests a caller may make at once above the rate.
+    pub rate_limit_burst: u32,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
     pub log_format: String,
     /// How callers authenticate: `jwt`, `api_key`, `jwt,api_key`, or `none` (anyone may do
@@ -111,6 +116,8 @@ impl Default for Settings {
             max_connections: 4096,
             max_concurrent_requests: 2048,
             max_long_polls: 1000,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
             log_format: "auto".into(),
             auth: None,
             id_secret: None,
@@ -162,6 +169,11 @@ impl service_kit::settings::Validate for Settings {
             if value == 0 {
                 return Err(format!("`{key}` must be at least 1"));
             }
+        }
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            return Err(
+                "`rate_limit_burst` must be at least 1 when `rate_limit_per_second` is set".into(),
+            );
         }
         if self.max_header_bytes < 1024 {
             return Err("`max_header_bytes` must be at least 1024".into());
@@ -303,6 +315,8 @@ impl Settings {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_concurrent_requests: self.max_concurrent_requests,
             max_long_polls: self.max_long_polls,
+            rate_limit_per_second: self.rate_limit_per_second,
+            rate_limit_burst: self.rate_limit_burst,
             auth_modes: self.auth_modes().unwrap_or_default(),
         }
     }
@@ -343,6 +357,9 @@ pub struct GatewayConfig {
     pub max_concurrent_requests: usize,
     /// Long polls waiting at once; past it `?wait=` answers at once.
     pub max_long_polls: usize,
+    /// Per-caller requests per second (0: no limit) and burst.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
     /// How callers authenticate (for the OpenAPI document); empty: not at all.
     pub auth_modes: Vec<AuthMode>,
 }

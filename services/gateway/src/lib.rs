@@ -15,7 +15,7 @@ pub mod auth;
 pub mod config;
 mod extract;
 mod idempotency;
-mod limits;
+pub mod limits;
 mod links;
 mod metrics;
 mod model;
@@ -78,7 +78,12 @@ pub fn app(state: AppState) -> Router {
             "/api/operations/{id}",
             get(sample::sample_status).delete(purge::purge),
         )
-        // Every API route needs a caller; the document and `/docs` are public.
+        // Every API route needs a caller (the outer layer), whose rate is then checked; the
+        // document and `/docs` are public.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_caller,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,

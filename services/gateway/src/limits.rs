@@ -1,19 +1,20 @@
 //! The limits every request meets before its handler: the size of its head (`431`), the trace
 //! headers it may hand on, requests in progress (`503` with `Retry-After`, shed at once rather
-//! than queued) and the time a whole request may take (`408`). The connection-level limits are
-//! in `serve`.
+//! than queued), the time a whole request may take (`408`), and each caller's rate (`429`). The
+//! connection-level limits are in `serve`.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 
+use crate::auth::Caller;
 use crate::problem::Problem;
 use crate::{AppState, GatewayConfig};
 
@@ -67,6 +68,87 @@ fn refused(e: BoxError, retry_after_seconds: u64, timeout: Duration) -> Response
     )
     .retry_after(retry_after_seconds)
     .into_response()
+}
+
+/// Each caller's rate: a token bucket per caller (governor's GCRA), keyed by identity, or by
+/// address when authentication is off.
+pub type CallerLimiter = governor::RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    governor::clock::DefaultClock,
+    governor::middleware::StateInformationMiddleware,
+>;
+
+/// The limiter of `config`, `None` without a rate.
+pub fn caller_limiter(config: &GatewayConfig) -> Option<CallerLimiter> {
+    let rate = std::num::NonZeroU32::new(config.rate_limit_per_second)?;
+    let burst = std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+    Some(
+        governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+            .with_middleware::<governor::middleware::StateInformationMiddleware>(),
+    )
+}
+
+/// The route layer after authentication: `429` past the caller's rate, with `Retry-After` and
+/// the IETF `RateLimit-Policy` / `RateLimit` fields (on every answer, so clients can pace
+/// themselves before they are refused).
+pub(crate) async fn per_caller(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use governor::clock::{Clock, DefaultClock};
+    let Some(limiter) = &state.rate_limiter else {
+        return next.run(request).await;
+    };
+    let key = match request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.owner.clone())
+    {
+        Some(owner) => owner,
+        None => request
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "anonymous".to_string(), |c| format!("ip:{}", c.0.ip())),
+    };
+    let rate = f64::from(state.config.rate_limit_per_second);
+    let burst = state.config.rate_limit_burst;
+    let policy = format!(
+        r#""per-caller";q={burst};w={}"#,
+        (f64::from(burst) / rate).ceil().max(1.0)
+    );
+    let (mut response, remaining, reset) = match limiter.check_key(&key) {
+        Ok(snapshot) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            let refill = (f64::from(burst.saturating_sub(remaining)) / rate).ceil();
+            (next.run(request).await, remaining, refill as u64)
+        }
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let response = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too Many Requests",
+                format!(
+                    "over {} requests a second (burst {burst}) for this caller; try again in {seconds} s",
+                    state.config.rate_limit_per_second
+                ),
+            )
+            .retry_after(seconds)
+            .into_response();
+            (response, 0, seconds)
+        }
+    };
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(r#""per-caller";r={remaining};t={reset}"#)) {
+        headers.insert("ratelimit", v);
+    }
+    response
 }
 
 /// `431` for a head over `max_header_bytes`; then the trace headers are made safe to keep.

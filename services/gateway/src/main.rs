@@ -57,6 +57,20 @@ async fn run() -> anyhow::Result<()> {
         Ids::new(s.id_secret.as_deref()),
     );
     let backlog = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
+    if state.rate_limiter.is_some() {
+        // Callers that stopped calling drop out of the limiter's table.
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Some(limiter) = &state.rate_limiter {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            }
+        });
+    }
     let public = gateway::serve::bind(&s.listen, backlog)
         .await
         .with_context(|| format!("`listen`: cannot bind {}", s.listen))?;

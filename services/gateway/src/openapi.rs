@@ -87,7 +87,7 @@ impl ApiDoc {
                 p.default = Some(sample_default.into());
             });
         }
-        limit_responses(&mut doc);
+        limit_responses(&mut doc, config.rate_limit_per_second > 0);
         security(&mut doc, &config.auth_modes);
         doc
     }
@@ -170,8 +170,9 @@ fn security(doc: &mut utoipa::openapi::OpenApi, modes: &[crate::config::AuthMode
 }
 
 /// The answers of the limits every request meets (`limits`), on every operation: `408` past the
-/// request timeout, `431` past the head size, `503` when requests are shed.
-fn limit_responses(doc: &mut utoipa::openapi::OpenApi) {
+/// request timeout, `431` past the head size, `503` when requests are shed, `429` past the
+/// caller's rate (when there is one).
+fn limit_responses(doc: &mut utoipa::openapi::OpenApi, rate_limited: bool) {
     use utoipa::openapi::schema::{Object, Ref, Type};
     use utoipa::openapi::{Content, Header, ResponseBuilder};
     let problem = |description: &str, retry_after: bool| {
@@ -184,7 +185,7 @@ fn limit_responses(doc: &mut utoipa::openapi::OpenApi) {
         }
         r.build()
     };
-    let limits = [
+    let mut limits = vec![
         (
             "408",
             problem(
@@ -204,6 +205,15 @@ fn limit_responses(doc: &mut utoipa::openapi::OpenApi) {
             ),
         ),
     ];
+    if rate_limited {
+        limits.push((
+            "429",
+            problem(
+                "Over the caller's request rate; retry after `Retry-After` (the `RateLimit` field says more)",
+                true,
+            ),
+        ));
+    }
     for item in doc.paths.paths.values_mut() {
         for op in [
             &mut item.get,

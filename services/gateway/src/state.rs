@@ -28,6 +28,8 @@ pub struct Shared {
     pub auth: Authenticator,
     /// How operation ids are made, and whose they are.
     pub ids: Ids,
+    /// Each caller's rate; `None` without a limit.
+    pub rate_limiter: Option<crate::limits::CallerLimiter>,
 }
 
 impl AppState {
@@ -39,6 +41,7 @@ impl AppState {
     pub fn secured(client: Client, config: GatewayConfig, auth: Authenticator, ids: Ids) -> Self {
         Self(Arc::new(Shared {
             client,
+            rate_limiter: crate::limits::caller_limiter(&config),
             long_polls: Semaphore::new(config.max_long_polls),
             config,
             metrics: GatewayMetrics::default(),

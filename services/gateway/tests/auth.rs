@@ -2,176 +2,18 @@
 //! here), the issuer's discovery document and JWKS are served over real HTTP by this test, and
 //! a real gateway process checks them. API keys come from a file the test rewrites.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
+use test_support::oidc::{
+    Issuer, Key, claims, hmac_token, issuer, now, sha256_hex, unsigned_token,
+};
 
 mod common;
 use common::*;
 
 const AUDIENCE: &str = "api://async-http-api";
 const SECRET: &str = "id secret for the tests, at least 32 characters";
-
-/// An OIDC issuer on loopback: discovery document and JWKS, which the test may change.
-struct Issuer {
-    url: String,
-    keys: Arc<Mutex<Vec<Value>>>,
-    jwks_fetches: Arc<AtomicUsize>,
-}
-
-async fn issuer() -> Issuer {
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let keys: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let jwks_fetches = Arc::new(AtomicUsize::new(0));
-    let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/keys")});
-    let app = axum::Router::new()
-        .route(
-            "/.well-known/openid-configuration",
-            get(move || async move { axum::Json(discovery) }),
-        )
-        .route(
-            "/keys",
-            get({
-                let keys = keys.clone();
-                let fetches = jwks_fetches.clone();
-                move || async move {
-                    fetches.fetch_add(1, Ordering::SeqCst);
-                    let keys = keys.lock().expect("keys").clone();
-                    axum::Json(json!({ "keys": keys }))
-                }
-            }),
-        );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Issuer {
-        url,
-        keys,
-        jwks_fetches,
-    }
-}
-
-enum Signer {
-    Rsa(RsaKeyPair),
-    Ec(EcdsaKeyPair),
-}
-
-/// A signing key and its key id.
-struct Key {
-    kid: String,
-    signer: Signer,
-}
-
-impl Key {
-    fn rsa(kid: &str) -> Self {
-        let pair = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa key");
-        Self {
-            kid: kid.into(),
-            signer: Signer::Rsa(pair),
-        }
-    }
-
-    fn ec(kid: &str) -> Self {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("ec key");
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-                .expect("ec key");
-        Self {
-            kid: kid.into(),
-            signer: Signer::Ec(pair),
-        }
-    }
-
-    /// The public key as the issuer publishes it.
-    fn jwk(&self) -> Value {
-        match &self.signer {
-            Signer::Rsa(pair) => {
-                let public = pair.public_key();
-                json!({
-                    "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
-                    "n": B64.encode(public.modulus().big_endian_without_leading_zero()),
-                    "e": B64.encode(public.exponent().big_endian_without_leading_zero()),
-                })
-            }
-            Signer::Ec(pair) => {
-                let point = pair.public_key().as_ref();
-                json!({
-                    "kty": "EC", "use": "sig", "alg": "ES256", "crv": "P-256", "kid": self.kid,
-                    "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65]),
-                })
-            }
-        }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let alg = match self.signer {
-            Signer::Rsa(_) => "RS256",
-            Signer::Ec(_) => "ES256",
-        };
-        let header = json!({"alg": alg, "typ": "JWT", "kid": self.kid});
-        let input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let rng = SystemRandom::new();
-        let sig = match &self.signer {
-            Signer::Rsa(pair) => {
-                let mut sig = vec![0; pair.public_modulus_len()];
-                pair.sign(
-                    &signature::RSA_PKCS1_SHA256,
-                    &rng,
-                    input.as_bytes(),
-                    &mut sig,
-                )
-                .expect("sign");
-                sig
-            }
-            Signer::Ec(pair) => pair
-                .sign(&rng, input.as_bytes())
-                .expect("sign")
-                .as_ref()
-                .to_vec(),
-        };
-        format!("{input}.{}", B64.encode(sig))
-    }
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// Valid claims for `sub` from `issuer`, with `extra` on top.
-fn claims(issuer: &str, sub: &str, extra: Value) -> Value {
-    let mut c = json!({
-        "iss": issuer, "aud": AUDIENCE, "sub": sub,
-        "iat": now(), "nbf": now() - 10, "exp": now() + 600,
-    });
-    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            c.insert(k.clone(), v.clone());
-        }
-    }
-    c
-}
-
-fn sha256_hex(s: &str) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A request with credentials: `("authorization", "Bearer …")` or `("x-api-key", …)`.
 async fn call(
@@ -249,10 +91,17 @@ async fn setup() -> Setup {
 async fn callers_see_only_their_own_operations_and_admins_see_all() {
     let s = setup().await;
     let port = s.port;
-    let alice = bearer(&s.rsa.sign(&claims(&s.issuer.url, "alice", json!({}))));
-    let bob = bearer(&s.rsa.sign(&claims(&s.issuer.url, "bob", json!({}))));
+    let alice = bearer(
+        &s.rsa
+            .sign(&claims(&s.issuer.url, AUDIENCE, "alice", json!({}))),
+    );
+    let bob = bearer(
+        &s.rsa
+            .sign(&claims(&s.issuer.url, AUDIENCE, "bob", json!({}))),
+    );
     let admin = bearer(&s.rsa.sign(&claims(
         &s.issuer.url,
+        AUDIENCE,
         "carol",
         json!({"roles": ["Operations.Admin"]}),
     )));
@@ -465,54 +314,59 @@ async fn tokens_that_do_not_hold_are_refused_with_401() {
     let s = setup().await;
     let port = s.port;
     let iss = s.issuer.url.clone();
-    let hmac_token = {
-        // Signed with HMAC, naming the RSA key's id (the classic key-confusion attack).
-        let header = B64.encode(json!({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).to_string());
-        let body = B64.encode(claims(&iss, "mallory", json!({})).to_string());
-        let input = format!("{header}.{body}");
-        let key = aws_lc_rs::hmac::Key::new(
-            aws_lc_rs::hmac::HMAC_SHA256,
-            s.rsa.jwk()["n"].as_str().expect("n").as_bytes(),
-        );
-        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
-        format!("{input}.{}", B64.encode(tag.as_ref()))
-    };
-    let none_token = format!(
-        "{}.{}.",
-        B64.encode(json!({"alg": "none", "typ": "JWT"}).to_string()),
-        B64.encode(claims(&iss, "mallory", json!({})).to_string())
+    // Signed with HMAC keyed by the RSA key's public modulus, naming its key id (the classic
+    // key-confusion attack), and not signed at all.
+    let modulus = s.rsa.jwk()["n"].as_str().expect("n").to_string();
+    let hmac_token = hmac_token(
+        "rsa-1",
+        modulus.as_bytes(),
+        &claims(&iss, AUDIENCE, "mallory", json!({})),
     );
+    let none_token = unsigned_token(&claims(&iss, AUDIENCE, "mallory", json!({})));
     let stranger = Key::rsa("rsa-1"); // the right key id, the wrong key
     let unpublished = Key::ec("not-published");
     let cases: Vec<(&str, String)> = vec![
         (
             "expired",
-            s.rsa.sign(&claims(&iss, "a", json!({"exp": now() - 120}))),
+            s.rsa
+                .sign(&claims(&iss, AUDIENCE, "a", json!({"exp": now() - 120}))),
         ),
         (
             "not yet valid",
-            s.rsa.sign(&claims(&iss, "a", json!({"nbf": now() + 600}))),
+            s.rsa
+                .sign(&claims(&iss, AUDIENCE, "a", json!({"nbf": now() + 600}))),
         ),
         (
             "wrong audience",
-            s.rsa
-                .sign(&claims(&iss, "a", json!({"aud": "api://someone-else"}))),
+            s.rsa.sign(&claims(
+                &iss,
+                AUDIENCE,
+                "a",
+                json!({"aud": "api://someone-else"}),
+            )),
         ),
         (
             "wrong issuer",
-            s.rsa
-                .sign(&claims(&iss, "a", json!({"iss": "https://evil.example"}))),
+            s.rsa.sign(&claims(
+                &iss,
+                AUDIENCE,
+                "a",
+                json!({"iss": "https://evil.example"}),
+            )),
         ),
         (
             "no subject",
-            s.rsa.sign(&claims(&iss, "a", json!({"sub": ""}))),
+            s.rsa.sign(&claims(&iss, AUDIENCE, "a", json!({"sub": ""}))),
         ),
         ("alg none", none_token),
         ("HMAC", hmac_token),
-        ("wrong key", stranger.sign(&claims(&iss, "a", json!({})))),
+        (
+            "wrong key",
+            stranger.sign(&claims(&iss, AUDIENCE, "a", json!({}))),
+        ),
         (
             "unknown kid",
-            unpublished.sign(&claims(&iss, "a", json!({}))),
+            unpublished.sign(&claims(&iss, AUDIENCE, "a", json!({}))),
         ),
         ("garbage", "not.a.token".into()),
     ];
@@ -548,7 +402,7 @@ async fn tokens_that_do_not_hold_are_refused_with_401() {
     assert_eq!(ec, 2);
     let ok_rsa = s
         .rsa
-        .sign(&claims(&iss, "a", json!({"aud": "api://other"})));
+        .sign(&claims(&iss, AUDIENCE, "a", json!({"aud": "api://other"})));
     let (status, _, v) = call(
         port,
         "GET",
@@ -565,7 +419,7 @@ async fn a_rotated_jwks_and_a_revoked_key_take_effect_without_a_restart() {
     let s = setup().await;
     let port = s.port;
     let iss = s.issuer.url.clone();
-    let first = bearer(&s.rsa.sign(&claims(&iss, "alice", json!({}))));
+    let first = bearer(&s.rsa.sign(&claims(&iss, AUDIENCE, "alice", json!({}))));
     let (status, _, _) = call(
         port,
         "GET",
@@ -575,13 +429,13 @@ async fn a_rotated_jwks_and_a_revoked_key_take_effect_without_a_restart() {
     )
     .await;
     assert_eq!(status, 200);
-    let fetched = s.issuer.jwks_fetches.load(Ordering::SeqCst);
+    let fetched = s.issuer.fetches();
 
     // The issuer rotates: a new key appears. Tokens signed with it work at once.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotated = Key::ec("ec-2");
     s.issuer.keys.lock().expect("keys").push(rotated.jwk());
-    let token = bearer(&rotated.sign(&claims(&iss, "alice", json!({}))));
+    let token = bearer(&rotated.sign(&claims(&iss, AUDIENCE, "alice", json!({}))));
     let (status, _, v) = call(
         port,
         "GET",
@@ -591,14 +445,14 @@ async fn a_rotated_jwks_and_a_revoked_key_take_effect_without_a_restart() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(s.issuer.jwks_fetches.load(Ordering::SeqCst), fetched + 1);
+    assert_eq!(s.issuer.fetches(), fetched + 1);
 
     // A flood of tokens with made-up key ids costs the issuer at most one fetch a second.
-    let fetched = s.issuer.jwks_fetches.load(Ordering::SeqCst);
+    let fetched = s.issuer.fetches();
     let began = std::time::Instant::now();
     for i in 0..30 {
         let junk = Key::ec(&format!("made-up-{i}"));
-        let token = bearer(&junk.sign(&claims(&iss, "x", json!({}))));
+        let token = bearer(&junk.sign(&claims(&iss, AUDIENCE, "x", json!({}))));
         let (status, _, _) = call(
             port,
             "GET",
@@ -610,7 +464,7 @@ async fn a_rotated_jwks_and_a_revoked_key_take_effect_without_a_restart() {
         assert_eq!(status, 401);
     }
     let seconds = began.elapsed().as_secs() as usize;
-    let extra = s.issuer.jwks_fetches.load(Ordering::SeqCst) - fetched;
+    let extra = s.issuer.fetches() - fetched;
     assert!(extra <= seconds + 1, "{extra} fetches in {seconds} s");
 
     // An API key revoked in the file stops working without a restart.

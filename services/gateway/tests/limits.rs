@@ -13,6 +13,10 @@ use tokio::net::TcpStream;
 mod common;
 use common::*;
 
+/// One test of this file at a time: two of them flood the machine (2,000 and 10,000
+/// connections), and the others time what a gateway does under their limits.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One HTTP/1.1 response read off a kept-alive connection: status, lower-case headers, body.
 /// `None` when the server closed the connection first.
 async fn read_response<R: AsyncRead + Unpin>(
@@ -117,6 +121,7 @@ async fn trickle(port: u16) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_trickling_their_heads_are_cut_off_while_others_are_served() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     const SLOW: usize = 2_000;
     let files = allow_open_files(2 * SLOW as u64 + 512);
     assert!(
@@ -156,6 +161,7 @@ async fn clients_trickling_their_heads_are_cut_off_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_outlives_the_header_timeout_but_not_the_idle_timeout() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (_scheduler, endpoint) = local_scheduler().await;
     let (_gw, port, _) = gateway(
         &endpoint,
@@ -205,6 +211,7 @@ async fn an_idle_connection_outlives_the_header_timeout_but_not_the_idle_timeout
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_gets_408_and_large_heads_get_431() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (_scheduler, endpoint) = local_scheduler().await;
     let (_gw, port, _) = gateway(
         &endpoint,
@@ -279,6 +286,7 @@ async fn a_slow_body_gets_408_and_large_heads_get_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_and_request_limits_the_answer_is_503_with_retry_after() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (_scheduler, endpoint) = local_scheduler().await;
     let (_gw, port, admin) = gateway(
         &endpoint,
@@ -348,6 +356,7 @@ async fn past_the_connection_and_request_limits_the_answer_is_503_with_retry_aft
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_long_polls_past_the_caps_are_answered_at_once_and_starts_go_on() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     const POLLS: usize = 10_000;
     let files = allow_open_files(POLLS as u64 + 1_024);
     assert!(
@@ -438,6 +447,7 @@ async fn ten_thousand_long_polls_past_the_caps_are_answered_at_once_and_starts_g
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_headers_reach_the_operation_only_in_their_w3c_form() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (_scheduler, endpoint) = local_scheduler().await;
     let (_gw, port, _) = gateway(
         &endpoint,
@@ -539,4 +549,78 @@ async fn trace_headers_reach_the_operation_only_in_their_w3c_form() {
     assert!(tc.trace_parent.contains(&fresh_trace), "{tc:?} vs {fresh}");
     assert!(!tc.trace_parent.contains("not-a-trace"));
     assert_eq!(tc.trace_state.as_deref().unwrap_or(""), "", "{tc:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_has_its_own_rate_and_past_it_gets_429() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let sha = |k: &str| {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, k.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let dir = std::env::temp_dir().join(format!("rate-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        json!({"keys": [
+            {"id": "a", "name": "A", "role": "user", "sha256": sha("key-a-0123456789")},
+            {"id": "b", "name": "B", "role": "user", "sha256": sha("key-b-0123456789")},
+        ]})
+        .to_string(),
+    )
+    .expect("keys");
+    let (_scheduler, endpoint) = local_scheduler().await;
+    let (_gw, port, _) = gateway(
+        &endpoint,
+        &[
+            ("GATEWAY__AUTH", "api_key".into()),
+            (
+                "GATEWAY__ID_SECRET",
+                "an id secret of at least 32 characters".into(),
+            ),
+            ("GATEWAY__API_KEYS_FILE", keys.display().to_string()),
+            // One request a second, three at once.
+            ("GATEWAY__RATE_LIMIT_PER_SECOND", "1".into()),
+            ("GATEWAY__RATE_LIMIT_BURST", "3".into()),
+        ],
+    )
+    .await;
+    let get = |key: &'static str| async move {
+        http_with_headers(port, "GET", "/api/operations", None, &[("x-api-key", key)]).await
+    };
+    for left in [2, 1, 0] {
+        let (status, headers, v) = get("key-a-0123456789").await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            hdr(&headers, "ratelimit-policy"),
+            Some(r#""per-caller";q=3;w=3"#)
+        );
+        let r = hdr(&headers, "ratelimit").expect("RateLimit");
+        assert!(r.starts_with(&format!(r#""per-caller";r={left};"#)), "{r}");
+    }
+    let (status, headers, v) = get("key-a-0123456789").await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["type"], "/problems/rate-limited");
+    let retry: u64 = hdr(&headers, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(
+        hdr(&headers, "ratelimit")
+            .expect("RateLimit")
+            .contains("r=0")
+    );
+    // Another caller is not held back by the first.
+    let (status, _, v) = get("key-b-0123456789").await;
+    assert_eq!(status, 200, "{v}");
+    // After Retry-After, the first may call again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let (status, _, v) = get("key-a-0123456789").await;
+    assert_eq!(status, 200, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

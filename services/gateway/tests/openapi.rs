@@ -69,7 +69,7 @@ async fn openapi_document_covers_every_route_status_and_schema() {
     );
 
     // Every route of the router, with the status codes its handler can answer.
-    // (Every route also has the limits' 408, 431 and 503.)
+    // (Every route also has the limits' 408, 429, 431 and 503.)
     let expected: &[(&str, &str, &[u16])] = &[
         ("/api/process", "post", &[202, 400, 413, 415, 422, 502]),
         ("/api/status/{id}", "get", &[200, 400, 404, 502]),
@@ -102,7 +102,7 @@ async fn openapi_document_covers_every_route_status_and_schema() {
             .keys()
             .map(|c| c.parse().expect("numeric status"))
             .collect();
-        let want: BTreeSet<u16> = codes.iter().chain(&[408, 431, 503]).copied().collect();
+        let want: BTreeSet<u16> = codes.iter().chain(&[408, 429, 431, 503]).copied().collect();
         assert_eq!(documented, want, "{method} {path}");
         for code in want.iter().filter(|c| **c >= 400) {
             let content = &op["responses"][code.to_string()]["content"];

@@ -42,12 +42,25 @@ struct TrustedKeys {
     fetched: Instant,
 }
 
+/// A token already verified, by its SHA-256: clients send the same token with every request
+/// for its whole life, and a signature check costs more than the rest of a start. An entry
+/// holds until the token's `exp` (plus the leeway its check allowed), and only for the keys it
+/// was checked against: a new JWKS empties the cache.
+struct Verified {
+    caller: Caller,
+    expires: i64,
+}
+
+/// Verified tokens kept; past it, the expired ones go, and if none had, all of them.
+const MAX_VERIFIED: usize = 10_000;
+
 pub struct JwtVerifier {
     config: JwtConfig,
     http: reqwest::Client,
     keys: RwLock<Option<Arc<TrustedKeys>>>,
     /// One fetch at a time; the others wait for its result.
     fetching: tokio::sync::Mutex<()>,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 /// Largest JWKS or discovery document read.
@@ -64,10 +77,54 @@ impl JwtVerifier {
             http,
             keys: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .unwrap_or([0; 32]);
+        let now = chrono::Utc::now().timestamp();
+        let keys_current = self
+            .keys
+            .read()
+            .ok()
+            .and_then(|k| {
+                k.as_ref()
+                    .map(|k| k.fetched.elapsed() < self.config.refresh)
+            })
+            .unwrap_or(false);
+        if keys_current
+            && let Ok(cache) = self.verified.lock()
+            && let Some(v) = cache.get(&digest)
+            && now < v.expires
+        {
+            return Ok(v.caller.clone());
+        }
+        let (caller, exp) = self.verify_signed(token).await?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= MAX_VERIFIED {
+                cache.retain(|_, v| now < v.expires);
+                if cache.len() >= MAX_VERIFIED {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                digest,
+                Verified {
+                    caller: caller.clone(),
+                    expires: exp.saturating_add(self.config.leeway_seconds as i64),
+                },
+            );
+        }
+        Ok(caller)
+    }
+
+    /// The full check: signature, then claims. Also returns the token's `exp`.
+    async fn verify_signed(&self, token: &str) -> Result<(Caller, i64), Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Refusal::Invalid("not a well-formed signed JWT".into()))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -98,7 +155,8 @@ impl JwtVerifier {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
             .map_err(|e| Refusal::Invalid(reason(&e)))?
             .claims;
-        self.caller(&claims)
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        Ok((self.caller(&claims)?, exp))
     }
 
     fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, Refusal> {
@@ -186,6 +244,10 @@ impl JwtVerifier {
                 });
                 if let Ok(mut k) = self.keys.write() {
                     *k = Some(keys.clone());
+                }
+                // Tokens are trusted for the keys they were checked against.
+                if let Ok(mut cache) = self.verified.lock() {
+                    cache.clear();
                 }
                 Ok(keys)
             }
@@ -279,4 +341,76 @@ fn reason(e: &jsonwebtoken::errors::Error) -> String {
         _ => "the token is not valid",
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_support::oidc;
+
+    fn config(issuer: &str) -> JwtConfig {
+        JwtConfig {
+            issuer: issuer.into(),
+            audiences: vec!["api://t".into()],
+            jwks_url: None,
+            identity_claims: vec!["sub".into()],
+            roles_claim: "roles".into(),
+            admin_role: "Operations.Admin".into(),
+            required_role: None,
+            leeway_seconds: 0,
+            refresh: Duration::from_secs(3600),
+            min_refetch: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_reused_only_until_it_expires() {
+        let idp = oidc::issuer().await;
+        let key = oidc::Key::rsa("k1");
+        idp.keys.lock().expect("keys").push(key.jwk());
+        let jwt = JwtVerifier::new(config(&idp.url));
+        let token = key.sign(&oidc::claims(
+            &idp.url,
+            "api://t",
+            "alice",
+            serde_json::json!({"exp": oidc::now() + 2}),
+        ));
+        for _ in 0..3 {
+            let caller = jwt.verify(&token).await.expect("valid");
+            assert_eq!(caller.owner.as_deref(), Some("jwt:alice"));
+        }
+        assert_eq!(jwt.verified.lock().expect("cache").len(), 1);
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        match jwt.verify(&token).await {
+            Err(Refusal::Invalid(why)) => assert!(why.contains("expired"), "{why}"),
+            other => panic!("an expired token was accepted: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn new_keys_empty_the_cache_of_verified_tokens() {
+        let idp = oidc::issuer().await;
+        let (old, new) = (oidc::Key::rsa("old"), oidc::Key::ec("new"));
+        idp.keys.lock().expect("keys").push(old.jwk());
+        let jwt = JwtVerifier::new(config(&idp.url));
+        let token = old.sign(&oidc::claims(
+            &idp.url,
+            "api://t",
+            "a",
+            serde_json::json!({}),
+        ));
+        jwt.verify(&token).await.expect("valid");
+        // The issuer retires the old key; a token with the new one makes the gateway refetch.
+        *idp.keys.lock().expect("keys") = vec![new.jwk()];
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let fresh = new.sign(&oidc::claims(
+            &idp.url,
+            "api://t",
+            "b",
+            serde_json::json!({}),
+        ));
+        jwt.verify(&fresh).await.expect("the new key is fetched");
+        // The old token is checked again, against keys that no longer hold its key.
+        assert!(matches!(jwt.verify(&token).await, Err(Refusal::Invalid(_))));
+    }
 }

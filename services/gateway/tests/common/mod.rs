@@ -122,9 +122,15 @@ pub async fn gateway(endpoint: &str, extra: &[(&str, String)]) -> (Child, u16, u
         ("GATEWAY__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
         ("GATEWAY__DRAIN_DELAY_SECONDS", "0".into()),
     ];
-    // Open unless the test says otherwise.
-    if !extra.iter().any(|(k, _)| *k == "GATEWAY__AUTH") {
-        env.push(("GATEWAY__AUTH", "none".into()));
+    // Open and without a per-caller rate unless the test says otherwise (the tests of other
+    // limits send thousands of requests from one address).
+    for (key, value) in [
+        ("GATEWAY__AUTH", "none"),
+        ("GATEWAY__RATE_LIMIT_PER_SECOND", "0"),
+    ] {
+        if !extra.iter().any(|(k, _)| *k == key) {
+            env.push((key, value.into()));
+        }
     }
     env.extend(extra.iter().cloned());
     let child = spawn("gateway", &env, port).await;
