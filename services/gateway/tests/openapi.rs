@@ -366,4 +366,10 @@ async fn docs_page_renders_every_operation_in_headless_chromium_offline() {
         );
     }
     assert!(dom.contains("Async HTTP API on the Durable Task Scheduler"));
+    // Authentication is on in this system: the page offers to authorize (the API key scheme).
+    assert!(
+        dom.contains("btn authorize"),
+        "no Authorize button; DOM:\n{}",
+        &dom[..dom.len().min(4000)]
+    );
 }
