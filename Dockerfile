@@ -15,9 +15,9 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p gateway -p worker -p local-scheduler \
+    cargo build --release --locked -p gateway -p worker -p local-scheduler -p dashboard \
     && mkdir -p /out \
-    && cp target/release/gateway target/release/worker target/release/local-scheduler /out/
+    && cp target/release/gateway target/release/worker target/release/local-scheduler target/release/dashboard /out/
 
 # Distroless: glibc and libgcc only, no shell, no package manager, non-root user 65532.
 # No HEALTHCHECK: Kubernetes ignores it and uses the chart's probes, and distroless has no shell
@@ -26,11 +26,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="async-http-api" \
-      org.opencontainers.image.description="Async request-reply HTTP API on the Durable Task Scheduler: gateway, worker, local scheduler" \
+      org.opencontainers.image.description="Async request-reply HTTP API on the Durable Task Scheduler: gateway, worker, local scheduler, dashboard" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT"
 COPY --from=build /out/ /usr/local/bin/
 USER 65532:65532
-# gateway 8000; local scheduler gRPC 8080 and admin 8081; worker admin 9091.
-EXPOSE 8000 8080 8081 9091
+# gateway 8000 and admin 9092; local scheduler gRPC 8080 and admin 8081; worker admin 9091;
+# dashboard 8082.
+EXPOSE 8000 8080 8081 8082 9091 9092
 ENTRYPOINT ["/usr/local/bin/gateway"]

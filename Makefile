@@ -13,6 +13,7 @@ RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000
 GATEWAY_ADMIN_PORT ?= 9092
+DASHBOARD_PORT ?= 8082
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
@@ -130,13 +131,14 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs t
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p gateway --bench gateway_throughput
 
-run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT)
-	@cargo build --locked -p local-scheduler -p worker -p gateway
+run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT), the dashboard on :$(DASHBOARD_PORT)
+	@cargo build --locked -p local-scheduler -p worker -p gateway -p dashboard
 	@set -e; \
 	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) ./target/debug/local-scheduler & s=$$!; \
-	  trap 'kill $$g $$w $$s 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
+	  trap 'kill $$g $$w $$d $$s 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/worker & w=$$!; \
+	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default DASHBOARD__LISTEN=127.0.0.1:$(DASHBOARD_PORT) ./target/debug/dashboard & d=$$!; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default GATEWAY__LISTEN=127.0.0.1:$(GATEWAY_PORT) \
 	    GATEWAY__ADMIN_LISTEN=127.0.0.1:$(GATEWAY_ADMIN_PORT) GATEWAY__DRAIN_DELAY_SECONDS=0 GATEWAY__AUTH=none \
 	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) ./target/debug/gateway & g=$$!; \
@@ -146,6 +148,7 @@ run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/
 	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/status/<id>"; \
 	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/result/<id>"; \
 	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/operations/<id>/cancel"; \
+	  echo "Dashboard: http://localhost:$(DASHBOARD_PORT)/"; \
 	  echo "Metrics: curl -s localhost:$(GATEWAY_ADMIN_PORT)/metrics (gateway), localhost:$(ADMIN_PORT)/metrics (scheduler)    Ctrl-C stops everything."; \
 	  wait $$g
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod connection;
 mod error;
+pub mod history;
 pub mod orchestration;
 pub mod otel;
 pub mod registry;

@@ -1,6 +1,8 @@
 //! What the project's tests and benches share, as a dev-dependency: one copy of each helper.
 //!
+//! - [`browser`]: headless Chromium, the DOM a page renders to.
 //! - [`fake_scheduler`]: an in-process fake DTS server that records what the SDK sends.
+//! - [`http`]: raw HTTP/1.1 requests with every header under the test's control.
 //! - [`net`]: free ports and waiting for a listener.
 //! - [`process`]: the workspace's binaries.
 //! - [`python`]: the official Python SDK as an independent peer (the project's `.venv`).
@@ -9,8 +11,10 @@
 //! - [`oidc`]: an identity provider (keys, hand-signed tokens, discovery and JWKS over HTTP).
 //! - [`readme`]: the README's configuration tables, checked against the settings' defaults.
 
+pub mod browser;
 pub mod exposition;
 pub mod fake_scheduler;
+pub mod http;
 pub mod net;
 pub mod oidc;
 pub mod process;

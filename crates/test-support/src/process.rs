@@ -52,3 +52,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 pub fn allow_open_files(files: u64) -> u64 {
     rlimit::increase_nofile_limit(files).expect("raise the open-file limit")
 }
+
+/// The workspace binary `name` as a process: see [`spawn_path`].
+pub async fn spawn(name: &str, env: &[(&str, String)], port: u16) -> tokio::process::Child {
+    spawn_path(binary(name), env, port).await
+}
+
+/// `bin` as a process with `env` (warnings only in its log, stdout dropped), killed when the
+/// handle is dropped; returns once `port` accepts connections.
+pub async fn spawn_path(bin: PathBuf, env: &[(&str, String)], port: u16) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn");
+    crate::net::wait_port(port).await;
+    child
+}

@@ -9,7 +9,7 @@
 
 use test_support::net::{free_port, wait_port};
 use test_support::oidc;
-use test_support::process::{cpu_seconds, rss_mib};
+use test_support::process::{cpu_seconds, rss_mib, spawn_path};
 use test_support::python as pyenv;
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const CONNECTIONS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -29,19 +29,6 @@ const MEASURE: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 2;
 /// The offered load of the open-loop run: the throughput goal.
 const PACED_RATE: f64 = 5000.0;
-
-async fn spawn(bin: PathBuf, env: &[(&str, String)], port: u16) -> Child {
-    let mut cmd = Command::new(bin);
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawn");
-    wait_port(port).await;
-    child
-}
 
 /// Reads one HTTP/1.1 response (Content-Length bodies); returns the status code.
 async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
@@ -202,7 +189,7 @@ async fn measure(
     rate: Option<f64>,
 ) -> Measured {
     let sched_port = free_port();
-    let scheduler = spawn(
+    let scheduler = spawn_path(
         test_support::process::binary("local-scheduler"),
         &[
             ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
@@ -223,7 +210,7 @@ async fn measure(
     let worker = if with_worker {
         let admin = free_port();
         Some(
-            spawn(
+            spawn_path(
                 test_support::process::binary("worker"),
                 &[
                     ("ENDPOINT", endpoint.clone()),
@@ -277,7 +264,7 @@ async fn measure(
                 env.push(("GATEWAY__AUTH", "none".into()));
             }
             (
-                spawn(PathBuf::from(env!("CARGO_BIN_EXE_gateway")), &env, port).await,
+                spawn_path(PathBuf::from(env!("CARGO_BIN_EXE_gateway")), &env, port).await,
                 202,
             )
         }

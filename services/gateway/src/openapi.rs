@@ -97,11 +97,9 @@ impl ApiDoc {
 /// every operation (either scheme), and the `401` and `403` every operation may answer.
 fn security(doc: &mut utoipa::openapi::OpenApi, modes: &[crate::config::AuthMode]) {
     use crate::config::AuthMode;
-    use utoipa::openapi::schema::Ref;
     use utoipa::openapi::security::{
         ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
-    use utoipa::openapi::{Content, ResponseBuilder};
     if modes.is_empty() {
         return;
     }
@@ -131,15 +129,7 @@ fn security(doc: &mut utoipa::openapi::OpenApi, modes: &[crate::config::AuthMode
             requirements.push(SecurityRequirement::new("apiKey", Vec::<String>::new()));
         }
     }
-    let problem = |description: &str| {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/problem+json",
-                Content::new(Some(Ref::from_schema_name("ProblemDetails"))),
-            )
-            .build()
-    };
+    let problem = |description: &str| problem_response(description, false);
     let answers = [
         (
             "401",
@@ -173,18 +163,7 @@ fn security(doc: &mut utoipa::openapi::OpenApi, modes: &[crate::config::AuthMode
 /// request timeout, `431` past the head size, `503` when requests are shed, `429` past the
 /// caller's rate (when there is one).
 fn limit_responses(doc: &mut utoipa::openapi::OpenApi, rate_limited: bool) {
-    use utoipa::openapi::schema::{Object, Ref, Type};
-    use utoipa::openapi::{Content, Header, ResponseBuilder};
-    let problem = |description: &str, retry_after: bool| {
-        let mut r = ResponseBuilder::new().description(description).content(
-            "application/problem+json",
-            Content::new(Some(Ref::from_schema_name("ProblemDetails"))),
-        );
-        if retry_after {
-            r = r.header("Retry-After", Header::new(Object::with_type(Type::Integer)));
-        }
-        r.build()
-    };
+    let problem = problem_response;
     let mut limits = vec![
         (
             "408",
@@ -233,4 +212,19 @@ fn limit_responses(doc: &mut utoipa::openapi::OpenApi, rate_limited: bool) {
             }
         }
     }
+}
+
+/// A response documented as a problem (`application/problem+json`), with `Retry-After` when
+/// the client is told to wait.
+fn problem_response(description: &str, retry_after: bool) -> utoipa::openapi::Response {
+    use utoipa::openapi::schema::{Object, Ref, Type};
+    use utoipa::openapi::{Content, Header, ResponseBuilder};
+    let mut r = ResponseBuilder::new().description(description).content(
+        "application/problem+json",
+        Content::new(Some(Ref::from_schema_name("ProblemDetails"))),
+    );
+    if retry_after {
+        r = r.header("Retry-After", Header::new(Object::with_type(Type::Integer)));
+    }
+    r.build()
 }

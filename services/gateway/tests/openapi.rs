@@ -297,57 +297,10 @@ async fn schemathesis_finds_no_deviation_from_the_document() {
     assert!(generated >= 200, "only {generated} cases:\n{text}");
 }
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if let Some(dir) = std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .find(|d| d.join(name).exists())
-        {
-            return dir.join(name);
-        }
-    }
-    panic!(
-        "the docs page test needs headless Chromium: `make deps` installs it (make test runs it), or set CHROMIUM"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_page_renders_every_operation_in_headless_chromium_offline() {
     let (_procs, port) = system().await;
-    let profile = std::env::temp_dir().join(format!("chromium-{}", std::process::id()));
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                // Offline: any host but loopback fails to resolve.
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--virtual-time-budget=20000",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!("http://127.0.0.1:{port}/docs/"))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finished in time")
-    .expect("run chromium");
-    let _ = std::fs::remove_dir_all(&profile);
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dom = test_support::browser::dump_dom(&format!("http://127.0.0.1:{port}/docs/")).await;
     // Swagger UI ran (from the embedded assets), fetched /openapi.json and rendered each path.
     for path in [
         "/api/process",

@@ -143,7 +143,7 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     let log_path = log_of("worker-b");
     for (name, runs) in [("worker-a", "orchestrations"), ("worker-b", "activities")] {
         let admin = free_port();
-        let mut cmd = tokio::process::Command::new(sibling_bin("worker"));
+        let mut cmd = tokio::process::Command::new(test_support::process::binary("worker"));
         cmd.env("ENDPOINT", &endpoint)
             .env("HOSTNAME", name)
             .env("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use durabletask::history::EventSummary;
 use durabletask::proto as pb;
-use pb::history_event::EventType;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -91,136 +91,23 @@ pub(crate) async fn history(
     Ok(json_response(StatusCode::OK, &body, JSON))
 }
 
-/// A protocol timestamp as the API writes every time (`model::rfc3339`).
-fn time(t: Option<&pb::Timestamp>) -> Option<String> {
-    let t = t?;
-    rfc3339(chrono::DateTime::from_timestamp(
-        t.seconds,
-        u32::try_from(t.nanos).unwrap_or(0),
-    ))
-}
-
-/// A payload as JSON (DTS payloads are JSON text; anything else is kept as a string).
-fn json(p: Option<&String>) -> Option<Value> {
-    p.map(|s| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())))
-}
-
-fn failure(f: Option<&pb::TaskFailureDetails>) -> Option<OperationError> {
-    let mut f = f?;
-    // The innermost failure is the useful one, never a stack trace.
-    while let Some(inner) = f.inner_failure.as_deref() {
-        f = inner;
-    }
-    Some(OperationError {
-        kind: f.error_type.clone(),
-        message: f.error_message.clone(),
-    })
-}
-
+/// One event in the API's shape, from the SDK's description of it.
 fn entry(e: &pb::HistoryEvent) -> HistoryEntry {
-    let mut h = HistoryEntry {
-        event_id: e.event_id,
-        kind: "Unknown",
-        timestamp: time(e.timestamp.as_ref()),
-        name: None,
-        scheduled_id: None,
-        data: None,
-        error: None,
-        fire_at: None,
-        instance_id: None,
-        runtime_status: None,
-    };
-    let Some(t) = &e.event_type else {
-        return h;
-    };
-    h.kind = match t {
-        EventType::ExecutionStarted(x) => {
-            h.name = Some(x.name.clone());
-            h.data = json(x.input.as_ref());
-            "ExecutionStarted"
-        }
-        EventType::ExecutionCompleted(x) => {
-            h.data = json(x.result.as_ref());
-            h.error = failure(x.failure_details.as_ref());
-            h.runtime_status = pb::OrchestrationStatus::try_from(x.orchestration_status)
-                .ok()
-                .map(|s| s.as_str_name().trim_start_matches("ORCHESTRATION_STATUS_"));
-            "ExecutionCompleted"
-        }
-        EventType::ExecutionTerminated(x) => {
-            h.data = json(x.input.as_ref());
-            "ExecutionTerminated"
-        }
-        EventType::TaskScheduled(x) => {
-            h.name = Some(x.name.clone());
-            h.data = json(x.input.as_ref());
-            "TaskScheduled"
-        }
-        EventType::TaskCompleted(x) => {
-            h.scheduled_id = Some(x.task_scheduled_id);
-            h.data = json(x.result.as_ref());
-            "TaskCompleted"
-        }
-        EventType::TaskFailed(x) => {
-            h.scheduled_id = Some(x.task_scheduled_id);
-            h.error = failure(x.failure_details.as_ref());
-            "TaskFailed"
-        }
-        EventType::SubOrchestrationInstanceCreated(x) => {
-            h.name = Some(x.name.clone());
-            h.instance_id = Some(x.instance_id.clone());
-            h.data = json(x.input.as_ref());
-            "SubOrchestrationInstanceCreated"
-        }
-        EventType::SubOrchestrationInstanceCompleted(x) => {
-            h.scheduled_id = Some(x.task_scheduled_id);
-            h.data = json(x.result.as_ref());
-            "SubOrchestrationInstanceCompleted"
-        }
-        EventType::SubOrchestrationInstanceFailed(x) => {
-            h.scheduled_id = Some(x.task_scheduled_id);
-            h.error = failure(x.failure_details.as_ref());
-            "SubOrchestrationInstanceFailed"
-        }
-        EventType::TimerCreated(x) => {
-            h.fire_at = time(x.fire_at.as_ref());
-            "TimerCreated"
-        }
-        EventType::TimerFired(x) => {
-            h.scheduled_id = Some(x.timer_id);
-            h.fire_at = time(x.fire_at.as_ref());
-            "TimerFired"
-        }
-        EventType::OrchestratorStarted(_) => "OrchestratorStarted",
-        EventType::OrchestratorCompleted(_) => "OrchestratorCompleted",
-        EventType::EventSent(x) => {
-            h.name = Some(x.name.clone());
-            h.instance_id = Some(x.instance_id.clone());
-            h.data = json(x.input.as_ref());
-            "EventSent"
-        }
-        EventType::EventRaised(x) => {
-            h.name = Some(x.name.clone());
-            h.data = json(x.input.as_ref());
-            "EventRaised"
-        }
-        EventType::ContinueAsNew(x) => {
-            h.data = json(x.input.as_ref());
-            "ContinueAsNew"
-        }
-        EventType::ExecutionSuspended(x) => {
-            h.data = json(x.input.as_ref());
-            "ExecutionSuspended"
-        }
-        EventType::ExecutionResumed(x) => {
-            h.data = json(x.input.as_ref());
-            "ExecutionResumed"
-        }
-        EventType::ExecutionRewound(_) => "ExecutionRewound",
-        EventType::GenericEvent(_) => "GenericEvent",
-        EventType::HistoryState(_) => "HistoryState",
-        // Entities are not part of this API; named, without their payloads.
-        _ => "EntityEvent",
-    };
-    h
+    let s = EventSummary::of(e);
+    // DTS payloads are JSON text; anything else is kept as a string.
+    let json = |p: Option<String>| p.map(|p| serde_json::from_str(&p).unwrap_or(Value::String(p)));
+    HistoryEntry {
+        event_id: s.event_id,
+        kind: s.kind,
+        timestamp: rfc3339(s.timestamp),
+        name: s.name,
+        scheduled_id: s.scheduled_id,
+        data: json(s.data),
+        error: s
+            .failure
+            .map(|(kind, message)| OperationError { kind, message }),
+        fire_at: rfc3339(s.fire_at),
+        instance_id: s.instance_id,
+        runtime_status: s.runtime_status,
+    }
 }

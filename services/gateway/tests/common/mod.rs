@@ -2,7 +2,6 @@
 //! processes (local scheduler, worker, gateway) on loopback.
 #![allow(dead_code, unreachable_pub)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use durabletask::{Client, Connection, ConnectionOptions};
 use gateway::{AppState, GatewayConfig, app};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tower::ServiceExt;
 
 pub use test_support::net::{free_port, wait_port};
@@ -76,20 +75,7 @@ pub fn is_problem(h: &axum::http::HeaderMap, v: &Value, status: StatusCode) {
     assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
 }
 
-pub use test_support::process::binary as sibling_bin;
-
-pub async fn spawn(bin: &str, envs: &[(&str, String)], wait: u16) -> Child {
-    let mut cmd = Command::new(sibling_bin(bin));
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawn");
-    wait_port(wait).await;
-    child
-}
+pub use test_support::process::spawn;
 
 /// An in-memory local scheduler process and its endpoint.
 pub async fn local_scheduler() -> (Child, String) {
@@ -156,41 +142,19 @@ pub async fn http_with_headers(
     body: Option<&str>,
     extra: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let body = body.unwrap_or("");
-    let extra: String = extra.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend_from_slice(extra);
+    let (status, headers, body) =
+        test_support::http::request(port, method, path, &headers, body.unwrap_or("")).await;
     (
         status,
         headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
+        serde_json::from_str(&body).unwrap_or(Value::Null),
     )
 }
 
-pub fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
-}
+#[allow(unused_imports)] // not every test binary reads headers
+pub use test_support::http::header as hdr;
 
 /// A whole system on loopback: a local scheduler and a worker as processes, and the gateway in
 /// this process on `port`. The processes stop when it is dropped.

@@ -1,0 +1,312 @@
+//! The Durable Task dashboard: the list of instances, one instance's status, history and
+//! payloads, and actions on it. It reads and acts only through the DTS protocol (the SDK's
+//! client), so it works against the local scheduler and against Azure DTS alike.
+//!
+//! Pages are rendered on the server (maud escapes every value it interpolates, so a payload of
+//! `<script>` is text); the assets are embedded; actions are POST forms that carry a token only
+//! this process hands out, and are refused from another site.
+
+pub mod settings;
+mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use durabletask::{Client, InstanceQuery, OrchestrationStatus};
+use serde::Deserialize;
+
+/// What every request shares.
+#[derive(Clone)]
+pub struct DashState(Arc<Shared>);
+
+pub struct Shared {
+    client: Client,
+    /// Whether the action forms are shown and accepted.
+    actions: bool,
+    page_size: u32,
+    /// The token every action form carries: random per process, never in a cookie, so another
+    /// site's page cannot know it.
+    form_token: String,
+}
+
+impl DashState {
+    pub fn new(client: Client, actions: bool, page_size: u32) -> Self {
+        Self(Arc::new(Shared {
+            client,
+            actions,
+            page_size,
+            form_token: uuid::Uuid::new_v4().simple().to_string(),
+        }))
+    }
+}
+
+impl std::ops::Deref for DashState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub fn app(state: DashState) -> Router {
+    Router::new()
+        .route("/", get(instances))
+        .route("/instances/{id}", get(instance))
+        .route("/instances/{id}/actions/{action}", post(act))
+        .route("/assets/dashboard.css", get(css))
+        .route("/assets/dashboard.js", get(js))
+        .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such page.") })
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// Pages load nothing but this server's own assets, run no inline script, and are not framed.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../assets/dashboard.css"),
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../assets/dashboard.js"),
+    )
+        .into_response()
+}
+
+/// A rendered page.
+fn page(markup: maud::Markup) -> Response {
+    axum::response::Html(markup.into_string()).into_response()
+}
+
+fn page_error(status: StatusCode, message: &str) -> Response {
+    (status, page(views::error_page(status, message))).into_response()
+}
+
+/// The list's filters, as the form sends them.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+    #[serde(default)]
+    pub page: String,
+    /// `1`: no automatic refresh.
+    #[serde(default)]
+    pub paused: String,
+}
+
+fn parse_time(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = t.trim();
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| t.to_utc())
+        .or_else(|_| {
+            // What a datetime-local input sends.
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M").map(|n| n.and_utc())
+        })
+        .ok()
+}
+
+async fn instances(State(state): State<DashState>, Query(q): Query<ListQuery>) -> Response {
+    let statuses: Vec<OrchestrationStatus> = q
+        .status
+        .split(',')
+        .filter_map(|s| views::STATUSES.iter().find(|(_, name)| *name == s.trim()))
+        .map(|(st, _)| *st)
+        .collect();
+    let query = InstanceQuery {
+        runtime_status: statuses,
+        created_from: parse_time(&q.from),
+        created_to: parse_time(&q.to),
+        instance_id_prefix: Some(q.prefix.trim().to_string()).filter(|p| !p.is_empty()),
+        page_size: Some(state.page_size),
+        continuation_token: Some(q.page.clone()).filter(|p| !p.is_empty()),
+        fetch_inputs_and_outputs: false,
+    };
+    match state.client.query_instances(query).await {
+        Ok(mut found) => {
+            // The protocol has no name filter: this page's rows are filtered here.
+            let name = q.name.trim();
+            if !name.is_empty() {
+                found.instances.retain(|i| i.name == name);
+            }
+            page(views::instances_page(&q, &found))
+        }
+        Err(e) => page_error(
+            StatusCode::BAD_GATEWAY,
+            &format!("The scheduler did not answer the query: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct InstanceQueryParams {
+    /// The action just done, to say so.
+    #[serde(default)]
+    pub done: String,
+}
+
+async fn instance(
+    State(state): State<DashState>,
+    Path(id): Path<String>,
+    Query(q): Query<InstanceQueryParams>,
+) -> Response {
+    let metadata = match state.client.get_instance(&id, true).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return page_error(StatusCode::NOT_FOUND, &format!("No instance '{id}'.")),
+        Err(e) => {
+            return page_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("The scheduler did not answer: {e}"),
+            );
+        }
+    };
+    let history = state
+        .client
+        .get_history(&id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let events: Vec<_> = history
+        .iter()
+        .map(durabletask::history::EventSummary::of)
+        .collect();
+    let token = state.actions.then_some(state.form_token.as_str());
+    page(views::instance_page(&metadata, &events, token, &q.done))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ActionForm {
+    /// Missing is refused like wrong (403), not as a malformed form.
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    event_name: String,
+    #[serde(default)]
+    event_data: String,
+}
+
+/// Whether a POST comes from this dashboard's own pages: browsers say where a request comes
+/// from (`Sec-Fetch-Site`, `Origin`); another site's form or script is refused.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return false;
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest == host),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+async fn act(
+    State(state): State<DashState>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if !state.actions {
+        return page_error(
+            StatusCode::FORBIDDEN,
+            "This dashboard is read-only (set DASHBOARD__ACTIONS=true to allow actions).",
+        );
+    }
+    if !same_origin(&headers) || form.token != state.form_token {
+        return page_error(
+            StatusCode::FORBIDDEN,
+            "Refused: the request did not come from this dashboard's own page.",
+        );
+    }
+    let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
+    let c = &state.client;
+    let result = match action.as_str() {
+        "terminate" => {
+            c.terminate(
+                &id,
+                &reason.unwrap_or("terminated from the dashboard"),
+                true,
+            )
+            .await
+        }
+        "suspend" => c.suspend(&id, reason).await,
+        "resume" => c.resume(&id, reason).await,
+        "rewind" => c.rewind(&id, reason).await,
+        "restart" => c.restart(&id, false).await.map(|_| ()),
+        "raise-event" => {
+            let data: serde_json::Value = if form.event_data.trim().is_empty() {
+                serde_json::Value::Null
+            } else {
+                match serde_json::from_str(&form.event_data) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return page_error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("The event data is not JSON: {e}"),
+                        );
+                    }
+                }
+            };
+            c.raise_event(&id, form.event_name.trim(), &data).await
+        }
+        "purge" => match c.purge_instance(&id, false).await {
+            Ok(_) => return Redirect::to("/?purged=1").into_response(),
+            Err(e) => Err(e),
+        },
+        _ => return page_error(StatusCode::NOT_FOUND, "No such action."),
+    };
+    match result {
+        Ok(()) => Redirect::to(&format!(
+            "/instances/{}?done={action}",
+            views::path_segment(&id)
+        ))
+        .into_response(),
+        Err(e) => page_error(
+            StatusCode::CONFLICT,
+            &format!("The scheduler refused to {action} '{id}': {e}"),
+        ),
+    }
+}

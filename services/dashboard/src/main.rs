@@ -1,0 +1,48 @@
+//! `dashboard`: the Durable Task dashboard over any DTS endpoint (the local scheduler, or Azure
+//! DTS with the worker's connection settings).
+
+use anyhow::Context;
+use dashboard::settings::{SOURCE, Settings};
+use dashboard::{DashState, app};
+use durabletask::{Client, Connection};
+use service_kit::settings::Startup;
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("dashboard: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let s: Settings = match service_kit::settings::load(&SOURCE)? {
+        Startup::Run(s) => s,
+        Startup::Print(text) => {
+            println!("{text}");
+            return Ok(());
+        }
+    };
+    let options =
+        service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
+            .context("`endpoint` / `taskhub` / `connection_string`")?;
+    let telemetry = service_kit::telemetry::init("dashboard", &s.log_format);
+    let conn = Connection::connect(options)
+        .await
+        .context("connecting to the scheduler")?;
+    let state = DashState::new(Client::new(&conn), s.actions_enabled(), s.page_size);
+    let listener = tokio::net::TcpListener::bind(&s.listen)
+        .await
+        .with_context(|| format!("`listen`: cannot bind {}", s.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        actions = s.actions_enabled(),
+        "dashboard listening"
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(service_kit::shutdown_signal())
+        .await?;
+    conn.close();
+    telemetry.shutdown();
+    Ok(())
+}

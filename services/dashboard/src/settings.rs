@@ -1,0 +1,97 @@
+//! The dashboard's settings: [`Settings::default`] is the single source of every default.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
+/// `DASHBOARD__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the dashboard listens: loopback by default (the emulator's port).
+    pub listen: String,
+    /// The scheduler's gRPC endpoint.
+    pub endpoint: String,
+    pub taskhub: String,
+    /// A DTS connection string; wins over `endpoint` and `taskhub`.
+    pub connection_string: Option<String>,
+    /// Whether the dashboard may act on instances (terminate, suspend, ...). Unset: yes on a
+    /// loopback address, no (read-only) on any other.
+    pub actions: Option<bool>,
+    /// Instances per page of the list.
+    pub page_size: u32,
+    /// `auto` (text on a terminal, else JSON), `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8082".into(),
+            endpoint: "http://localhost:8080".into(),
+            taskhub: "default".into(),
+            connection_string: None,
+            actions: None,
+            page_size: 50,
+            log_format: "auto".into(),
+        }
+    }
+}
+
+/// Where the settings come from.
+pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings::Source {
+    service: "dashboard",
+    file_var: "DASHBOARD_CONFIG",
+    env_prefix: "DASHBOARD",
+    list_keys: &[],
+    seed_variables: true,
+    help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as for the worker.",
+};
+
+impl service_kit::settings::Validate for Settings {
+    fn validate(&self) -> Result<(), String> {
+        service_kit::settings::socket_addr("listen", &self.listen, "127.0.0.1:8082")?;
+        if !(1..=500).contains(&self.page_size) {
+            return Err("`page_size` must be between 1 and 500".into());
+        }
+        service_kit::settings::log_format(&self.log_format)
+    }
+}
+
+impl Settings {
+    /// Whether actions are on: as configured, else only when bound to loopback.
+    pub fn actions_enabled(&self) -> bool {
+        self.actions.unwrap_or_else(|| {
+            self.listen
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or(false)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        test_support::readme::assert_documented("DASHBOARD", &defaults);
+    }
+
+    #[test]
+    fn actions_default_to_on_only_on_loopback() {
+        let loopback = Settings::default();
+        assert!(loopback.actions_enabled());
+        let exposed = Settings {
+            listen: "0.0.0.0:8082".into(),
+            ..Default::default()
+        };
+        assert!(!exposed.actions_enabled());
+        let allowed = Settings {
+            actions: Some(true),
+            ..exposed
+        };
+        assert!(allowed.actions_enabled());
+    }
+}

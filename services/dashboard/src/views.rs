@@ -1,0 +1,262 @@
+//! The pages. maud escapes every interpolated value: payloads, names and ids are always text.
+
+use axum::http::StatusCode;
+use durabletask::history::EventSummary;
+use durabletask::{InstancePage, OrchestrationMetadata, OrchestrationStatus};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::ListQuery;
+
+/// The statuses a list can be filtered by, with the names the form uses.
+pub(crate) const STATUSES: [(OrchestrationStatus, &str); 7] = [
+    (OrchestrationStatus::Pending, "Pending"),
+    (OrchestrationStatus::Running, "Running"),
+    (OrchestrationStatus::Suspended, "Suspended"),
+    (OrchestrationStatus::Completed, "Completed"),
+    (OrchestrationStatus::Failed, "Failed"),
+    (OrchestrationStatus::Terminated, "Terminated"),
+    (OrchestrationStatus::Canceled, "Canceled"),
+];
+
+fn status_name(s: OrchestrationStatus) -> &'static str {
+    STATUSES
+        .iter()
+        .find(|(st, _)| *st == s)
+        .map_or("Unknown", |(_, n)| *n)
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "—".to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// `id` as one path segment (ids may hold `/`, `?`, `#`, `%`, spaces).
+pub(crate) fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn query_value(v: &str) -> String {
+    path_segment(v)
+}
+
+fn layout(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(seconds) = refresh {
+                    meta http-equiv="refresh" content=(seconds);
+                }
+                title { (title) " · Durable Task dashboard" }
+                link rel="stylesheet" href="/assets/dashboard.css";
+                script src="/assets/dashboard.js" defer {}
+            }
+            body {
+                header {
+                    a.home href="/" { "Durable Task dashboard" }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
+    layout(
+        status.canonical_reason().unwrap_or("Error"),
+        None,
+        html! {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p.error role="alert" { (message) }
+            p { a href="/" { "Back to the instances" } }
+        },
+    )
+}
+
+pub(crate) fn instances_page(q: &ListQuery, page: &InstancePage) -> Markup {
+    let paused = q.paused == "1";
+    // The same filters, to carry into the pause link and the next page.
+    let filters = format!(
+        "status={}&name={}&prefix={}&from={}&to={}",
+        query_value(&q.status),
+        query_value(&q.name),
+        query_value(&q.prefix),
+        query_value(&q.from),
+        query_value(&q.to)
+    );
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for i in &page.instances {
+        let name = status_name(i.runtime_status);
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    layout(
+        "Instances",
+        (!paused).then_some(5),
+        html! {
+            h1 { "Orchestration instances" }
+            form.filters method="get" action="/" aria-label="Filter instances" {
+                label { "Status "
+                    select name="status" {
+                        option value="" selected[q.status.is_empty()] { "Any" }
+                        @for (_, name) in STATUSES {
+                            option value=(name) selected[q.status == name] { (name) }
+                        }
+                    }
+                }
+                label { "Name " input type="text" name="name" value=(q.name); }
+                label { "Id prefix " input type="text" name="prefix" value=(q.prefix); }
+                label { "Created from " input type="datetime-local" name="from" value=(q.from); }
+                label { "to " input type="datetime-local" name="to" value=(q.to); }
+                input type="hidden" name="paused" value=(q.paused);
+                button type="submit" { "Filter" }
+            }
+            p.toolbar {
+                @if paused {
+                    a href={ "/?" (filters) } { "Resume auto-refresh" }
+                } @else {
+                    "Refreshing every 5 s. "
+                    a href={ "/?" (filters) "&paused=1" } { "Pause" }
+                }
+            }
+            p.counts aria-label="Counts by status on this page" {
+                @for (name, count) in &counts {
+                    span class={ "badge status-" (name.to_lowercase()) } { (name) ": " (count) }
+                    " "
+                }
+            }
+            @if page.instances.is_empty() {
+                p { "No instances match." }
+            } @else {
+                table.instances {
+                    thead { tr { th { "Instance" } th { "Name" } th { "Status" } th { "Created" } th { "Last updated" } } }
+                    tbody {
+                        @for i in &page.instances {
+                            tr data-instance=(i.instance_id) {
+                                td { a href={ "/instances/" (path_segment(&i.instance_id)) } { (i.instance_id) } }
+                                td { (i.name) }
+                                td { span class={ "badge status-" (status_name(i.runtime_status).to_lowercase()) } { (status_name(i.runtime_status)) } }
+                                td { (time(i.created_at)) }
+                                td { (time(i.last_updated_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(token) = &page.continuation_token {
+                p { a rel="next" href={ "/?" (filters) "&paused=" (query_value(&q.paused)) "&page=" (query_value(token)) } { "Next page" } }
+            }
+        },
+    )
+}
+
+fn payload(title: &str, json: Option<&str>) -> Markup {
+    // Pretty when it is JSON; as sent otherwise.
+    let shown = json.map(|j| {
+        serde_json::from_str::<serde_json::Value>(j)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| j.to_string())
+    });
+    html! {
+        section.payload aria-label=(title) {
+            h3 { (title) }
+            @match shown {
+                Some(text) => pre { (text) },
+                None => p.none { "None" },
+            }
+        }
+    }
+}
+
+pub(crate) fn instance_page(
+    m: &OrchestrationMetadata,
+    events: &[EventSummary],
+    form_token: Option<&str>,
+    done: &str,
+) -> Markup {
+    let status = status_name(m.runtime_status);
+    let base = format!("/instances/{}/actions", path_segment(&m.instance_id));
+    layout(
+        &m.instance_id,
+        None,
+        html! {
+            h1 { "Instance " code { (m.instance_id) } }
+            @if !done.is_empty() {
+                p.notice role="status" { "Done: " (done) "." }
+            }
+            dl.summary {
+                dt { "Name" } dd { (m.name) }
+                dt { "Status" } dd { span class={ "badge status-" (status.to_lowercase()) } data-status=(status) { (status) } }
+                dt { "Created" } dd { (time(m.created_at)) }
+                dt { "Last updated" } dd { (time(m.last_updated_at)) }
+                dt { "Completed" } dd { (time(m.completed_at)) }
+                @if let Some(cs) = &m.serialized_custom_status {
+                    dt { "Custom status" } dd { code { (cs) } }
+                }
+                @if let Some(f) = &m.failure_details {
+                    dt { "Failure" } dd.error { (f.error_type) ": " (f.message) }
+                }
+            }
+            @if let Some(token) = form_token {
+                section.actions aria-label="Actions" {
+                    h2 { "Actions" }
+                    @for (action, label) in [("terminate", "Terminate"), ("suspend", "Suspend"), ("resume", "Resume"), ("rewind", "Rewind"), ("restart", "Restart"), ("purge", "Purge")] {
+                        form method="post" action={ (base) "/" (action) } data-confirm={ (label) " " (m.instance_id) "?" } {
+                            input type="hidden" name="token" value=(token);
+                            button type="submit" name="action" value=(action) { (label) }
+                        }
+                    }
+                    form.raise method="post" action={ (base) "/raise-event" } data-confirm={ "Raise this event on " (m.instance_id) "?" } {
+                        input type="hidden" name="token" value=(token);
+                        label { "Event " input type="text" name="event_name" required; }
+                        label { "Data (JSON) " input type="text" name="event_data"; }
+                        button type="submit" { "Raise event" }
+                    }
+                }
+            }
+            h2 { "Input / Output" }
+            div.payloads {
+                (payload("Input", m.serialized_input.as_deref()))
+                (payload("Output", m.serialized_output.as_deref()))
+            }
+            h2 { "History" }
+            table.history {
+                thead { tr { th { "#" } th { "Event" } th { "Time" } th { "Name" } th { "Details" } } }
+                tbody {
+                    @for e in events {
+                        tr data-kind=(e.kind) {
+                            td { (e.event_id) }
+                            td { (e.kind) }
+                            td { (time(e.timestamp)) }
+                            td { (e.name.as_deref().unwrap_or("")) }
+                            td {
+                                @if let Some(id) = e.scheduled_id { "answers #" (id) " " }
+                                @if let Some((kind, message)) = &e.failure { span.error { (kind) ": " (message) } " " }
+                                @if let Some(at) = e.fire_at { "fires " (time(Some(at))) " " }
+                                @if let Some(i) = &e.instance_id { "instance " code { (i) } " " }
+                                @if let Some(s) = e.runtime_status { "status " (s) " " }
+                                @if let Some(d) = &e.data {
+                                    details { summary { "Data" } pre { (d) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
