@@ -123,13 +123,14 @@ fmt-check:
 lint: ## Clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs the sample's FastAPI client
+bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs the sample's FastAPI client, the dashboard's list page
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
 	cargo bench -p local-scheduler --bench scheduler_state
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p gateway --bench gateway_throughput
+	cargo bench -p dashboard --bench dashboard_list
 
 run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT), the dashboard on :$(DASHBOARD_PORT)
 	@cargo build --locked -p local-scheduler -p worker -p gateway -p dashboard

@@ -6,8 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// An answer: status, headers (names in lower case) and body text.
 pub type Answer = (u16, Vec<(String, String)>, String);
 
-/// Sends `method path` with `headers` and `body` (and `Content-Length`, `Connection: close`),
-/// reads the whole answer.
+/// Sends `method path` with `headers` and `body` (and `Content-Length`, `Connection: close`,
+/// and `Host: localhost:<port>` unless `headers` has one), reads the whole answer.
 pub async fn request(
     port: u16,
     method: &str,
@@ -18,12 +18,15 @@ pub async fn request(
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let extra: String = headers
+    let mut extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        extra = format!("Host: localhost:{port}\r\n{extra}");
+    }
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");

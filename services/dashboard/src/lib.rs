@@ -6,6 +6,7 @@
 //! `<script>` is text); the assets are embedded; actions are POST forms that carry a token only
 //! this process hands out, and are refused from another site.
 
+mod diagrams;
 pub mod settings;
 mod views;
 
@@ -58,6 +59,7 @@ pub fn app(state: DashState) -> Router {
         .route("/instances/{id}/actions/{action}", post(act))
         .route("/assets/dashboard.css", get(css))
         .route("/assets/dashboard.js", get(js))
+        .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such page.") })
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)

@@ -233,6 +233,10 @@ pub(crate) fn instance_page(
                 (payload("Input", m.serialized_input.as_deref()))
                 (payload("Output", m.serialized_output.as_deref()))
             }
+            h2 { "Timeline" }
+            (crate::diagrams::timeline(events))
+            h2 { "Sequence" }
+            (crate::diagrams::sequence(events))
             h2 { "History" }
             table.history {
                 thead { tr { th { "#" } th { "Event" } th { "Time" } th { "Name" } th { "Details" } } }

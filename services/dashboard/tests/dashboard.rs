@@ -141,6 +141,32 @@ async fn an_operation_shows_in_the_list_and_its_page_tells_its_story_in_chromium
         "history out of order:\n{page}"
     );
     assert!(page.contains("data-status=\"Completed\""), "{page}");
+    // The timeline draws the activity as a bar; the sequence diagram its call and its result.
+    let timeline = page
+        .split("aria-label=\"Timeline\"")
+        .nth(1)
+        .expect("a timeline");
+    assert!(
+        timeline.contains("data-kind=\"activity\"") && timeline.contains("<rect"),
+        "{timeline}"
+    );
+    let sequence = page
+        .split("aria-label=\"Sequence diagram\"")
+        .nth(1)
+        .expect("a sequence diagram");
+    assert!(
+        in_order(
+            sequence,
+            &[
+                "data-message=\"ExecutionStarted\"",
+                "data-message=\"TaskScheduled\"",
+                "data-message=\"TaskCompleted\"",
+                "data-message=\"ExecutionCompleted\""
+            ]
+        ),
+        "{sequence}"
+    );
+    assert!(sequence.contains("data-party=\"orchestration\""));
     // The output: the greeting the activity made.
     let output = page
         .split("aria-label=\"Output\"")
@@ -179,7 +205,7 @@ async fn payloads_are_text_and_actions_come_only_from_the_dashboards_own_pages()
         start(s.gateway, "a", 60).await,
         start(s.gateway, "b", 60).await,
     );
-    let origin = format!("http://127.0.0.1:{}", s.dashboard);
+    let origin = format!("http://localhost:{}", s.dashboard);
     let (_, _, html) = request(s.dashboard, "GET", &format!("/instances/{a}"), &[], "").await;
     let token = html
         .split("name=\"token\" value=\"")
