@@ -137,24 +137,13 @@ fn security(doc: &mut utoipa::openapi::OpenApi, modes: &[crate::config::AuthMode
         ),
         ("403", problem("The caller's role does not allow this")),
     ];
-    for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.put,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            op.security = Some(requirements.clone());
-            for (code, response) in &answers {
-                op.responses
-                    .responses
-                    .entry(code.to_string())
-                    .or_insert_with(|| response.clone().into());
-            }
+    for op in operations(doc) {
+        op.security = Some(requirements.clone());
+        for (code, response) in &answers {
+            op.responses
+                .responses
+                .entry(code.to_string())
+                .or_insert_with(|| response.clone().into());
         }
     }
 }
@@ -193,23 +182,12 @@ fn limit_responses(doc: &mut utoipa::openapi::OpenApi, rate_limited: bool) {
             ),
         ));
     }
-    for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.put,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for (code, response) in &limits {
-                op.responses
-                    .responses
-                    .entry(code.to_string())
-                    .or_insert_with(|| response.clone().into());
-            }
+    for op in operations(doc) {
+        for (code, response) in &limits {
+            op.responses
+                .responses
+                .entry(code.to_string())
+                .or_insert_with(|| response.clone().into());
         }
     }
 }
@@ -227,4 +205,21 @@ fn problem_response(description: &str, retry_after: bool) -> utoipa::openapi::Re
         r = r.header("Retry-After", Header::new(Object::with_type(Type::Integer)));
     }
     r.build()
+}
+
+/// Every operation of the document.
+fn operations(
+    doc: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    doc.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.put,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
