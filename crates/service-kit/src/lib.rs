@@ -1,5 +1,6 @@
 //! Start-up and shutdown plumbing shared by `local-scheduler`, `worker` and `gateway`.
 
+pub mod api_keys;
 pub mod metrics;
 pub mod settings;
 pub mod telemetry;

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use durabletask::{Client, InstanceQuery, OrchestrationStatus};
 use serde::Deserialize;
+use service_kit::api_keys::{ApiKeys, Role};
 
 /// What every request shares.
 #[derive(Clone)]
@@ -26,6 +27,8 @@ pub struct DashState(Arc<Shared>);
 
 pub struct Shared {
     client: Client,
+    /// When set, every page needs one of these keys with the admin role.
+    admin_keys: Option<Arc<ApiKeys>>,
     /// Whether the action forms are shown and accepted.
     actions: bool,
     page_size: u32,
@@ -36,8 +39,18 @@ pub struct Shared {
 
 impl DashState {
     pub fn new(client: Client, actions: bool, page_size: u32) -> Self {
+        Self::with_admin_keys(client, actions, page_size, None)
+    }
+
+    pub fn with_admin_keys(
+        client: Client,
+        actions: bool,
+        page_size: u32,
+        admin_keys: Option<Arc<ApiKeys>>,
+    ) -> Self {
         Self(Arc::new(Shared {
             client,
+            admin_keys,
             actions,
             page_size,
             form_token: uuid::Uuid::new_v4().simple().to_string(),
@@ -59,10 +72,63 @@ pub fn app(state: DashState) -> Router {
         .route("/instances/{id}/actions/{action}", post(act))
         .route("/assets/dashboard.css", get(css))
         .route("/assets/dashboard.js", get(js))
-        .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such page.") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
+        .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// With admin keys configured, every page (not `/healthz`) needs one: the browser's Basic
+/// prompt with the key as the password, or `X-API-Key` from a script.
+async fn require_admin(
+    State(state): State<DashState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(keys) = &state.admin_keys else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let presented = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| basic_password(headers));
+    let admin = presented
+        .and_then(|key| keys.check(&key))
+        .is_some_and(|k| k.role == Role::Admin);
+    if admin {
+        return next.run(request).await;
+    }
+    let mut response = page_error(
+        StatusCode::UNAUTHORIZED,
+        "This dashboard needs an admin key of the gateway (as the password).",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Basic realm="Durable Task dashboard", charset="UTF-8""#),
+    );
+    response
+}
+
+/// The password of `Authorization: Basic`.
+fn basic_password(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
 }
 
 /// Pages load nothing but this server's own assets, run no inline script, and are not framed.

@@ -5,6 +5,7 @@ use anyhow::Context;
 use dashboard::settings::{SOURCE, Settings};
 use dashboard::{DashState, app};
 use durabletask::{Client, Connection};
+use service_kit::api_keys::ApiKeys;
 use service_kit::settings::Startup;
 
 #[tokio::main]
@@ -30,7 +31,23 @@ async fn run() -> anyhow::Result<()> {
     let conn = Connection::connect(options)
         .await
         .context("connecting to the scheduler")?;
-    let state = DashState::new(Client::new(&conn), s.actions_enabled(), s.page_size);
+    let admin_keys = match &s.admin_keys_file {
+        Some(path) => {
+            let keys = std::sync::Arc::new(
+                ApiKeys::load(std::path::Path::new(path))
+                    .map_err(|e| anyhow::anyhow!("`admin_keys_file`: {e}"))?,
+            );
+            keys.clone().watch(std::time::Duration::from_secs(5));
+            Some(keys)
+        }
+        None => None,
+    };
+    let state = DashState::with_admin_keys(
+        Client::new(&conn),
+        s.actions_enabled(),
+        s.page_size,
+        admin_keys,
+    );
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
         .with_context(|| format!("`listen`: cannot bind {}", s.listen))?;

@@ -15,8 +15,11 @@ pub struct Settings {
     /// A DTS connection string; wins over `endpoint` and `taskhub`.
     pub connection_string: Option<String>,
     /// Whether the dashboard may act on instances (terminate, suspend, ...). Unset: yes on a
-    /// loopback address, no (read-only) on any other.
+    /// loopback address or with `admin_keys_file`, no (read-only) otherwise.
     pub actions: Option<bool>,
+    /// The gateway's API keys file: when set, every page needs one of its `admin` keys (HTTP
+    /// Basic, the key as the password, or `X-API-Key`).
+    pub admin_keys_file: Option<String>,
     /// Instances per page of the list.
     pub page_size: u32,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
@@ -31,6 +34,7 @@ impl Default for Settings {
             taskhub: "default".into(),
             connection_string: None,
             actions: None,
+            admin_keys_file: None,
             page_size: 50,
             log_format: "auto".into(),
         }
@@ -61,10 +65,12 @@ impl Settings {
     /// Whether actions are on: as configured, else only when bound to loopback.
     pub fn actions_enabled(&self) -> bool {
         self.actions.unwrap_or_else(|| {
-            self.listen
-                .parse::<std::net::SocketAddr>()
-                .map(|a| a.ip().is_loopback())
-                .unwrap_or(false)
+            self.admin_keys_file.is_some()
+                || self
+                    .listen
+                    .parse::<std::net::SocketAddr>()
+                    .map(|a| a.ip().is_loopback())
+                    .unwrap_or(false)
         })
     }
 }

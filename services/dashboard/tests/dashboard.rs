@@ -330,3 +330,66 @@ async fn a_dashboard_without_actions_shows_no_forms_and_refuses_them() {
         "RUNNING"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_admin_keys_an_anonymous_or_user_request_is_refused() {
+    use base64::Engine;
+    let dir =
+        std::env::temp_dir().join(format!("dash-keys-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.json");
+    let sha = test_support::oidc::sha256_hex;
+    std::fs::write(
+        &keys,
+        json!({"keys": [
+            {"id": "ops", "name": "Operations", "role": "admin", "sha256": sha("admin-key-0123456789")},
+            {"id": "batch", "name": "Batch", "role": "user", "sha256": sha("user-key-0123456789")},
+        ]})
+        .to_string(),
+    )
+    .expect("keys");
+    let s = system(&[("DASHBOARD__ADMIN_KEYS_FILE", keys.display().to_string())]).await;
+    let basic = |key: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("anyone:{key}"))
+        )
+    };
+    let (code, headers, _) = request(s.dashboard, "GET", "/", &[], "").await;
+    assert_eq!(code, 401);
+    assert!(header(&headers, "www-authenticate").is_some_and(|c| c.starts_with("Basic")));
+    for refused in [
+        vec![("Authorization", basic("user-key-0123456789"))],
+        vec![("Authorization", basic("guessed"))],
+        vec![("X-API-Key", "user-key-0123456789".to_string())],
+    ] {
+        let h: Vec<(&str, &str)> = refused.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, _, _) = request(s.dashboard, "GET", "/", &h, "").await;
+        assert_eq!(code, 401, "{refused:?}");
+    }
+    let admin = basic("admin-key-0123456789");
+    let (code, _, body) = request(
+        s.dashboard,
+        "GET",
+        "/?paused=1",
+        &[("Authorization", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _) = request(
+        s.dashboard,
+        "GET",
+        "/?paused=1",
+        &[("X-API-Key", "admin-key-0123456789")],
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    // Probes need no key.
+    assert_eq!(
+        request(s.dashboard, "GET", "/healthz", &[], "").await.0,
+        200
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,7 +7,6 @@
 //! prefix query and an id names its owner without a call to the scheduler. A caller who asks
 //! for an operation it does not own gets the same `404` as for one that does not exist.
 
-mod api_keys;
 mod jwt;
 
 use std::sync::Arc;
@@ -18,20 +17,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-pub use api_keys::{API_KEY_HEADER, ApiKeys};
 pub use jwt::{JwtConfig, JwtVerifier};
+pub use service_kit::api_keys::{API_KEY_HEADER, ApiKeys, Role};
 
 use crate::AppState;
 use crate::problem::Problem;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sees and acts on its own operations.
-    User,
-    /// Sees and acts on every operation, and may list by owner.
-    Admin,
-}
 
 /// The caller of a request.
 #[derive(Debug, Clone)]
@@ -177,6 +167,10 @@ impl Authenticator {
             let presented = presented.to_str().unwrap_or("");
             return keys
                 .check(presented)
+                .map(|k| Caller {
+                    owner: Some(format!("key:{}", k.id)),
+                    role: k.role,
+                })
                 .ok_or_else(|| Refusal::Invalid("unknown or revoked API key".into()));
         }
         let bearer = headers

@@ -1,5 +1,6 @@
-//! API keys for machine callers: a file (a mounted Secret) of hashed keys, read again when it
-//! changes, so that a key is added or revoked without a restart.
+//! API keys: a file (a mounted Secret) of hashed keys, read again when it changes, so that a key
+//! is added or revoked without a restart. The gateway's callers present them; the dashboard
+//! takes the same file's admin keys.
 //!
 //! ```json
 //! {"keys": [{"id": "nightly-batch", "name": "Nightly batch", "role": "user",
@@ -16,10 +17,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Caller, Role};
-
 /// The header a key is presented in.
 pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// What a key allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Its own operations.
+    User,
+    /// Every operation.
+    Admin,
+}
+
+/// The key a presented secret matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub id: String,
+    pub role: Role,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,16 +83,16 @@ impl ApiKeys {
         self.len() == 0
     }
 
-    /// The caller a presented key stands for, if it is one of the file's.
-    pub fn check(&self, presented: &str) -> Option<Caller> {
+    /// The key a presented secret is, if it is one of the file's.
+    pub fn check(&self, presented: &str) -> Option<KeyHolder> {
         if presented.is_empty() || presented.len() > 512 {
             return None;
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, presented.as_bytes());
         let hash: [u8; 32] = digest.as_ref().try_into().ok()?;
         let table = self.table.read().ok()?.clone();
-        table.get(&hash).map(|(id, role)| Caller {
-            owner: Some(format!("key:{id}")),
+        table.get(&hash).map(|(id, role)| KeyHolder {
+            id: id.clone(),
             role: *role,
         })
     }
@@ -167,9 +183,9 @@ mod tests {
             sha("s3cret-key")
         ));
         let keys = ApiKeys::load(&path).expect("load");
-        let caller = keys.check("s3cret-key").expect("known");
-        assert_eq!(caller.owner.as_deref(), Some("key:batch"));
-        assert_eq!(caller.role, Role::User);
+        let holder = keys.check("s3cret-key").expect("known");
+        assert_eq!(holder.id, "batch");
+        assert_eq!(holder.role, Role::User);
         assert!(keys.check("another").is_none());
         assert!(keys.check("").is_none());
 
