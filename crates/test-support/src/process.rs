@@ -72,3 +72,33 @@ pub async fn spawn_path(bin: PathBuf, env: &[(&str, String)], port: u16) -> toki
     crate::net::wait_port(port).await;
     child
 }
+
+/// An in-memory local scheduler process with `extra` environment variables, and its endpoint.
+pub async fn local_scheduler(extra: &[(&str, String)]) -> (tokio::process::Child, String) {
+    let port = crate::net::free_port();
+    let mut env = vec![
+        ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "LOCAL_SCHEDULER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", crate::net::free_port()),
+        ),
+        ("LOCAL_SCHEDULER__STORE", "memory".into()),
+    ];
+    env.extend(extra.iter().cloned());
+    let child = spawn("local-scheduler", &env, port).await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// A worker process on `endpoint`; returns once its admin port listens.
+pub async fn worker(endpoint: &str) -> tokio::process::Child {
+    let admin = crate::net::free_port();
+    spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.to_string()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+        ],
+        admin,
+    )
+    .await
+}

@@ -17,31 +17,8 @@ struct System {
 }
 
 async fn system(dashboard_env: &[(&str, String)]) -> System {
-    let sched = free_port();
-    let scheduler = spawn(
-        "local-scheduler",
-        &[
-            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched}")),
-            (
-                "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
-        ],
-        sched,
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{sched}");
-    let worker_admin = free_port();
-    let worker = spawn(
-        "worker",
-        &[
-            ("ENDPOINT", endpoint.clone()),
-            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
-        ],
-        worker_admin,
-    )
-    .await;
+    let (scheduler, endpoint) = test_support::process::local_scheduler(&[]).await;
+    let worker = test_support::process::worker(&endpoint).await;
     let gateway = free_port();
     let gw = spawn(
         "gateway",
@@ -267,10 +244,12 @@ async fn payloads_are_text_and_actions_come_only_from_the_dashboards_own_pages()
         header(&headers, "location"),
         Some(format!("/instances/{b}?done=suspend").as_str())
     );
-    assert_eq!(
-        status(s.gateway, &b, 0).await.expect("b")["status"],
-        "Suspended"
-    );
+    // The suspension is applied as the scheduler takes it in: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(s.gateway, &b, 0).await.expect("b")["status"] != "Suspended" {
+        assert!(Instant::now() < deadline, "never suspended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (code, _, _) = act(b.clone(), "resume", ours(), format!("token={token}")).await;
     assert_eq!(code, 303);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -217,16 +217,7 @@ async fn system() -> (Vec<tokio::process::Child>, u16) {
     )
     .expect("keys");
     let (scheduler, endpoint) = local_scheduler().await;
-    let worker_admin = free_port();
-    let worker = spawn(
-        "worker",
-        &[
-            ("ENDPOINT", endpoint.clone()),
-            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
-        ],
-        worker_admin,
-    )
-    .await;
+    let worker = test_support::process::worker(&endpoint).await;
     let (gateway, port, _) = gateway(
         &endpoint,
         &[

@@ -84,18 +84,7 @@ pub async fn local_scheduler() -> (Child, String) {
 
 /// An in-memory local scheduler process with extra environment variables.
 pub async fn local_scheduler_with(extra: &[(&str, String)]) -> (Child, String) {
-    let port = free_port();
-    let mut envs = vec![
-        ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port}")),
-        (
-            "LOCAL_SCHEDULER__ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        ),
-        ("LOCAL_SCHEDULER__STORE", "memory".into()),
-    ];
-    envs.extend(extra.iter().cloned());
-    let child = spawn("local-scheduler", &envs, port).await;
-    (child, format!("http://127.0.0.1:{port}"))
+    test_support::process::local_scheduler(extra).await
 }
 
 /// A gateway process on `endpoint` with extra environment variables: the process, its API port
@@ -166,16 +155,7 @@ pub struct System {
 
 pub async fn system(config: GatewayConfig) -> System {
     let (scheduler, endpoint) = local_scheduler().await;
-    let worker_admin = free_port();
-    let worker = spawn(
-        "worker",
-        &[
-            ("ENDPOINT", endpoint.clone()),
-            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{worker_admin}")),
-        ],
-        worker_admin,
-    )
-    .await;
+    let worker = test_support::process::worker(&endpoint).await;
     let port = free_port();
     let state = state_for(&endpoint, config).await;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
