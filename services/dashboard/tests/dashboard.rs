@@ -1,374 +1,218 @@
-//! The dashboard against the real binaries (local scheduler, worker, gateway, dashboard), its
-//! pages rendered by real headless Chromium.
+//! The dashboard's views against the real binaries (local scheduler, worker, gateway,
+//! dashboard), in real headless Chromium driven over the DevTools protocol. The screenshots the
+//! README shows are taken here (`make screenshots` writes them to `docs/screenshots`).
 
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::{Value, json};
-use test_support::browser::dump_dom;
-use test_support::http::{header, request};
-use test_support::net::free_port;
-use test_support::process::spawn;
-use tokio::process::Child;
-
-struct System {
-    _children: Vec<Child>,
-    gateway: u16,
-    dashboard: u16,
-}
-
-async fn system(dashboard_env: &[(&str, String)]) -> System {
-    let (scheduler, endpoint) = test_support::process::local_scheduler(&[]).await;
-    let worker = test_support::process::worker(&endpoint).await;
-    let gateway = free_port();
-    let gw = spawn(
-        "gateway",
-        &[
-            ("ENDPOINT", endpoint.clone()),
-            ("GATEWAY__LISTEN", format!("127.0.0.1:{gateway}")),
-            (
-                "GATEWAY__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            ("GATEWAY__AUTH", "none".into()),
-            ("GATEWAY__RATE_LIMIT_PER_SECOND", "0".into()),
-        ],
-        gateway,
-    )
-    .await;
-    let dashboard = free_port();
-    let mut env = vec![
-        ("ENDPOINT", endpoint),
-        ("DASHBOARD__LISTEN", format!("127.0.0.1:{dashboard}")),
-    ];
-    env.extend(dashboard_env.iter().cloned());
-    let dash = spawn("dashboard", &env, dashboard).await;
-    System {
-        _children: vec![scheduler, worker, gw, dash],
-        gateway,
-        dashboard,
-    }
-}
-
-async fn start(gateway: u16, name: &str, delay: u64) -> String {
-    let body = json!({"name": name, "delay_seconds": delay}).to_string();
-    let (status, _, text) = request(
-        gateway,
-        "POST",
-        "/api/process",
-        &[("Content-Type", "application/json")],
-        &body,
-    )
-    .await;
-    assert_eq!(status, 202, "{text}");
-    let v: Value = serde_json::from_str(&text).expect("json");
-    v["id"].as_str().expect("id").to_string()
-}
-
-/// The gateway's status of `id` (`None`: 404), after waiting up to `wait` seconds for it to end.
-async fn status(gateway: u16, id: &str, wait: u64) -> Option<Value> {
-    let (code, _, text) = request(
-        gateway,
-        "GET",
-        &format!("/api/status/{id}?wait={wait}"),
-        &[],
-        "",
-    )
-    .await;
-    (code == 200).then(|| serde_json::from_str(&text).expect("json"))
-}
-
-/// Positions of `needles` in `haystack`, each after the previous one.
-fn in_order(haystack: &str, needles: &[&str]) -> bool {
-    let mut from = 0;
-    for n in needles {
-        match haystack[from..].find(n) {
-            Some(i) => from += i + n.len(),
-            None => return false,
-        }
-    }
-    true
-}
+use common::{in_order, png_size, screenshots, start, status, system};
+use durabletask::{Client, Connection, ConnectionOptions, StartOptions};
+use serde_json::json;
+use test_support::browser::Tab;
+use test_support::http::request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_shows_in_the_list_and_its_page_tells_its_story_in_chromium() {
     let s = system(&[]).await;
-    let id = start(s.gateway, "Ada", 0).await;
+    let id = start(s.gateway, "Ada", 2).await;
+    let running = start(s.gateway, "Grace", 120).await;
+    let canceled = start(s.gateway, "Edsger", 120).await;
+    let (code, _, body) = request(
+        s.gateway,
+        "POST",
+        &format!("/api/operations/{canceled}/cancel"),
+        &[],
+        "",
+    )
+    .await;
+    assert!(code < 300, "{code} {body}");
+    for op in [&id, &canceled] {
+        status(s.gateway, op, 30).await.expect("status");
+    }
     assert_eq!(
-        status(s.gateway, &id, 20).await.expect("status")["status"],
+        status(s.gateway, &id, 0).await.expect("status")["status"],
         "Succeeded"
     );
 
-    let list = dump_dom(&format!("http://127.0.0.1:{}/?paused=1", s.dashboard)).await;
-    assert!(
-        list.contains(&format!("data-instance=\"{id}\"")),
-        "{id} not listed:\n{list}"
-    );
+    let mut tab = Tab::open().await;
+    tab.goto(&s.page("/?paused=1")).await;
+    for op in [&id, &running, &canceled] {
+        let listed = tab
+            .eval(&format!(
+                "document.querySelector('tr[data-instance=\"{op}\"]') !== null"
+            ))
+            .await;
+        assert_eq!(listed, true, "{op} not listed:\n{}", tab.text().await);
+    }
+    // Counts over every instance, one per status.
+    let counts = tab
+        .eval("[...document.querySelectorAll('nav.counts [data-count]')].map(a => a.textContent.trim()).join('|')")
+        .await;
+    let counts = counts.as_str().expect("counts");
+    for expected in ["All: 3", "Completed: 1", "Running: 1", "Terminated: 1"] {
+        assert!(counts.contains(expected), "{expected} not in {counts}");
+    }
+    let shots = screenshots();
+    let list_png = tab.screenshot(&shots.join("instances.png"), None).await;
+    tab.color_scheme("dark").await;
+    let dark_png = tab
+        .screenshot(&shots.join("instances-dark.png"), None)
+        .await;
+    tab.color_scheme("light").await;
+    assert!(png_size(&list_png).0 >= 1_000 && png_size(&dark_png).0 >= 1_000);
+    assert_ne!(list_png, dark_png, "dark mode changed nothing");
 
-    let page = dump_dom(&format!("http://127.0.0.1:{}/instances/{id}", s.dashboard)).await;
+    // Clicking the row's link opens the instance.
+    tab.click_and_load(&format!("tr[data-instance=\"{id}\"] a"))
+        .await;
+    assert!(tab.url().await.ends_with(&format!("/instances/{id}")));
+    let kinds = tab
+        .eval("[...document.querySelectorAll('table.history tr[data-kind]')].map(r => r.dataset.kind).join(' ')")
+        .await;
+    let kinds = kinds.as_str().expect("kinds");
     assert!(
         in_order(
-            &page,
+            kinds,
             &[
-                "data-kind=\"ExecutionStarted\"",
-                "data-kind=\"TaskScheduled\"",
-                "data-kind=\"TaskCompleted\"",
-                "data-kind=\"ExecutionCompleted\"",
+                "ExecutionStarted",
+                "TaskScheduled",
+                "TaskCompleted",
+                "ExecutionCompleted"
             ]
         ),
-        "history out of order:\n{page}"
+        "history out of order: {kinds}"
     );
-    assert!(page.contains("data-status=\"Completed\""), "{page}");
+    let shown_status = tab
+        .eval("document.querySelector('[data-status]').dataset.status")
+        .await;
+    assert_eq!(shown_status, "Completed");
     // The timeline draws the activity as a bar; the sequence diagram its call and its result.
-    let timeline = page
-        .split("aria-label=\"Timeline\"")
-        .nth(1)
-        .expect("a timeline");
-    assert!(
-        timeline.contains("data-kind=\"activity\"") && timeline.contains("<rect"),
-        "{timeline}"
-    );
-    let sequence = page
-        .split("aria-label=\"Sequence diagram\"")
-        .nth(1)
-        .expect("a sequence diagram");
+    let bar = tab
+        .eval("document.querySelector('svg[aria-label=\"Timeline\"] [data-kind=\"activity\"] rect, svg[aria-label=\"Timeline\"] rect[data-kind=\"activity\"]')?.getBBox().width ?? 0")
+        .await;
+    assert!(bar.as_f64().unwrap_or(0.0) > 0.0, "no activity bar: {bar}");
+    let messages = tab
+        .eval("[...document.querySelectorAll('svg[aria-label=\"Sequence diagram\"] [data-message]')].map(m => m.dataset.message).join(' ')")
+        .await;
     assert!(
         in_order(
-            sequence,
+            messages.as_str().expect("messages"),
             &[
-                "data-message=\"ExecutionStarted\"",
-                "data-message=\"TaskScheduled\"",
-                "data-message=\"TaskCompleted\"",
-                "data-message=\"ExecutionCompleted\""
+                "ExecutionStarted",
+                "TaskScheduled",
+                "TaskCompleted",
+                "ExecutionCompleted"
             ]
         ),
-        "{sequence}"
+        "{messages}"
     );
-    assert!(sequence.contains("data-party=\"orchestration\""));
-    // The output: the greeting the activity made.
-    let output = page
-        .split("aria-label=\"Output\"")
-        .nth(1)
-        .expect("an output section");
-    assert!(output.contains("Ada"), "{output}");
+    let output = tab
+        .eval("document.querySelector('section[aria-label=\"Output\"]').innerText")
+        .await;
+    assert!(output.as_str().expect("output").contains("Ada"), "{output}");
+    // A payload is collapsed until opened.
+    tab.click("table.history details summary").await;
+    let open = tab
+        .eval("document.querySelector('table.history details').open")
+        .await;
+    assert_eq!(open, true);
+
+    for (file, selector) in [
+        ("instance.png", None),
+        ("timeline.png", Some("svg[aria-label=\"Timeline\"]")),
+        ("sequence.png", Some("svg[aria-label=\"Sequence diagram\"]")),
+        ("history.png", Some("table.history")),
+        ("input-output.png", Some("div.payloads")),
+    ] {
+        let png = tab.screenshot(&shots.join(file), selector).await;
+        let (w, h) = png_size(&png);
+        assert!(w >= 200 && h >= 40, "{file}: {w}x{h}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_are_text_and_actions_come_only_from_the_dashboards_own_pages() {
-    let s = system(&[]).await;
-    // An input that would run script if it were markup.
-    let xss = "<script>alert(1)</script><img src=x onerror=alert(2)>";
-    let hostile = start(s.gateway, xss, 0).await;
-    status(s.gateway, &hostile, 20).await.expect("status");
-    let page = dump_dom(&format!(
-        "http://127.0.0.1:{}/instances/{hostile}",
-        s.dashboard
-    ))
-    .await;
-    assert!(
-        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
-        "{page}"
-    );
-    assert!(
-        !page.contains("<script>alert(1)"),
-        "the payload became markup:\n{page}"
-    );
-    assert!(
-        !page.contains("<img src=\"x\""),
-        "the payload became markup:\n{page}"
-    );
-
-    // Running operations to act on (their activity takes a minute).
-    let (a, b) = (
-        start(s.gateway, "a", 60).await,
-        start(s.gateway, "b", 60).await,
-    );
-    let origin = format!("http://localhost:{}", s.dashboard);
-    let (_, _, html) = request(s.dashboard, "GET", &format!("/instances/{a}"), &[], "").await;
-    let token = html
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the action forms carry a token")
-        .to_string();
-    let act =
-        |id: String, action: &'static str, headers: Vec<(&'static str, String)>, body: String| {
-            let port = s.dashboard;
-            async move {
-                let mut h: Vec<(&str, &str)> =
-                    vec![("Content-Type", "application/x-www-form-urlencoded")];
-                h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
-                request(
-                    port,
-                    "POST",
-                    &format!("/instances/{id}/actions/{action}"),
-                    &h,
-                    &body,
-                )
-                .await
-            }
+async fn the_name_filter_searches_past_one_scheduler_page_and_counts_cover_every_instance() {
+    let s = system(&[("DASHBOARD__PAGE_SIZE", "5".into())]).await;
+    let conn = Connection::connect(ConnectionOptions::new(&s.endpoint, "default").expect("opts"))
+        .await
+        .expect("connect");
+    let client = Client::new(&conn);
+    // No worker knows these names (the worker fails them). Three needles among the first 60 rows,
+    // three more after 120; the name search reads 20 rows per query.
+    let mut needles = Vec::new();
+    for i in 0..200 {
+        let name = if matches!(i, 7 | 33 | 59 | 121 | 150 | 199) {
+            "needle"
+        } else {
+            "hay"
         };
-    let ours = || {
-        vec![
-            ("Origin", origin.clone()),
-            ("Sec-Fetch-Site", "same-origin".to_string()),
-        ]
-    };
-
-    // Another site's form, even with the token; a form without the token: refused.
-    for (headers, body) in [
-        (
-            vec![
-                ("Origin", "http://evil.example".to_string()),
-                ("Sec-Fetch-Site", "cross-site".to_string()),
-            ],
-            format!("token={token}"),
-        ),
-        (
-            vec![("Origin", "http://evil.example".to_string())],
-            format!("token={token}"),
-        ),
-        (ours(), String::new()),
-    ] {
-        let (code, _, body) = act(a.clone(), "terminate", headers, body).await;
-        assert_eq!(code, 403, "{body}");
+        let id = client
+            .schedule_new_orchestration(name, &json!(i), StartOptions::default())
+            .await
+            .expect("start");
+        if name == "needle" {
+            needles.push(id);
+        }
     }
-    assert_eq!(
-        status(s.gateway, &a, 0).await.expect("a")["runtime_status"],
-        "RUNNING"
-    );
+    let mut tab = Tab::open().await;
+    tab.goto(&s.page("/?paused=1")).await;
+    let rows = tab
+        .eval("document.querySelectorAll('tr[data-instance]').length")
+        .await;
+    assert_eq!(rows, 5, "one page of 5");
+    let all = tab
+        .eval("document.querySelector('[data-count=\"All\"]').textContent.trim()")
+        .await;
+    assert_eq!(all, "All: 200", "counts cover every instance, not the page");
 
-    // Suspend and resume change its status.
-    let (code, headers, _) = act(b.clone(), "suspend", ours(), format!("token={token}")).await;
-    assert_eq!(code, 303);
-    assert_eq!(
-        header(&headers, "location"),
-        Some(format!("/instances/{b}?done=suspend").as_str())
-    );
-    // The suspension is applied as the scheduler takes it in: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(s.gateway, &b, 0).await.expect("b")["status"] != "Suspended" {
-        assert!(Instant::now() < deadline, "never suspended");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (code, _, _) = act(b.clone(), "resume", ours(), format!("token={token}")).await;
-    assert_eq!(code, 303);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(s.gateway, &b, 0).await.expect("b")["status"] == "Suspended" {
-        assert!(Instant::now() < deadline, "still suspended");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // Terminate ends it as Canceled for the gateway; purge removes it.
-    let (code, _, body) = act(
-        a.clone(),
-        "terminate",
-        ours(),
-        format!("token={token}&reason=enough"),
-    )
-    .await;
-    assert_eq!(code, 303, "{body}");
-    let done = status(s.gateway, &a, 10).await.expect("a");
-    assert_eq!(done["status"], "Canceled", "{done}");
-    let (code, _, _) = act(a.clone(), "purge", ours(), format!("token={token}")).await;
-    assert_eq!(code, 303);
+    // Filter by name in the form, as a user does.
+    tab.click("input[name=name]").await;
+    tab.type_text("needle").await;
+    tab.click_and_load("form.filters button[type=submit]").await;
+    let listed = tab
+        .eval("[...document.querySelectorAll('tr[data-instance]')].map(r => r.dataset.instance)")
+        .await;
+    let listed: Vec<String> = serde_json::from_value(listed).expect("ids");
     assert!(
-        status(s.gateway, &a, 0).await.is_none(),
-        "purged, yet the gateway finds it"
+        listed.len() >= 5,
+        "the search stopped at one scheduler page: {listed:?}"
     );
-    let (code, _, _) = request(s.dashboard, "GET", &format!("/instances/{a}"), &[], "").await;
-    assert_eq!(code, 404);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dashboard_without_actions_shows_no_forms_and_refuses_them() {
-    let s = system(&[("DASHBOARD__ACTIONS", "false".into())]).await;
-    let id = start(s.gateway, "read-only", 60).await;
-    let (code, headers, html) =
-        request(s.dashboard, "GET", &format!("/instances/{id}"), &[], "").await;
-    assert_eq!(code, 200);
-    assert!(
-        !html.contains("name=\"token\""),
-        "forms shown on a read-only dashboard"
-    );
-    let csp = header(&headers, "content-security-policy").expect("CSP");
-    assert!(
-        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
-        "{csp}"
-    );
-    let (code, _, _) = request(
-        s.dashboard,
-        "POST",
-        &format!("/instances/{id}/actions/terminate"),
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        "token=anything",
-    )
-    .await;
-    assert_eq!(code, 403);
-    assert_eq!(
-        status(s.gateway, &id, 0).await.expect("status")["runtime_status"],
-        "RUNNING"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_admin_keys_an_anonymous_or_user_request_is_refused() {
-    use base64::Engine;
-    let dir =
-        std::env::temp_dir().join(format!("dash-keys-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let keys = dir.join("keys.json");
-    let sha = test_support::oidc::sha256_hex;
-    std::fs::write(
-        &keys,
-        json!({"keys": [
-            {"id": "ops", "name": "Operations", "role": "admin", "sha256": sha("admin-key-0123456789")},
-            {"id": "batch", "name": "Batch", "role": "user", "sha256": sha("user-key-0123456789")},
-        ]})
-        .to_string(),
-    )
-    .expect("keys");
-    let s = system(&[("DASHBOARD__ADMIN_KEYS_FILE", keys.display().to_string())]).await;
-    let basic = |key: &str| {
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("anyone:{key}"))
-        )
-    };
-    let (code, headers, _) = request(s.dashboard, "GET", "/", &[], "").await;
-    assert_eq!(code, 401);
-    assert!(header(&headers, "www-authenticate").is_some_and(|c| c.starts_with("Basic")));
-    for refused in [
-        vec![("Authorization", basic("user-key-0123456789"))],
-        vec![("Authorization", basic("guessed"))],
-        vec![("X-API-Key", "user-key-0123456789".to_string())],
-    ] {
-        let h: Vec<(&str, &str)> = refused.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (code, _, _) = request(s.dashboard, "GET", "/", &h, "").await;
-        assert_eq!(code, 401, "{refused:?}");
+    let names = tab
+        .eval("[...document.querySelectorAll('tr[data-instance] td:nth-child(2)')].every(td => td.textContent === 'needle')")
+        .await;
+    assert_eq!(names, true, "another name listed");
+    let mut seen = listed.clone();
+    // The rest come on the next pages.
+    while tab
+        .eval("document.querySelector('a[rel=next]') !== null")
+        .await
+        == true
+    {
+        tab.click_and_load("a[rel=next]").await;
+        let more = tab
+            .eval(
+                "[...document.querySelectorAll('tr[data-instance]')].map(r => r.dataset.instance)",
+            )
+            .await;
+        seen.extend(serde_json::from_value::<Vec<String>>(more).expect("ids"));
     }
-    let admin = basic("admin-key-0123456789");
-    let (code, _, body) = request(
-        s.dashboard,
-        "GET",
-        "/?paused=1",
-        &[("Authorization", &admin)],
-        "",
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    let (code, _, _) = request(
-        s.dashboard,
-        "GET",
-        "/?paused=1",
-        &[("X-API-Key", "admin-key-0123456789")],
-        "",
-    )
-    .await;
-    assert_eq!(code, 200);
-    // Probes need no key.
-    assert_eq!(
-        request(s.dashboard, "GET", "/healthz", &[], "").await.0,
-        200
+    seen.sort();
+    needles.sort();
+    assert_eq!(seen, needles, "every needle, once");
+    let counts = tab
+        .eval("[...document.querySelectorAll('nav.counts [data-count]')].map(a => a.textContent.trim()).join('|')")
+        .await;
+    let counts = counts.as_str().expect("counts");
+    assert!(counts.contains("All: 6"), "{counts}");
+    // A count is a link to that status with the other filters kept.
+    tab.click_and_load("[data-count=\"Completed\"]").await;
+    let url = tab.url().await;
+    assert!(
+        url.contains("status=Completed") && url.contains("name=needle"),
+        "{url}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        tab.eval("document.querySelectorAll('tr[data-instance]').length")
+            .await,
+        0
+    );
 }
