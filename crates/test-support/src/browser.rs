@@ -22,8 +22,22 @@ pub fn chromium() -> PathBuf {
     );
 }
 
-/// The DOM of `url` once its scripts have run, with every host but loopback unreachable (so a
-/// page that needs the internet shows it).
+/// Headless, as root, offline: every host but loopback unreachable (so a page that needs the
+/// internet shows it) and none of Chromium's own background traffic.
+const FLAGS: [&str; 10] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+];
+
+/// The DOM of `url` once its scripts have run.
 pub async fn dump_dom(url: &str) -> String {
     let profile = std::env::temp_dir().join(format!(
         "chromium-{}-{}",
@@ -33,16 +47,8 @@ pub async fn dump_dom(url: &str) -> String {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--virtual-time-budget=20000",
-                "--dump-dom",
-            ])
+            .args(FLAGS)
+            .args(["--virtual-time-budget=20000", "--dump-dom"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             .kill_on_drop(true)
@@ -92,16 +98,8 @@ impl Tab {
             crate::net::free_port()
         ));
         let mut chromium = tokio::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
+            .args(FLAGS)
+            .args(["--hide-scrollbars", "--remote-debugging-port=0"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stderr(std::process::Stdio::piped())

@@ -10,7 +10,7 @@ use test_support::http::{header, request};
 use test_support::net::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actions_clicked_in_chromium_suspend_resume_terminate_and_purge() {
+async fn actions_clicked_in_chromium_suspend_resume_terminate_restart_raise_and_purge() {
     let s = system(&[]).await;
     // Running operations to act on (their activity takes two minutes).
     let (a, b) = (
@@ -73,6 +73,50 @@ async fn actions_clicked_in_chromium_suspend_resume_terminate_and_purge() {
     let ended = status(s.gateway, &a, 10).await.expect("a");
     assert_eq!(ended["status"], "Canceled", "{ended}");
 
+    // Restart runs it again under the same id.
+    tab.click_and_load("button[value=restart]").await;
+    assert!(tab.text().await.contains("Done: restart."));
+    wait_status(s.gateway, &a, "restarted", |v| v["status"] == "Running").await;
+
+    // Raise an event: typed into the form, confirmed; the history shows it with its data.
+    tab.click("form.raise input[name=event_name]").await;
+    tab.type_text("approval").await;
+    tab.click("form.raise input[name=event_data]").await;
+    tab.type_text(r#"{"approved": true}"#).await;
+    tab.click_and_load("form.raise button[type=submit]").await;
+    assert_eq!(
+        tab.dialogs.last(),
+        Some(&format!("Raise this event on {a}?"))
+    );
+    assert!(tab.text().await.contains("Done: raise-event."));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        tab.goto(&s.page(&format!("/instances/{a}"))).await;
+        let raised = tab
+            .eval("[...document.querySelectorAll('tr[data-kind=EventRaised]')].map(r => r.innerText).join(' ')")
+            .await;
+        let raised = raised.as_str().unwrap_or("").to_string();
+        if raised.contains("approval") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no EventRaised in the history"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Event data that is not JSON is refused with a clear message.
+    tab.click("form.raise input[name=event_name]").await;
+    tab.type_text("bad").await;
+    tab.click("form.raise input[name=event_data]").await;
+    tab.type_text("{not json").await;
+    tab.click_and_load("form.raise button[type=submit]").await;
+    assert!(tab.text().await.contains("The event data is not JSON"));
+
+    // Terminated again, then purged: back to the list, and the gateway no longer finds it.
+    tab.goto(&s.page(&format!("/instances/{a}"))).await;
+    tab.click_and_load("button[value=terminate]").await;
+    wait_status(s.gateway, &a, "terminated", |v| v["status"] == "Canceled").await;
     // Purge: back to the list, and the gateway no longer finds it.
     tab.click_and_load("button[value=purge]").await;
     assert!(
