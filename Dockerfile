@@ -13,6 +13,7 @@
 ARG BUILDER_IMAGE=docker.io/library/rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
+# checkov:skip=CKV_DOCKER_7:both bases are build arguments pinned by digest (the ARGs above)
 FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 COPY . .

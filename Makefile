@@ -152,6 +152,7 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs t
 	cargo bench -p local-scheduler --bench scheduler_state
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p gateway --bench gateway_throughput
+	cargo bench -p gateway --bench status_streams
 	cargo bench -p dashboard --bench dashboard_list
 
 screenshots: deps ## The dashboard's screenshots in docs/screenshots, taken by its tests in headless Chromium

@@ -54,3 +54,142 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    /// When it arrived.
+    pub at: Option<std::time::Instant>,
+}
+
+/// A `text/event-stream` answer read as it arrives (HTTP/1.1, chunked).
+pub struct EventStream {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: tokio::io::BufReader<tokio::net::TcpStream>,
+    text: String,
+    /// Comment lines seen (keep-alives).
+    pub comments: usize,
+    ended: bool,
+}
+
+/// Opens `GET path` and reads the head; the events are read with [`EventStream::next`].
+pub async fn event_stream(port: u16, path: &str, headers: &[(&str, &str)]) -> EventStream {
+    use tokio::io::AsyncBufReadExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut reader = tokio::io::BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.expect("status line");
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.expect("header");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let mut stream = EventStream {
+        status,
+        headers,
+        reader,
+        text: String::new(),
+        comments: 0,
+        ended: false,
+    };
+    if !chunked {
+        // A problem or an empty answer: read what there is.
+        let mut body = vec![0; length.unwrap_or(0)];
+        let _ = stream.reader.read_exact(&mut body).await;
+        stream.text = String::from_utf8_lossy(&body).to_string();
+        stream.ended = true;
+    }
+    stream
+}
+
+impl EventStream {
+    /// The body read so far when the answer was not a stream.
+    pub fn body(&self) -> &str {
+        &self.text
+    }
+
+    /// The next event, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            if let Some(at) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..at + 2).collect();
+                let mut event = SseEvent {
+                    at: Some(std::time::Instant::now()),
+                    ..SseEvent::default()
+                };
+                let mut fields = 0;
+                for l in block.lines() {
+                    if l.starts_with(':') {
+                        self.comments += 1;
+                        continue;
+                    }
+                    let (k, v) = l.split_once(':').unwrap_or((l, ""));
+                    let v = v.strip_prefix(' ').unwrap_or(v);
+                    fields += 1;
+                    match k {
+                        "id" => event.id = Some(v.to_string()),
+                        "event" => event.event = Some(v.to_string()),
+                        "data" => {
+                            if !event.data.is_empty() {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(v);
+                        }
+                        _ => {}
+                    }
+                }
+                if fields > 0 && (event.event.is_some() || !event.data.is_empty()) {
+                    return Some(event);
+                }
+                continue;
+            }
+            if self.ended {
+                return None;
+            }
+            // One chunk: its size in hex, its bytes, CRLF; size 0 ends the body.
+            let mut size = String::new();
+            if self.reader.read_line(&mut size).await.unwrap_or(0) == 0 {
+                self.ended = true;
+                continue;
+            }
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                self.ended = true;
+                continue;
+            }
+            let mut chunk = vec![0; n + 2];
+            self.reader.read_exact(&mut chunk).await.expect("chunk");
+            self.text
+                .push_str(&String::from_utf8_lossy(&chunk[..n]).replace("\r\n", "\n"));
+        }
+    }
+}

@@ -51,8 +51,14 @@ pub struct Settings {
     pub max_connections: usize,
     /// Requests in progress; past it requests get a `503` problem with `Retry-After`.
     pub max_concurrent_requests: usize,
-    /// Long polls (`?wait=`) waiting at once; past it `?wait=` answers at once.
+    /// Long polls (`?wait=`) and status streams open at once; past it `?wait=` answers at once
+    /// and a new stream gets `503` with `Retry-After`.
     pub max_long_polls: usize,
+    /// How often an open status stream reads the operation's status from the scheduler.
+    pub stream_poll_interval_ms: u64,
+    /// A status stream is closed after this long (the client reconnects with `Last-Event-ID`),
+    /// so that no connection is held forever.
+    pub max_stream_seconds: u64,
     /// Requests per second each caller may make (by identity; by address when authentication is
     /// off); past it `429` with `Retry-After`. 0: no limit.
     pub rate_limit_per_second: u32,
@@ -116,6 +122,8 @@ impl Default for Settings {
             max_connections: 4096,
             max_concurrent_requests: 2048,
             max_long_polls: 1000,
+            stream_poll_interval_ms: 1000,
+            max_stream_seconds: 600,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             log_format: "auto".into(),
@@ -192,6 +200,12 @@ impl service_kit::settings::Validate for Settings {
         }
         if self.dts_timeout_ms < 100 {
             return Err("`dts_timeout_ms` must be at least 100".into());
+        }
+        if self.stream_poll_interval_ms < 100 {
+            return Err("`stream_poll_interval_ms` must be at least 100".into());
+        }
+        if self.max_stream_seconds < 1 {
+            return Err("`max_stream_seconds` must be at least 1".into());
         }
         service_kit::settings::log_format(&self.log_format)?;
         let modes = self.auth_modes()?;
@@ -315,6 +329,8 @@ impl Settings {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_concurrent_requests: self.max_concurrent_requests,
             max_long_polls: self.max_long_polls,
+            stream_poll_interval: Duration::from_millis(self.stream_poll_interval_ms),
+            max_stream: Duration::from_secs(self.max_stream_seconds),
             rate_limit_per_second: self.rate_limit_per_second,
             rate_limit_burst: self.rate_limit_burst,
             auth_modes: self.auth_modes().unwrap_or_default(),
@@ -355,8 +371,11 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Requests in progress; past it `503` with `Retry-After`.
     pub max_concurrent_requests: usize,
-    /// Long polls waiting at once; past it `?wait=` answers at once.
+    /// Long polls waiting and status streams open at once.
     pub max_long_polls: usize,
+    /// How often a status stream reads the status, and how long it stays open.
+    pub stream_poll_interval: Duration,
+    pub max_stream: Duration,
     /// Per-caller requests per second (0: no limit) and burst.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,

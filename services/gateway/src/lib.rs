@@ -54,7 +54,7 @@ pub use state::{AppState, Shared};
 /// requests with the template the router matched, and the OpenAPI document lists the same
 /// handlers.
 pub fn app(state: AppState) -> Router {
-    use routes::{cancel, history, list, process, purge, result, sample, status};
+    use routes::{cancel, events, history, list, process, purge, result, sample, status};
     let limit = state.config.max_body_bytes;
     let api = Router::new()
         .route(
@@ -62,6 +62,7 @@ pub fn app(state: AppState) -> Router {
             post(process::start_process).layer(from_fn(run_to_completion)),
         )
         .route("/api/status/{id}", get(status::status))
+        .route("/api/status/{id}/events", get(events::events))
         .route("/api/result/{id}", get(result::result))
         .route(
             "/api/operations/{id}/cancel",

@@ -100,6 +100,8 @@ pub struct GatewayMetrics {
     rpc_errors: Family<RpcErrorLabels, Counter>,
     pub(crate) long_polls_waiting: Gauge,
     pub(crate) long_polls_refused: Counter,
+    pub(crate) streams_open: Gauge,
+    pub(crate) streams_refused: Counter,
     /// Of the public listener.
     pub connections: crate::serve::ConnectionMetrics,
 }
@@ -171,6 +173,18 @@ impl Default for GatewayMetrics {
             "Long polls answered at once because max_long_polls were already waiting",
             long_polls_refused.clone(),
         );
+        let streams_open = Gauge::default();
+        registry.register(
+            "gateway_status_streams_open",
+            "Status streams (text/event-stream) open",
+            streams_open.clone(),
+        );
+        let streams_refused = Counter::default();
+        registry.register(
+            "gateway_status_streams_refused",
+            "Status streams refused with 503 because max_long_polls were already held",
+            streams_refused.clone(),
+        );
         let connections = crate::serve::ConnectionMetrics::default();
         registry.register(
             "gateway_connections_open",
@@ -193,6 +207,8 @@ impl Default for GatewayMetrics {
             rpc_errors,
             long_polls_waiting,
             long_polls_refused,
+            streams_open,
+            streams_refused,
             connections,
         }
     }

@@ -22,6 +22,7 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
     paths(
         crate::routes::process::start_process,
         crate::routes::status::status,
+        crate::routes::events::events,
         crate::routes::result::result,
         crate::routes::cancel::cancel,
         crate::routes::list::list,
@@ -48,6 +49,7 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         SampleStatus,
         crate::routes::history::OperationHistory,
         crate::routes::history::HistoryEntry,
+        crate::routes::events::StatusEvent,
     )),
     tags(
         (name = "operations", description = "The async request-reply API"),

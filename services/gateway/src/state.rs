@@ -18,8 +18,9 @@ pub struct Shared {
     pub client: Client,
     pub config: GatewayConfig,
     pub metrics: GatewayMetrics,
-    /// One permit per long poll allowed to wait (`max_long_polls`).
-    pub long_polls: Semaphore,
+    /// One permit per long poll allowed to wait or status stream allowed open
+    /// (`max_long_polls`).
+    pub long_polls: Arc<Semaphore>,
     /// Cancelled on SIGTERM: readiness fails from then on.
     pub draining: CancellationToken,
     /// Cancelled when the gateway stops accepting connections: waiting long polls answer now.
@@ -42,7 +43,7 @@ impl AppState {
         Self(Arc::new(Shared {
             client,
             rate_limiter: crate::limits::caller_limiter(&config),
-            long_polls: Semaphore::new(config.max_long_polls),
+            long_polls: Arc::new(Semaphore::new(config.max_long_polls)),
             config,
             metrics: GatewayMetrics::default(),
             draining: CancellationToken::new(),
@@ -73,6 +74,33 @@ impl Shared {
                 None
             }
         }
+    }
+}
+
+impl AppState {
+    /// A place for one status stream, held while it is open (`max_long_polls`, shared with long
+    /// polls); counted in `gateway_status_streams_open`.
+    pub(crate) fn stream_slot(&self) -> Option<StreamSlot> {
+        if self.releasing.is_cancelled() {
+            return None;
+        }
+        let permit = self.long_polls.clone().try_acquire_owned().ok()?;
+        self.metrics.streams_open.inc();
+        Some(StreamSlot {
+            _permit: permit,
+            state: self.clone(),
+        })
+    }
+}
+
+pub(crate) struct StreamSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    state: AppState,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.state.metrics.streams_open.dec();
     }
 }
 

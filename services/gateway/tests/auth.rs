@@ -160,6 +160,7 @@ async fn callers_see_only_their_own_operations_and_admins_see_all() {
     .await;
     for (method, path) in [
         ("GET", format!("/api/status/{a_op}")),
+        ("GET", format!("/api/status/{a_op}/events")),
         ("GET", format!("/api/result/{a_op}")),
         ("GET", format!("/api/operations/{a_op}/history")),
         ("POST", format!("/api/operations/{a_op}/cancel")),

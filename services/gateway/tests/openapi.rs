@@ -73,6 +73,7 @@ async fn openapi_document_covers_every_route_status_and_schema() {
     let expected: &[(&str, &str, &[u16])] = &[
         ("/api/process", "post", &[202, 400, 413, 415, 422, 502]),
         ("/api/status/{id}", "get", &[200, 400, 404, 502]),
+        ("/api/status/{id}/events", "get", &[200, 204, 404, 502]),
         ("/api/result/{id}", "get", &[200, 202, 404, 409, 502]),
         ("/api/operations/{id}/cancel", "post", &[202, 404, 409, 502]),
         ("/api/operations", "get", &[200, 400, 403, 502]),
@@ -113,6 +114,15 @@ async fn openapi_document_covers_every_route_status_and_schema() {
             );
         }
     }
+    // The stream's events are described, the data as JSON.
+    let stream = &doc["paths"]["/api/status/{id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+        ["schema"]["$ref"];
+    assert_eq!(stream, "#/components/schemas/StatusEvent");
+    let event = &doc["components"]["schemas"]["StatusEvent"];
+    assert_eq!(
+        event["properties"]["data"]["contentMediaType"], "application/json",
+        "{event}"
+    );
     // The 202 of a start carries the polling headers.
     let h = &doc["paths"]["/api/process"]["post"]["responses"]["202"]["headers"];
     for name in ["Location", "Operation-Location", "Retry-After"] {
@@ -223,6 +233,8 @@ async fn system() -> (Vec<tokio::process::Child>, u16) {
         &[
             ("GATEWAY__MAX_WAIT_SECONDS", "1".into()),
             ("GATEWAY__MAX_DELAY_SECONDS", "2".into()),
+            // A status stream of a pending operation ends well within the tool's timeout.
+            ("GATEWAY__MAX_STREAM_SECONDS", "3".into()),
             ("GATEWAY__AUTH", "api_key".into()),
             (
                 "GATEWAY__ID_SECRET",
@@ -279,7 +291,7 @@ async fn schemathesis_finds_no_deviation_from_the_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really exercised the API: all operations, and hundreds of generated cases.
-    assert!(text.contains("Tested: 9"), "{text}");
+    assert!(text.contains("Tested: 10"), "{text}");
     let generated: u32 = text
         .lines()
         .find_map(|l| l.trim().split_once(" generated"))

@@ -1,6 +1,7 @@
 //! The API's routes, one file per resource, and what their documentation shares.
 
 pub(crate) mod cancel;
+pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod list;
