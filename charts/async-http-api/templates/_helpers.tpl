@@ -76,6 +76,24 @@ it holds no secret, only the endpoint, hub, authentication mode and client id). 
 {{- end }}
 {{- end -}}
 
+{{- /* Completion callbacks: where they may go (gateway and worker alike), only what differs
+from the binaries' defaults. `prefix` is GATEWAY or WORKER. */}}
+{{- define "aha.callbackEnv" -}}
+{{- $c := .root.Values.callbacks }}
+{{- if ne (join "," $c.hosts) "*" }}
+- name: {{ .prefix }}__CALLBACK_HOSTS
+  value: {{ join "," $c.hosts | quote }}
+{{- end }}
+{{- with $c.allowedNetworks }}
+- name: {{ $.prefix }}__CALLBACK_ALLOWED_NETWORKS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- if $c.allowHttp }}
+- name: {{ .prefix }}__CALLBACK_ALLOW_HTTP
+  value: "true"
+{{- end }}
+{{- end -}}
+
 {{- define "aha.podExtras" -}}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:

@@ -75,3 +75,87 @@ pub struct SampleResult {
     /// Unix time in seconds, as the sample's Python `time.time()`.
     pub processed_at: f64,
 }
+
+/// The orchestration that tells a callback URL how an operation ended: started beside the
+/// operation (under [`callback_instance_id`]), it waits for the operation to end, then delivers.
+pub const CALLBACK_ORCHESTRATION: &str = "deliver_completion_callback";
+/// Reads the operation: its CloudEvent once it has ended.
+pub const CALLBACK_READ_ACTIVITY: &str = "read_operation_outcome";
+/// One delivery attempt.
+pub const CALLBACK_DELIVER_ACTIVITY: &str = "deliver_callback_attempt";
+/// The tag on an operation started with a callback (its value: the callback instance's id).
+pub const CALLBACK_TAG: &str = "callback";
+
+/// The instance that delivers `operation_id`'s callback. Same caller prefix as the operation.
+pub fn callback_instance_id(operation_id: &str) -> String {
+    format!("{operation_id}~callback")
+}
+
+/// The input of [`CALLBACK_ORCHESTRATION`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackJob {
+    pub operation_id: String,
+    /// Checked at start; checked again at each attempt.
+    pub url: String,
+    /// The same on every attempt, so receivers can drop repeats.
+    pub webhook_id: String,
+    /// The operation's links (status, result, cancel), absolute, as the gateway made them.
+    pub links: serde_json::Value,
+    /// Who started the operation, when callers have identities (for per-caller secrets).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Status reads made so far while waiting (the orchestration continues as new past a
+    /// bound, keeping its history short).
+    #[serde(default)]
+    pub checks: u32,
+}
+
+/// What [`CALLBACK_READ_ACTIVITY`] finds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OperationOutcome {
+    /// Not ended yet.
+    Running,
+    /// Ended: the CloudEvent to deliver (JSON text, the same bytes on every attempt).
+    Ended { event_type: String, event: String },
+    /// The operation does not exist (purged, or never started).
+    Missing,
+}
+
+/// The input of [`CALLBACK_DELIVER_ACTIVITY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub url: String,
+    pub webhook_id: String,
+    pub event: String,
+    pub attempt: u32,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    /// `delivered` (2xx), `retry` (another answer, a timeout or a network error), or `stop`
+    /// (410, a redirect, which is not followed, or a URL now refused).
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// Where a delivery stands: the callback instance's custom status, shown in the operation's
+/// status document as `callback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallbackState {
+    /// `waiting` (for the operation to end), `delivering`, `delivered`, `failed` (attempts
+    /// exhausted, or the receiver answered 410 or redirected).
+    pub state: String,
+    pub attempts: u32,
+    pub webhook_id: String,
+    /// The last answer's status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// The last attempt's error, when it had no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}

@@ -1,6 +1,7 @@
 //! Start-up and shutdown plumbing shared by `local-scheduler`, `worker` and `gateway`.
 
 pub mod api_keys;
+pub mod callbacks;
 pub mod metrics;
 pub mod settings;
 pub mod telemetry;

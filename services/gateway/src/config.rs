@@ -95,6 +95,14 @@ pub struct Settings {
     pub api_keys_file: Option<String>,
     /// How often the API keys file is read again.
     pub api_keys_reload_seconds: u64,
+    /// Completion callbacks (`Callback-Url` on a start): `http://` allowed too (never for
+    /// production).
+    pub callback_allow_http: bool,
+    /// Host patterns a callback URL may name: `*`, `example.com`, `*.example.com`.
+    pub callback_hosts: Vec<String>,
+    /// Networks a callback may reach although not public (loopback, private, link-local and
+    /// reserved addresses are refused otherwise). Keep these three equal to the worker's.
+    pub callback_allowed_networks: Vec<String>,
 }
 
 impl Default for Settings {
@@ -141,6 +149,9 @@ impl Default for Settings {
             jwt_jwks_min_refetch_seconds: 30,
             api_keys_file: None,
             api_keys_reload_seconds: 5,
+            callback_allow_http: false,
+            callback_hosts: vec!["*".into()],
+            callback_allowed_networks: Vec::new(),
         }
     }
 }
@@ -150,7 +161,12 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     service: "gateway",
     file_var: "GATEWAY_CONFIG",
     env_prefix: "GATEWAY",
-    list_keys: &["jwt_audiences", "jwt_identity_claims"],
+    list_keys: &[
+        "jwt_audiences",
+        "jwt_identity_claims",
+        "callback_hosts",
+        "callback_allowed_networks",
+    ],
     seed_variables: true,
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.",
 };
@@ -208,6 +224,7 @@ impl service_kit::settings::Validate for Settings {
             return Err("`max_stream_seconds` must be at least 1".into());
         }
         service_kit::settings::log_format(&self.log_format)?;
+        self.callback_policy()?;
         let modes = self.auth_modes()?;
         if !modes.is_empty() && self.id_secret.as_deref().is_none_or(|s| s.len() < 32) {
             return Err("`id_secret` must be set, at least 32 characters, when `auth` is not `none`: it keys the operation ids of each caller".into());
@@ -334,7 +351,22 @@ impl Settings {
             rate_limit_per_second: self.rate_limit_per_second,
             rate_limit_burst: self.rate_limit_burst,
             auth_modes: self.auth_modes().unwrap_or_default(),
+            // Validated at start-up; the defaults are valid.
+            callback_policy: self.callback_policy().unwrap_or_else(|_| {
+                service_kit::callbacks::Policy::new(false, &[], &[], "callback_")
+                    .expect("an empty policy")
+            }),
         }
+    }
+
+    /// Where completion callbacks may go.
+    pub fn callback_policy(&self) -> Result<service_kit::callbacks::Policy, String> {
+        service_kit::callbacks::Policy::new(
+            self.callback_allow_http,
+            &self.callback_hosts,
+            &self.callback_allowed_networks,
+            "callback_",
+        )
     }
 
     /// The limits of the public listener.
@@ -381,6 +413,8 @@ pub struct GatewayConfig {
     pub rate_limit_burst: u32,
     /// How callers authenticate (for the OpenAPI document); empty: not at all.
     pub auth_modes: Vec<AuthMode>,
+    /// Where completion callbacks may go.
+    pub callback_policy: service_kit::callbacks::Policy,
 }
 
 impl Default for GatewayConfig {

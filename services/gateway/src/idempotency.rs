@@ -58,13 +58,16 @@ pub(crate) async fn start_idempotent(
     caller: &Caller,
     key: &str,
     input: &ProcessRequest,
+    callback: Option<&str>,
 ) -> Result<String, Problem> {
     // Scoped to the caller: another caller's same key is another operation.
     let id = state.ids.idempotent_id(caller, key);
     // Through `Value`, whose keys are sorted: the fingerprint does not depend on field order.
+    // The callback URL is part of what is asked: the same key with another one is refused.
     let canonical = serde_json::to_value(input)
         .map(|v| v.to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + callback.unwrap_or_default();
     let fingerprint = uuid::Uuid::new_v5(&FINGERPRINT_NAMESPACE, canonical.as_bytes())
         .simple()
         .to_string();
@@ -74,6 +77,11 @@ pub(crate) async fn start_idempotent(
         tags: owner_tags(caller)
             .into_iter()
             .chain([(FINGERPRINT_TAG.to_string(), fingerprint.clone())])
+            .chain(
+                callback
+                    .map(|_| crate::callback::tags(&id))
+                    .unwrap_or_default(),
+            )
             .collect(),
         replaceable_statuses: Some(vec![]),
         parent_trace_context: trace,

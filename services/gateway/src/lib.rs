@@ -12,6 +12,7 @@
 //! connection limits and the end of serving on shutdown.
 
 pub mod auth;
+mod callback;
 pub mod config;
 mod extract;
 mod idempotency;

@@ -95,6 +95,10 @@ pub struct OperationStatusBody {
     /// Present when the operation failed or was canceled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<OperationError>,
+    /// Where the delivery of the completion callback stands, when the start named one
+    /// (`Callback-Url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback: Option<contract::CallbackState>,
     pub links: OperationLinks,
 }
 

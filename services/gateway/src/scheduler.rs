@@ -104,12 +104,13 @@ pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     name: &str,
     id: &str,
     input: &I,
+    extra_tags: Vec<(String, String)>,
 ) -> Result<(), Problem> {
     let (span, trace) = create_span(name, id, headers);
     let opts = StartOptions {
         instance_id: Some(id.to_string()),
         parent_trace_context: trace,
-        tags: owner_tags(caller),
+        tags: owner_tags(caller).into_iter().chain(extra_tags).collect(),
         ..Default::default()
     };
     with_deadline(

@@ -456,3 +456,104 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     print_below(&spans, &caller, 1);
     drop(workers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callbacks_delivery_attempts_are_spans_of_the_operations_trace() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp_port = listener.local_addr().expect("addr").port();
+    let server = receiver.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let otlp = format!("http://127.0.0.1:{otlp_port}");
+    // The callback's receiver: answers 204.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_port = hook.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        axum::serve(
+            hook,
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+            ),
+        )
+        .await
+    });
+    let (_sched, endpoint) = local_scheduler().await;
+    let admin = free_port();
+    let _worker = test_support::process::spawn(
+        "worker",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            (
+                "WORKER__CALLBACK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            ),
+            ("WORKER__CALLBACK_ALLOW_HTTP", "true".into()),
+            ("WORKER__CALLBACK_ALLOWED_NETWORKS", "127.0.0.1/32".into()),
+            ("WORKER__CALLBACK_POLL_MAX_MS", "300".into()),
+        ],
+        admin,
+    )
+    .await;
+    let (_gateway, port, _) = gateway(
+        &endpoint,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("GATEWAY__CALLBACK_ALLOW_HTTP", "true".into()),
+            ("GATEWAY__CALLBACK_ALLOWED_NETWORKS", "127.0.0.1/32".into()),
+        ],
+    )
+    .await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let callback = format!("http://127.0.0.1:{hook_port}/hook");
+    let (status, _, body) = http_with_headers(
+        port,
+        "POST",
+        "/api/process",
+        Some(r#"{"name":"Traced","delay_seconds":0}"#),
+        &[
+            ("traceparent", &format!("00-{trace}-b7ad6b7169203331-01")),
+            ("callback-url", &callback),
+        ],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attempt = loop {
+        let spans = receiver.spans.lock().expect("lock").clone();
+        if let Some(c) = spans
+            .iter()
+            .find(|c| c.span.name == "activity:deliver_callback_attempt" && c.span.kind == 2)
+        {
+            break c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery attempt span: {:?}",
+            spans
+                .iter()
+                .map(|c| c.span.name.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(attempt.service, "worker");
+    assert_eq!(
+        hex(&attempt.span.trace_id),
+        trace,
+        "the attempt is in the operation's trace"
+    );
+}

@@ -9,6 +9,7 @@
 // A binary: `pub` inside its modules only means "used across modules".
 #![allow(unreachable_pub)]
 
+mod callbacks;
 mod metrics;
 mod orchestrations;
 mod settings;
@@ -56,14 +57,23 @@ async fn run() -> anyhow::Result<()> {
 
     let worker_name =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
+    let mut registry = orchestrations::registry(worker_name);
+    let callback_metrics = callbacks::CallbackMetrics::default();
+    callbacks::register(
+        &mut registry,
+        Arc::new(callbacks::CallbackConfig::from_settings(&settings).map_err(anyhow::Error::msg)?),
+        durabletask::Client::new(&conn),
+        callback_metrics.clone(),
+    );
     let registry = match settings.runs.as_str() {
-        "orchestrations" => orchestrations::registry(worker_name).without_activities(),
-        "activities" => orchestrations::registry(worker_name).without_orchestrators(),
-        _ => orchestrations::registry(worker_name),
+        "orchestrations" => registry.without_activities(),
+        "activities" => registry.without_orchestrators(),
+        _ => registry,
     };
     let metrics = Arc::new(
         metrics::WorkerMetrics::default()
-            .with_names(registry.orchestrator_names(), registry.activity_names()),
+            .with_names(registry.orchestrator_names(), registry.activity_names())
+            .with_callbacks(&callback_metrics),
     );
     let options = WorkerOptions {
         max_concurrent_orchestrations: settings.max_concurrent_orchestrations,

@@ -139,6 +139,12 @@ impl Default for WorkerMetrics {
 impl WorkerMetrics {
     /// Creates every series of the registered names at zero, so that the first failure (or
     /// completion) is an increase Prometheus can see, not a series appearing at 1.
+    /// With the completion callbacks' counters in the same exposition.
+    pub fn with_callbacks(mut self, callbacks: &crate::callbacks::CallbackMetrics) -> Self {
+        callbacks.register(&mut self.registry);
+        self
+    }
+
     pub fn with_names<'a>(
         self,
         orchestrations: impl IntoIterator<Item = &'a str>,

@@ -22,6 +22,31 @@ pub struct Settings {
     pub log_format: String,
     /// `all`, `orchestrations` or `activities`: split the two kinds across deployments.
     pub runs: String,
+    /// Completion callbacks: the Standard Webhooks signing secret (`whsec_` and base64 of at
+    /// least 24 random bytes). Without it, callbacks are not delivered (each ends `failed`).
+    pub callback_secret: Option<String>,
+    /// A JSON file of per-caller secrets, `{"<owner>": "whsec_…"}`: a caller's callbacks are
+    /// signed with its own secret when it has one.
+    pub callback_secrets_file: Option<String>,
+    /// Callback URLs may be `http://` too (never for production).
+    pub callback_allow_http: bool,
+    /// Host patterns callbacks may go to: `*`, `example.com`, `*.example.com`.
+    pub callback_hosts: Vec<String>,
+    /// Networks callbacks may reach although not public (e.g. `10.1.0.0/16`); loopback, private,
+    /// link-local (the metadata address) and reserved addresses are refused otherwise.
+    pub callback_allowed_networks: Vec<String>,
+    /// Attempts per delivery, at most.
+    pub callback_max_attempts: u32,
+    /// Wait before the second attempt; doubled for each next one (with jitter), up to
+    /// `callback_max_retry_ms`.
+    pub callback_first_retry_ms: u64,
+    pub callback_max_retry_ms: u64,
+    /// No attempt starts later than this after the first one.
+    pub callback_max_total_seconds: u64,
+    /// Each attempt's time for an answer.
+    pub callback_attempt_timeout_ms: u64,
+    /// While the operation runs, its status is read after 1 s, 2 s, 4 s … up to this interval.
+    pub callback_poll_max_ms: u64,
 }
 
 impl Default for Settings {
@@ -38,6 +63,17 @@ impl Default for Settings {
             admin_listen: "127.0.0.1:9091".into(),
             log_format: "auto".into(),
             runs: "all".into(),
+            callback_secret: None,
+            callback_secrets_file: None,
+            callback_allow_http: false,
+            callback_hosts: vec!["*".into()],
+            callback_allowed_networks: Vec::new(),
+            callback_max_attempts: 8,
+            callback_first_retry_ms: 1000,
+            callback_max_retry_ms: 300_000,
+            callback_max_total_seconds: 3600,
+            callback_attempt_timeout_ms: 10_000,
+            callback_poll_max_ms: 30_000,
         }
     }
 }
@@ -47,7 +83,7 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     service: "worker",
     file_var: "WORKER_CONFIG",
     env_prefix: "WORKER",
-    list_keys: &[],
+    list_keys: &["callback_hosts", "callback_allowed_networks"],
     seed_variables: true,
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.",
 };
@@ -67,7 +103,50 @@ impl service_kit::settings::Validate for Settings {
                 self.runs
             ));
         }
+        self.callback_policy()?;
+        if let Some(secret) = &self.callback_secret {
+            service_kit::callbacks::Signer::new(secret, "callback_secret")?;
+        }
+        if !(1..=100).contains(&self.callback_max_attempts) {
+            return Err("`callback_max_attempts` must be between 1 and 100".into());
+        }
+        for (key, value, least) in [
+            ("callback_first_retry_ms", self.callback_first_retry_ms, 10),
+            ("callback_max_retry_ms", self.callback_max_retry_ms, 10),
+            (
+                "callback_attempt_timeout_ms",
+                self.callback_attempt_timeout_ms,
+                100,
+            ),
+            ("callback_poll_max_ms", self.callback_poll_max_ms, 100),
+            (
+                "callback_max_total_seconds",
+                self.callback_max_total_seconds,
+                1,
+            ),
+        ] {
+            if value < least {
+                return Err(format!("`{key}` must be at least {least}"));
+            }
+        }
+        if self.callback_max_retry_ms < self.callback_first_retry_ms {
+            return Err(
+                "`callback_max_retry_ms` must be at least `callback_first_retry_ms`".into(),
+            );
+        }
         service_kit::settings::socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:9091")
+    }
+}
+
+impl Settings {
+    /// Where callbacks may go.
+    pub fn callback_policy(&self) -> Result<service_kit::callbacks::Policy, String> {
+        service_kit::callbacks::Policy::new(
+            self.callback_allow_http,
+            &self.callback_hosts,
+            &self.callback_allowed_networks,
+            "callback_",
+        )
     }
 }
 

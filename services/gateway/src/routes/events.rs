@@ -171,6 +171,7 @@ impl Watch {
             last_updated_at: rfc3339(m.last_updated_at),
             custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
             error,
+            callback: None,
             links: links.clone(),
         };
         let event = Event::default()

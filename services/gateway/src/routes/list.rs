@@ -134,6 +134,8 @@ pub(crate) async fn list(
     let value = page
         .instances
         .iter()
+        // A callback's delivery runs as an instance of its own, not an operation.
+        .filter(|m| m.name != contract::CALLBACK_ORCHESTRATION)
         .map(|m| OperationSummary {
             id: m.instance_id.clone(),
             name: m.name.clone(),

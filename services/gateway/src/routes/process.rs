@@ -37,6 +37,8 @@ impl FieldRules for ProcessRequest {
     tag = "operations",
     request_body(content = ProcessRequest, content_type = "application/json"),
     params(
+        ("Callback-Url" = Option<String>, Header, max_length = 2048,
+            description = "Be told when the operation ends: one CloudEvent (JSON, `type` io.async-http-api.operation.succeeded, .failed or .canceled; `subject` the operation id; `data` the status document with its links) POSTed here, signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with back-off. `https` only unless configured; the host must be allowed, and must not resolve to a loopback, private, link-local or metadata address: else `422`. The status document's `callback` says where the delivery stands."),
         ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r#"^(?:"[ !#-\[\]-~]{1,253}"|[!#-~](?:[ !#-~]{0,253}[!#-~])?)$"#,
             description = "Repeat a start safely: the same key and body return the same operation; the same key with another body is refused (422). 1-255 printable ASCII."),
     ),
@@ -50,7 +52,7 @@ impl FieldRules for ProcessRequest {
         (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = crate::ProblemDetails, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong, missing or unknown fields, values out of range, or an `Idempotency-Key` reused with another body", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong, missing or unknown fields, values out of range, an `Idempotency-Key` reused with another body or callback, or a `Callback-Url` that is refused", body = crate::ProblemDetails, content_type = "application/problem+json"),
         super::SchedulerProblems,
     ),
 )]
@@ -80,11 +82,18 @@ pub(crate) async fn start_process(
         name: name.to_string(),
         delay_seconds: req.delay_seconds,
     };
+    let callback = crate::callback::requested(&state, &headers).await?;
     let id = match idempotency_key(&headers)? {
-        Some(key) => start_idempotent(&state, &headers, &caller, &key, &input).await?,
+        Some(key) => {
+            start_idempotent(&state, &headers, &caller, &key, &input, callback.as_deref()).await?
+        }
         None => {
             // Random and unguessable, under the caller's prefix.
             let id = state.ids.new_id(&caller);
+            let tags = callback
+                .as_ref()
+                .map(|_| crate::callback::tags(&id))
+                .unwrap_or_default();
             start_orchestration(
                 &state,
                 &headers,
@@ -92,10 +101,14 @@ pub(crate) async fn start_process(
                 PROCESS_ORCHESTRATION,
                 &id,
                 &input,
+                tags,
             )
             .await?;
             id
         }
     };
+    if let Some(url) = callback {
+        crate::callback::start_delivery(&state, &headers, &caller, &id, url).await?;
+    }
     accepted(&state, &headers, id, OperationState::NotStarted)
 }

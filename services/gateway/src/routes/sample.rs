@@ -72,13 +72,17 @@ pub struct SampleStatus {
     tag = "sample compatibility",
     request_body(content = Option<SampleStartRequest>, content_type = "application/json",
         description = "May be empty (then `processing_time` is 5)"),
+    params(
+        ("Callback-Url" = Option<String>, Header, max_length = 2048,
+            description = "Be told when the operation ends: one CloudEvent (JSON, `type` io.async-http-api.operation.succeeded, .failed or .canceled; `subject` the operation id; `data` the status document with its links) POSTed here, signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with back-off. `https` only unless configured; the host must be allowed, and must not resolve to a loopback, private, link-local or metadata address: else `422`. The status document's `callback` says where the delivery stands."),
+    ),
     responses(
         (status = 202, description = "Accepted", body = SampleAccepted,
             headers(("Location" = String), ("Operation-Location" = String), ("Retry-After" = u64))),
         (status = 400, description = "Malformed JSON", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = crate::ProblemDetails, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong or unknown fields, or `processing_time` out of range", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong or unknown fields, `processing_time` out of range, or a `Callback-Url` that is refused", body = crate::ProblemDetails, content_type = "application/problem+json"),
         super::SchedulerProblems,
     ),
 )]
@@ -104,7 +108,24 @@ pub(crate) async fn sample_start(
         operation_id: Some(id.clone()),
         processing_time: Some(processing_time),
     };
-    start_orchestration(&state, &headers, &caller, SAMPLE_ORCHESTRATION, &id, &input).await?;
+    let callback = crate::callback::requested(&state, &headers).await?;
+    let tags = callback
+        .as_ref()
+        .map(|_| crate::callback::tags(&id))
+        .unwrap_or_default();
+    start_orchestration(
+        &state,
+        &headers,
+        &caller,
+        SAMPLE_ORCHESTRATION,
+        &id,
+        &input,
+        tags,
+    )
+    .await?;
+    if let Some(url) = callback {
+        crate::callback::start_delivery(&state, &headers, &caller, &id, url).await?;
+    }
     let status_url = format!("/api/operations/{id}");
     let absolute = format!("{}{status_url}", base(&state, &headers));
     let mut resp = json_response(

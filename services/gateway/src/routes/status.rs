@@ -90,6 +90,7 @@ pub(crate) async fn status(
         last_updated_at: rfc3339(m.last_updated_at),
         custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
         error: error_of(&m),
+        callback: crate::callback::state_of(&state, &m).await?,
         links: links(&state, &headers, &id),
     };
     let mut resp = json_response(StatusCode::OK, &body, JSON);
