@@ -6,6 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use base64::Engine;
 
+/// How long a callback host may take to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a callback URL is refused; the message is for the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -135,8 +138,16 @@ impl Policy {
             .ok_or_else(|| Refusal("the callback URL has no host".into()))?;
         let port = url.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        // getaddrinfo has no deadline of its own.
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
+            .map_err(|_| {
+                Refusal(format!(
+                    "the callback host '{host}' did not resolve within {} s",
+                    RESOLVE_TIMEOUT.as_secs()
+                ))
+            })?;
+        let addrs: Vec<SocketAddr> = lookup
             .map_err(|e| Refusal(format!("the callback host '{host}' does not resolve: {e}")))?
             .collect();
         if addrs.is_empty() {

@@ -45,9 +45,12 @@ fn refused(why: &str) -> Problem {
     )
 }
 
-/// The tags that mark an operation as having a callback.
-pub(crate) fn tags(operation_id: &str) -> Vec<(String, String)> {
-    vec![(CALLBACK_TAG.to_string(), callback_instance_id(operation_id))]
+/// The tags that mark an operation as having a callback (none without one).
+pub(crate) fn tags(callback: Option<&String>, operation_id: &str) -> Vec<(String, String)> {
+    callback
+        .map(|_| (CALLBACK_TAG.to_string(), callback_instance_id(operation_id)))
+        .into_iter()
+        .collect()
 }
 
 /// Starts the callback orchestration of `operation_id`; starting it again is harmless (a retried

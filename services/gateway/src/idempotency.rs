@@ -77,11 +77,10 @@ pub(crate) async fn start_idempotent(
         tags: owner_tags(caller)
             .into_iter()
             .chain([(FINGERPRINT_TAG.to_string(), fingerprint.clone())])
-            .chain(
-                callback
-                    .map(|_| crate::callback::tags(&id))
-                    .unwrap_or_default(),
-            )
+            .chain(crate::callback::tags(
+                callback.map(str::to_string).as_ref(),
+                &id,
+            ))
             .collect(),
         replaceable_statuses: Some(vec![]),
         parent_trace_context: trace,

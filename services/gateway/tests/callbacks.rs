@@ -184,16 +184,9 @@ async fn settled(port: u16, id: &str) -> Value {
     }
 }
 
-/// Verifies a delivery with the official Standard Webhooks library (PyPI `standardwebhooks`).
-async fn verify_with_standard_webhooks(d: &Delivery) -> Result<(), String> {
-    let script = r#"
-import json, sys
-from standardwebhooks.webhooks import Webhook
-d = json.load(sys.stdin)
-Webhook(d["secret"]).verify(d["body"], d["headers"])
-print("verified")
-"#;
-    let input = json!({"secret": SECRET, "body": d.body, "headers": d.headers}).to_string();
+/// Runs a Python script with `input` on its stdin: (success, stdout, stderr).
+async fn python(script: &str, input: &Value) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(test_support::python::python())
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
@@ -201,15 +194,32 @@ print("verified")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python");
-    use tokio::io::AsyncWriteExt;
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).await.expect("write");
+    stdin
+        .write_all(input.to_string().as_bytes())
+        .await
+        .expect("write");
     drop(stdin);
     let out = child.wait_with_output().await.expect("python ran");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Verifies a delivery with the official Standard Webhooks library (PyPI `standardwebhooks`).
+async fn verify_with_standard_webhooks(d: &Delivery) -> Result<(), String> {
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+d = json.load(sys.stdin)
+Webhook(d["secret"]).verify(d["body"], d["headers"])
+"#;
+    let input = json!({"secret": SECRET, "body": d.body, "headers": d.headers});
+    match python(script, &input).await {
+        (true, _, _) => Ok(()),
+        (false, _, err) => Err(err),
     }
 }
 
@@ -482,4 +492,80 @@ async fn a_worker_killed_mid_delivery_leaves_it_to_another() {
     let doc = settled(port, &id).await;
     assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
     r.release.notify_waiters();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_secret_of_its_own_gets_callbacks_signed_with_it() {
+    const OWN: &str = "whsec_dGhpcyBpcyB0aGUgYmF0Y2ggY2FsbGVyJ3Mgb3duIQ==";
+    let dir = std::env::temp_dir().join(format!("cb-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        json!({"keys": [{"id": "batch", "name": "Batch", "role": "user",
+            "sha256": test_support::oidc::sha256_hex("batch-key-0123456789abcdef")}]})
+        .to_string(),
+    )
+    .expect("keys");
+    // Owners as the gateway records them: `key:<id>` for an API key.
+    let secrets = dir.join("secrets.json");
+    std::fs::write(&secrets, json!({"key:batch": OWN}).to_string()).expect("secrets");
+    let (_scheduler, endpoint) = local_scheduler().await;
+    let secrets_path = secrets.display().to_string();
+    let (_worker, _) = worker_with(
+        &endpoint,
+        &[("WORKER__CALLBACK_SECRETS_FILE", secrets_path.as_str())],
+    )
+    .await;
+    let (_gateway, port, _) = gateway(
+        &endpoint,
+        &[
+            ("GATEWAY__AUTH", "api_key".into()),
+            (
+                "GATEWAY__ID_SECRET",
+                "an id secret of at least 32 characters".into(),
+            ),
+            ("GATEWAY__API_KEYS_FILE", keys.display().to_string()),
+            ("GATEWAY__CALLBACK_ALLOW_HTTP", "true".into()),
+            ("GATEWAY__CALLBACK_ALLOWED_NETWORKS", "127.0.0.1/32".into()),
+        ],
+    )
+    .await;
+    let (r, rport) = receiver("127.0.0.1").await;
+    let (status, _, text) = request(
+        port,
+        "POST",
+        "/api/process",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-API-Key", "batch-key-0123456789abcdef"),
+            ("Callback-Url", &format!("http://127.0.0.1:{rport}/ok")),
+        ],
+        r#"{"name":"own","delay_seconds":0}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let got = wait_for(&r, "ok", 1, Duration::from_secs(30)).await;
+    let mut delivery = got[0].clone();
+    // Verifies with the caller's secret, not with the shared one.
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+d = json.load(sys.stdin)
+for name, secret in (("own", d["own"]), ("shared", d["shared"])):
+    try:
+        Webhook(secret).verify(d["body"], d["headers"])
+        print(name, "verified")
+    except Exception:
+        print(name, "refused")
+"#;
+    delivery.headers.retain(|k, _| k.starts_with("webhook-"));
+    let input =
+        json!({"own": OWN, "shared": SECRET, "body": delivery.body, "headers": delivery.headers});
+    let (_, text, _) = python(script, &input).await;
+    assert!(
+        text.contains("own verified") && text.contains("shared refused"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -99,6 +99,23 @@ fn assert_in_operation(c: &Collected, trace: &str, operation_id: &str) {
     );
 }
 
+/// An OTLP receiver on loopback: what it collects, and its port.
+async fn otlp_receiver() -> (Receiver, u16) {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = receiver.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    (receiver, port)
+}
+
 async fn post_with_trace(port: u16, traceparent: &str) -> (u16, HashMap<String, String>, Value) {
     let (status, headers, body) = http_with_headers(
         port,
@@ -113,19 +130,7 @@ async fn post_with_trace(port: u16, traceparent: &str) -> (u16, HashMap<String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() {
-    // The OTLP receiver.
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let otlp_port = listener.local_addr().expect("addr").port();
-    let server = receiver.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let (receiver, otlp_port) = otlp_receiver().await;
 
     // Two worker processes exporting to the same receiver, told apart by service.instance.id:
     // one runs only orchestrations, the other only activities, so the trace has to cross them.
@@ -459,18 +464,7 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callbacks_delivery_attempts_are_spans_of_the_operations_trace() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let otlp_port = listener.local_addr().expect("addr").port();
-    let server = receiver.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let (receiver, otlp_port) = otlp_receiver().await;
     let otlp = format!("http://127.0.0.1:{otlp_port}");
     // The callback's receiver: answers 204.
     let hook = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -90,10 +90,7 @@ pub(crate) async fn start_process(
         None => {
             // Random and unguessable, under the caller's prefix.
             let id = state.ids.new_id(&caller);
-            let tags = callback
-                .as_ref()
-                .map(|_| crate::callback::tags(&id))
-                .unwrap_or_default();
+            let tags = crate::callback::tags(callback.as_ref(), &id);
             start_orchestration(
                 &state,
                 &headers,

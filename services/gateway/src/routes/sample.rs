@@ -109,10 +109,7 @@ pub(crate) async fn sample_start(
         processing_time: Some(processing_time),
     };
     let callback = crate::callback::requested(&state, &headers).await?;
-    let tags = callback
-        .as_ref()
-        .map(|_| crate::callback::tags(&id))
-        .unwrap_or_default();
+    let tags = crate::callback::tags(callback.as_ref(), &id);
     start_orchestration(
         &state,
         &headers,
