@@ -165,17 +165,23 @@ run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/
 	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) ./target/debug/local-scheduler & s=$$!; \
 	  trap 'kill $$g $$w $$d $$s 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/worker & w=$$!; \
+	  hook_secret=$$(python3 -c 'import base64,secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())'); \
+	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default WORKER__CALLBACK_SECRET=$$hook_secret \
+	    WORKER__CALLBACK_ALLOW_HTTP=true WORKER__CALLBACK_ALLOWED_NETWORKS=127.0.0.1/32 ./target/debug/worker & w=$$!; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default DASHBOARD__LISTEN=127.0.0.1:$(DASHBOARD_PORT) ./target/debug/dashboard & d=$$!; \
 	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default GATEWAY__LISTEN=127.0.0.1:$(GATEWAY_PORT) \
 	    GATEWAY__ADMIN_LISTEN=127.0.0.1:$(GATEWAY_ADMIN_PORT) GATEWAY__DRAIN_DELAY_SECONDS=0 GATEWAY__AUTH=none \
-	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) ./target/debug/gateway & g=$$!; \
+	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) GATEWAY__CALLBACK_ALLOW_HTTP=true \
+	    GATEWAY__CALLBACK_ALLOWED_NETWORKS=127.0.0.1/32 ./target/debug/gateway & g=$$!; \
 	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(GATEWAY_PORT)) 2>/dev/null && break; sleep 0.1; done; \
 	  echo; echo "Running. Try:"; \
 	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/process -H 'content-type: application/json' -d '{\"name\":\"Ada\",\"delay_seconds\":5}'"; \
 	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/status/<id>"; \
 	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/result/<id>"; \
 	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/operations/<id>/cancel"; \
+	  echo "  curl -N localhost:$(GATEWAY_PORT)/api/status/<id>/events      (live status, server-sent events)"; \
+	  echo "Callbacks (add -H 'Callback-Url: http://127.0.0.1:<port>/hook' to a start; loopback and http allowed here only)"; \
+	  echo "  are signed with this run's secret: $$hook_secret"; \
 	  echo "Dashboard: http://localhost:$(DASHBOARD_PORT)/"; \
 	  echo "Metrics: curl -s localhost:$(GATEWAY_ADMIN_PORT)/metrics (gateway), localhost:$(ADMIN_PORT)/metrics (scheduler)    Ctrl-C stops everything."; \
 	  wait $$g

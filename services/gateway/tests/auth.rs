@@ -41,6 +41,15 @@ struct Setup {
     keys_file: std::path::PathBuf,
 }
 
+impl Drop for Setup {
+    /// The keys file's directory goes with the test, whichever way it ends.
+    fn drop(&mut self) {
+        if let Some(dir) = self.keys_file.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 async fn setup() -> Setup {
     let issuer = issuer().await;
     let rsa = Key::rsa("rsa-1");
@@ -307,7 +316,6 @@ async fn callers_see_only_their_own_operations_and_admins_see_all() {
     )
     .await;
     assert_eq!(status, 202, "{v}");
-    let _ = std::fs::remove_dir_all(s.keys_file.parent().expect("dir"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,5 +491,4 @@ async fn a_rotated_jwks_and_a_revoked_key_take_effect_without_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = std::fs::remove_dir_all(s.keys_file.parent().expect("dir"));
 }
