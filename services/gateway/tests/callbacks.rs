@@ -29,7 +29,7 @@ struct Delivery {
 
 /// What the receiver got, and how it answers: `/ok` 200; `/flaky` 500 twice, then 200;
 /// `/silent` never; `/gone` 410; `/redirect` 302 to `redirect_to`; `/hold` keeps its first
-/// request until `release`, then 200.
+/// request until `release`, then 200; `/endless` 200 with a body that never ends.
 #[derive(Default)]
 struct Receiver {
     got: Mutex<Vec<Delivery>>,
@@ -63,6 +63,13 @@ async fn receive(
             StatusCode::OK.into_response()
         }
         "gone" => StatusCode::GONE.into_response(),
+        "endless" => {
+            let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+            let body = futures::stream::repeat_with(move || {
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            });
+            (StatusCode::OK, axum::body::Body::from_stream(body)).into_response()
+        }
         "redirect" => (
             StatusCode::FOUND,
             [("location", r.redirect_to.lock().expect("to").clone())],
@@ -377,6 +384,7 @@ async fn failed_attempts_are_retried_with_the_same_id_and_stop_at_the_bound() {
     let (target, tport) = receiver("127.0.0.2").await;
     *r.redirect_to.lock().expect("to") = format!("http://127.0.0.2:{tport}/ok");
     let redirected = started(port, body, &at("redirect")).await;
+    let endless = started(port, body, &at("endless")).await;
 
     // 500, 500, 200: three attempts, one webhook id.
     let got = wait_for(&r, "flaky", 3, Duration::from_secs(30)).await;
@@ -404,6 +412,11 @@ async fn failed_attempts_are_retried_with_the_same_id_and_stop_at_the_bound() {
     assert_eq!(doc["callback"]["state"], "failed", "{doc}");
     assert_eq!(doc["callback"]["last_status"], 410);
     assert_eq!(r.on("gone").len(), 1);
+
+    // An answer whose body never ends: a little of it is read, the attempt counts as delivered.
+    let doc = settled(port, &endless).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    assert_eq!(doc["callback"]["attempts"], 1);
 
     // A redirect is not followed: the target hears nothing.
     let doc = settled(port, &redirected).await;
