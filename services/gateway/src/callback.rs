@@ -6,13 +6,12 @@ use axum::http::{HeaderMap, StatusCode};
 use contract::{
     CALLBACK_ORCHESTRATION, CALLBACK_TAG, CallbackJob, CallbackState, callback_instance_id,
 };
-use durabletask::{Error as DtsError, OrchestrationMetadata, StartOptions};
-use tracing::Instrument;
+use durabletask::{OrchestrationMetadata, StartOptions};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::Problem;
-use crate::scheduler::{create_span, dts_call, owner_tags, timed_out, with_deadline};
+use crate::scheduler::{create_span, owner_tags, start_once, with_deadline};
 
 /// The header a start names its callback URL in.
 pub(crate) const CALLBACK_HEADER: &str = "callback-url";
@@ -79,24 +78,11 @@ pub(crate) async fn start_delivery(
         instance_id: Some(id),
         parent_trace_context: trace,
         tags: owner_tags(caller),
-        replaceable_statuses: Some(vec![]),
         ..Default::default()
     };
-    let started = dts_call(
-        state,
-        "StartInstance",
-        state.config.dts_timeout,
-        state
-            .client
-            .schedule_new_orchestration(CALLBACK_ORCHESTRATION, &job, opts),
-    )
-    .instrument(span)
-    .await
-    .map_err(|_| timed_out(state))?;
-    match started {
-        Ok(_) | Err(DtsError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(crate::scheduler::dts_problem(state, "StartInstance", e)),
-    }
+    start_once(state, CALLBACK_ORCHESTRATION, &job, opts, span)
+        .await
+        .map(|_| ())
 }
 
 /// Where the delivery of `m`'s callback stands, when it has one.

@@ -3,13 +3,12 @@
 
 use axum::http::{HeaderMap, StatusCode};
 use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
-use durabletask::{Error as DtsError, StartOptions};
-use tracing::Instrument;
+use durabletask::StartOptions;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::Problem;
-use crate::scheduler::{create_span, dts_call, dts_problem, owner_tags, timed_out, with_deadline};
+use crate::scheduler::{create_span, owner_tags, start_once, with_deadline};
 
 /// Namespace of the body fingerprints (ours, so they collide with nothing else).
 const FINGERPRINT_NAMESPACE: uuid::Uuid =
@@ -82,42 +81,25 @@ pub(crate) async fn start_idempotent(
                 &id,
             ))
             .collect(),
-        replaceable_statuses: Some(vec![]),
         parent_trace_context: trace,
         ..Default::default()
     };
-    let started = dts_call(
-        state,
-        "StartInstance",
-        state.config.dts_timeout,
-        state
-            .client
-            .schedule_new_orchestration(PROCESS_ORCHESTRATION, input, opts),
-    )
-    .instrument(span)
-    .await
-    .map_err(|_| timed_out(state))?;
-    match started {
-        Ok(_) => {
-            state.metrics.started.inc();
+    if start_once(state, PROCESS_ORCHESTRATION, input, opts, span).await? {
+        state.metrics.started.inc();
+        return Ok(id);
+    }
+    let existing =
+        with_deadline(state, "GetInstance", state.client.get_instance(&id, false)).await?;
+    match existing.and_then(|m| m.tags.get(FINGERPRINT_TAG).cloned()) {
+        Some(fp) if fp == fingerprint => {
+            state.metrics.deduplicated.inc();
             Ok(id)
         }
-        Err(DtsError::AlreadyExists(_)) => {
-            let existing =
-                with_deadline(state, "GetInstance", state.client.get_instance(&id, false)).await?;
-            match existing.and_then(|m| m.tags.get(FINGERPRINT_TAG).cloned()) {
-                Some(fp) if fp == fingerprint => {
-                    state.metrics.deduplicated.inc();
-                    Ok(id)
-                }
-                _ => Err(Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency-key-reused",
-                    "Unprocessable Content",
-                    "this Idempotency-Key was already used with a different request body",
-                )),
-            }
-        }
-        Err(e) => Err(dts_problem(state, "StartInstance", e)),
+        _ => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Unprocessable Content",
+            "this Idempotency-Key was already used with a different request body",
+        )),
     }
 }

@@ -124,6 +124,32 @@ pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     Ok(())
 }
 
+/// Starts `name` under `opts.instance_id` unless an instance with that id already exists,
+/// whatever its status: `true` when this call started it.
+pub(crate) async fn start_once<I: serde::Serialize + ?Sized>(
+    state: &AppState,
+    name: &str,
+    input: &I,
+    mut opts: StartOptions,
+    span: tracing::Span,
+) -> Result<bool, Problem> {
+    opts.replaceable_statuses = Some(vec![]);
+    let started = dts_call(
+        state,
+        "StartInstance",
+        state.config.dts_timeout,
+        state.client.schedule_new_orchestration(name, input, opts),
+    )
+    .instrument(span)
+    .await
+    .map_err(|_| timed_out(state))?;
+    match started {
+        Ok(_) => Ok(true),
+        Err(DtsError::AlreadyExists(_)) => Ok(false),
+        Err(e) => Err(dts_problem(state, "StartInstance", e)),
+    }
+}
+
 /// The tags recording who started an operation.
 pub(crate) fn owner_tags(caller: &Caller) -> std::collections::HashMap<String, String> {
     caller
