@@ -271,6 +271,29 @@ impl Tab {
             return Err(e.to_string());
         }
         self.wait_for("Page.loadEventFired").await;
+        // A load event can be a late one of the page before (a browser error page, say): wait
+        // until this URL's document is the one shown, and complete.
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.split_once('@').map_or(rest, |(creds, after)| {
+                    if creds.contains('/') { rest } else { after }
+                });
+                format!("{scheme}://{rest}")
+            }
+            None => url.to_string(),
+        };
+        let check = format!(
+            "document.readyState === 'complete' && !!document.body && location.href === {}",
+            serde_json::Value::from(shown.as_str())
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.eval(&check).await != true {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{url} never became the page shown"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(())
     }
 
