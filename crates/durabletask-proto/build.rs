@@ -1,4 +1,4 @@
-//! Generates the prost messages and the tonic client and server from our `.proto`.
+//! Generates the prost messages and the tonic clients and servers from our `.proto` files.
 //!
 //! protoc comes from the `protoc-bin-vendored` crate so a fresh machine (or the
 //! Docker builder) needs no system package; a `PROTOC` variable still wins, for
@@ -8,8 +8,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let proto = proto_dir.join("orchestrator_service.proto");
-    println!("cargo:rerun-if-changed={}", proto.display());
+    let protos = [
+        proto_dir.join("orchestrator_service.proto"),
+        proto_dir.join("backend_service.proto"),
+    ];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
     println!("cargo:rerun-if-env-changed=PROTOC");
 
     let protoc = match std::env::var_os("PROTOC") {
@@ -27,6 +32,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .generate_default_stubs(true)
-        .compile_with_config(config, &[proto], &[proto_dir, wkt_include])?;
+        .compile_with_config(config, &protos, &[proto_dir, wkt_include])?;
     Ok(())
 }

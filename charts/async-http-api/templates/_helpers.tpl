@@ -177,3 +177,19 @@ checksum/dts-secret: {{ (lookup "v1" "Secret" .Release.Namespace .Values.dts.exi
   value: {{ printf "/etc/gateway/api-keys/%s" $a.apiKeys.key | quote }}
 {{- end }}
 {{- end -}}
+
+{{- /* The worker's drain: long enough for the longest activity the gateway accepts
+(`delay_seconds` up to gateway.maxDelaySeconds, the binary's 3600 when unset) plus 30 s for its
+completion, unless set; a drain shorter than that is refused, because a SIGTERMed worker would
+abandon activities still allowed to run and another worker would run them again. */}}
+{{- define "aha.workerDrainSeconds" -}}
+{{- $maxDelay := ternary 3600 .Values.gateway.maxDelaySeconds (kindIs "invalid" .Values.gateway.maxDelaySeconds) | int -}}
+{{- if kindIs "invalid" .Values.worker.drainTimeoutSeconds -}}
+{{- add $maxDelay 30 -}}
+{{- else -}}
+{{- if lt (int .Values.worker.drainTimeoutSeconds) $maxDelay -}}
+{{- fail (printf "worker.drainTimeoutSeconds (%d) is shorter than gateway.maxDelaySeconds (%d): a worker scaled in would abandon activities still allowed to run, and another worker would run them again; raise it, lower gateway.maxDelaySeconds, or leave it unset" (int .Values.worker.drainTimeoutSeconds) $maxDelay) -}}
+{{- end -}}
+{{- .Values.worker.drainTimeoutSeconds -}}
+{{- end -}}
+{{- end -}}

@@ -538,6 +538,81 @@ async fn shutdown_drains_in_flight_work_and_abandons_what_overruns() {
     assert_eq!(fake.stream_count(), 1);
 }
 
+/// Against a scheduler that has only `TaskHubSidecarService` (as Azure DTS's SDK endpoint may):
+/// the stream stays open while the held activity runs, so the scheduler cannot hand it to another
+/// worker; work that arrives meanwhile goes back at once; the stream closes when nothing is held.
+#[tokio::test]
+async fn a_draining_worker_keeps_its_stream_open_and_hands_back_new_work() {
+    let fake = Fake::default();
+    let conn = connect(&fake).await;
+    let opts = WorkerOptions {
+        drain_timeout: Duration::from_secs(30),
+        ..fast_options()
+    };
+    let worker = Worker::new(&conn, registry(), opts);
+    let stats = worker.stats();
+    let ready = worker.readiness();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.run(stop.clone()));
+    assert!(
+        fake.wait_until(WAIT, |i| !i.streams.lock().unwrap().is_empty())
+            .await
+    );
+    let stream = fake.0.streams.lock().unwrap()[0].clone();
+
+    fake.push(activity_item("held", "slow", Some("1500"))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!*ready.borrow(), "a draining worker is not ready for work");
+    // Pushed to the draining worker: handed back, not run.
+    fake.push(activity_item("late", "echo", Some("\"x\"")))
+        .await;
+    fake.push(health_ping()).await;
+    assert!(
+        fake.wait_until(WAIT, |i| i.abandoned.lock().unwrap().len() == 1)
+            .await
+    );
+    assert_eq!(*fake.0.abandoned.lock().unwrap(), ["late"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stream.is_closed(),
+        "the stream stays open while an item is held"
+    );
+    assert!(fake.0.activity_completions.lock().unwrap().is_empty());
+
+    tokio::time::timeout(WAIT, run)
+        .await
+        .expect("drain ends")
+        .expect("join")
+        .expect("ok");
+    let completed: Vec<String> = fake
+        .0
+        .activity_completions
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.completion_token.clone())
+        .collect();
+    assert_eq!(completed, ["held"], "the held activity completed, once");
+    assert_eq!(
+        fake.0.activity_completions.lock().unwrap()[0]
+            .result
+            .as_deref(),
+        Some("\"done\""),
+        "ran to its end, not cancelled"
+    );
+    assert!(
+        fake.wait_until(WAIT, |_| stream.is_closed()).await,
+        "the stream is closed once nothing is held"
+    );
+    assert_eq!(fake.stream_count(), 1, "no new stream while draining");
+    assert_eq!(
+        durabletask::WorkerStats::get(&stats.work_items_abandoned),
+        1
+    );
+}
+
 #[tokio::test]
 async fn rejected_completion_is_reported_not_retried_forever() {
     let fake = Fake::default();

@@ -2,6 +2,7 @@
 //!
 //! - [`browser`]: headless Chromium, the DOM a page renders to.
 //! - [`fake_scheduler`]: an in-process fake DTS server that records what the SDK sends.
+//! - [`fleet`]: worker processes scaled and killed by signal, and what their activities logged.
 //! - [`http`]: raw HTTP/1.1 requests with every header under the test's control.
 //! - [`net`]: free ports and waiting for a listener.
 //! - [`process`]: the workspace's binaries.
@@ -14,6 +15,7 @@
 pub mod browser;
 pub mod exposition;
 pub mod fake_scheduler;
+pub mod fleet;
 pub mod http;
 pub mod net;
 pub mod oidc;

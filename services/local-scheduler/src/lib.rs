@@ -31,7 +31,7 @@ pub use engine::{Limits, Retention};
 pub use settings::Settings;
 
 use crate::engine::Engine;
-use crate::server::{Service, Shared};
+use crate::server::{Backend, Service, Shared};
 use crate::store::SqliteStore;
 
 /// Streams a client may reset before the server takes them, per connection (see [`serve`]).
@@ -40,7 +40,7 @@ const PENDING_RESET_STREAMS: usize = 4096;
 /// The sockets the scheduler serves on, bound by the caller (port 0 works: tests bind first and
 /// read the address).
 pub struct Listeners {
-    /// The gRPC `TaskHubSidecarService` (plaintext HTTP/2).
+    /// The gRPC `TaskHubSidecarService` and `BackendService` (plaintext HTTP/2).
     pub grpc: TcpListener,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin: TcpListener,
@@ -132,6 +132,9 @@ pub async fn serve(
     })
     .max_decoding_message_size(settings.max_message_bytes)
     .max_encoding_message_size(settings.max_message_bytes);
+    let backend = pb::backend::backend_service_server::BackendServiceServer::new(Backend {
+        shared: shared.clone(),
+    });
     tonic::transport::Server::builder()
         // hyper sends GOAWAY after 20 streams reset before they were taken (its rapid-reset
         // guard), failing every call on the connection. A client's cancelled calls (an HTTP
@@ -143,6 +146,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(keepalive_interval(settings.lease_seconds)))
         .http2_keepalive_timeout(Some(keepalive_interval(settings.lease_seconds)))
         .add_service(svc)
+        .add_service(backend)
         .serve_with_incoming_shutdown(
             // No Nagle: small request/response pairs would otherwise wait for delayed ACKs (~40 ms).
             tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),

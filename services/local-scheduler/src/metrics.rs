@@ -75,6 +75,19 @@ fn gauge(
     Ok(())
 }
 
+fn gauge_f64(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(&str, &str, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (key, value, v) in series {
+        ConstGauge::new(*v).encode(family.encode_family(&vec![(*key, *value)])?)?;
+    }
+    Ok(())
+}
+
 fn counter(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -106,24 +119,43 @@ const STATUSES: [&str; 8] = [
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        if let Some(((orch, act, timers), statuses)) = self
+        if let Some((q, statuses)) = self
             .shared
-            .engine_snapshot(|e| (e.backlog(), e.status_counts()))
+            .engine_snapshot(|e| (e.queue_stats(), e.status_counts()))
         {
+            let (o, a) = (q.orchestrations, q.activities);
             gauge(
                 &mut encoder,
                 "dts_local_backlog_work_items",
                 "Work items waiting to be dispatched, by kind",
                 &[
-                    ("kind", "orchestration", as_i64(orch)),
-                    ("kind", "activity", as_i64(act)),
+                    ("kind", "orchestration", as_i64(o.pending)),
+                    ("kind", "activity", as_i64(a.pending)),
+                ],
+            )?;
+            gauge(
+                &mut encoder,
+                "dts_local_active_work_items",
+                "Work items dispatched to workers and not yet completed or handed back, by kind",
+                &[
+                    ("kind", "orchestration", as_i64(o.active)),
+                    ("kind", "activity", as_i64(a.active)),
+                ],
+            )?;
+            gauge_f64(
+                &mut encoder,
+                "dts_local_oldest_work_item_age_seconds",
+                "How long the oldest waiting work item has waited, by kind (0 when none waits)",
+                &[
+                    ("kind", "orchestration", o.oldest_wait.as_secs_f64()),
+                    ("kind", "activity", a.oldest_wait.as_secs_f64()),
                 ],
             )?;
             gauge(
                 &mut encoder,
                 "dts_local_pending_timers",
                 "Durable timers and scheduled starts not yet due",
-                &[("", "", as_i64(timers))],
+                &[("", "", as_i64(q.timers))],
             )?;
             let series: Vec<(&str, &str, i64)> = STATUSES
                 .iter()
@@ -180,15 +212,18 @@ impl Collector for StateCollector {
         ] {
             counter(&mut encoder, name, help, &[("", "", v)])?;
         }
+        let (open, draining) = self.shared.stream_counts();
         gauge(
             &mut encoder,
             "dts_local_worker_streams",
             "Open work-item streams",
-            &[(
-                "",
-                "",
-                i64::try_from(load(&c.streams_open)).unwrap_or(i64::MAX),
-            )],
+            &[("", "", as_i64(open))],
+        )?;
+        gauge(
+            &mut encoder,
+            "dts_local_draining_worker_streams",
+            "Open work-item streams whose worker began a drain (BeginWorkerDrain): nothing more is dispatched on them",
+            &[("", "", as_i64(draining))],
         )?;
         Ok(())
     }

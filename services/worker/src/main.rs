@@ -70,9 +70,20 @@ async fn run() -> anyhow::Result<()> {
         "activities" => registry.without_orchestrators(),
         _ => registry,
     };
+    let runs_kind = |names: usize, limit: usize| if names > 0 { limit } else { 0 };
     let metrics = Arc::new(
         metrics::WorkerMetrics::default()
             .with_names(registry.orchestrator_names(), registry.activity_names())
+            .with_limits(
+                runs_kind(
+                    registry.orchestrator_names().count(),
+                    settings.max_concurrent_orchestrations,
+                ),
+                runs_kind(
+                    registry.activity_names().count(),
+                    settings.max_concurrent_activities,
+                ),
+            )
             .with_callbacks(&callback_metrics),
     );
     let options = WorkerOptions {

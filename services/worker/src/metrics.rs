@@ -70,6 +70,8 @@ pub struct WorkerMetrics {
     finished: Family<OutcomeLabels, Counter>,
     duration: Histograms<ItemLabels>,
     in_flight: Family<KindLabels, Gauge>,
+    limit: Family<KindLabels, Gauge>,
+    draining: Gauge,
     connected: Gauge,
     connects: Counter,
     reconnects: Counter,
@@ -86,6 +88,8 @@ impl Default for WorkerMetrics {
             finished: Family::default(),
             duration: Family::new_with_constructor(execution_buckets),
             in_flight: Family::default(),
+            limit: Family::default(),
+            draining: Gauge::default(),
             connected: Gauge::default(),
             connects: Counter::default(),
             reconnects: Counter::default(),
@@ -111,6 +115,16 @@ impl Default for WorkerMetrics {
             "worker_work_items_in_flight",
             "Work items running now, by kind",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "worker_work_items_limit",
+            "Work items this worker runs at once at most, by kind (0 for a kind it does not run): with worker_work_items_in_flight, its saturation",
+            m.limit.clone(),
+        );
+        registry.register(
+            "worker_draining",
+            "1 once shutdown began: the worker takes no new work and finishes what it holds",
+            m.draining.clone(),
         );
         registry.register(
             "worker_stream_connected",
@@ -186,6 +200,21 @@ impl WorkerMetrics {
         self
     }
 
+    /// The most work items of each kind this worker runs at once (0: a kind it does not run).
+    pub fn with_limits(self, orchestrations: usize, activities: usize) -> Self {
+        for (kind, n) in [
+            (WorkItemKind::Orchestration, orchestrations),
+            (WorkItemKind::Activity, activities),
+        ] {
+            self.limit
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str().to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self
+    }
+
     /// The scrape body and its content type, negotiated on `Accept`.
     pub fn exposition(&self, accept: Option<&str>) -> (&'static str, String) {
         service_kit::metrics::exposition(&self.registry, accept)
@@ -234,6 +263,10 @@ impl WorkerObserver for WorkerMetrics {
             exemplar(trace_id),
             None,
         );
+    }
+
+    fn draining(&self) {
+        self.draining.set(1);
     }
 
     fn stream_state(&self, connected: bool) {

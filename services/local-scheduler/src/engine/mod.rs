@@ -524,22 +524,62 @@ impl Engine {
         }
     }
 
-    /// Counts for `/metrics`: pending (not leased) orchestration and activity work items.
-    pub fn backlog(&self) -> (usize, usize, usize) {
-        let mut orch = 0;
-        let mut act = 0;
-        let mut timers = 0;
+    /// The queues, for `/metrics` and `GetMetrics`: waiting and leased work items by kind, and
+    /// how long the oldest waiting one has waited. Reads only what waits (the ready queue, the
+    /// activities) and the leases, not every instance.
+    pub fn queue_stats(&self) -> QueueStats {
+        let now = std::time::Instant::now();
+        let mut q = QueueStats::default();
         for h in self.hubs.values() {
-            orch += h
-                .instances
-                .values()
-                .filter(|i| i.lease.is_none() && !i.inbox.is_empty())
-                .count();
-            act += h.activities.values().filter(|a| a.lease.is_none()).count();
-            timers += h.timers.len();
+            for (id, since) in &h.ready_set {
+                if h.instances
+                    .get(id)
+                    .is_some_and(|i| i.lease.is_none() && !i.inbox.is_empty())
+                {
+                    q.orchestrations
+                        .waiting(now.saturating_duration_since(*since));
+                }
+            }
+            for a in h.activities.values().filter(|a| a.lease.is_none()) {
+                q.activities
+                    .waiting(now.saturating_duration_since(a.queued));
+            }
+            q.timers += h.timers.len();
         }
-        (orch, act, timers)
+        for lease in self.leases.values() {
+            match lease.kind {
+                LeaseKind::Orchestration { .. } => q.orchestrations.active += 1,
+                LeaseKind::Activity { .. } => q.activities.active += 1,
+            }
+        }
+        q
     }
+}
+
+/// One kind's queue: see [`Engine::queue_stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindStats {
+    /// Waiting to be dispatched.
+    pub pending: usize,
+    /// Dispatched, not yet completed or handed back.
+    pub active: usize,
+    /// The longest wait of a waiting item (zero when none waits).
+    pub oldest_wait: std::time::Duration,
+}
+
+impl KindStats {
+    fn waiting(&mut self, waited: std::time::Duration) {
+        self.pending += 1;
+        self.oldest_wait = self.oldest_wait.max(waited);
+    }
+}
+
+/// Every kind's queue, and the timers not yet due.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueStats {
+    pub orchestrations: KindStats,
+    pub activities: KindStats,
+    pub timers: usize,
 }
 
 /// The messages of a dispatch without the `OrchestratorStarted` the dispatcher put in front (an

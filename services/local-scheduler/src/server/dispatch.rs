@@ -77,16 +77,29 @@ fn dispatch_span(item: &pb::WorkItem, waited: Duration) {
     );
 }
 
-/// Feeds one worker stream: as many items as its limits allow, health pings when idle.
+/// Work items a stream may hold at once, by kind (the worker's `maxConcurrent*`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StreamLimits {
+    pub orchestrations: usize,
+    pub activities: usize,
+}
+
+/// Feeds one worker stream: as many items as its limits allow, health pings when idle. Once the
+/// worker begins a drain (`draining`), nothing more is taken for it; pings go on, and the stream
+/// stays open until the worker closes it, so the items it holds stay its own.
 pub(super) async fn dispatch_loop(
     shared: &Arc<Shared>,
     hub: &str,
     stream_id: u64,
-    max_orch: usize,
-    max_act: usize,
+    limits: StreamLimits,
     filter: &StreamFilter,
+    draining: &AtomicBool,
     tx: mpsc::Sender<Result<pb::WorkItem, Status>>,
 ) {
+    let StreamLimits {
+        orchestrations: max_orch,
+        activities: max_act,
+    } = limits;
     let mut ping = tokio::time::interval(shared.ping_interval);
     ping.reset();
     loop {
@@ -96,6 +109,10 @@ pub(super) async fn dispatch_loop(
         let items = shared
             .quiet(|e| {
                 let mut items = Vec::new();
+                // Read under the engine lock, so nothing is taken after the drain began.
+                if draining.load(Ordering::Relaxed) {
+                    return items;
+                }
                 loop {
                     let (o, a) = e.in_flight(stream_id);
                     let mut took = false;

@@ -3,7 +3,8 @@
 //! - this module: the shared state (`Shared`: the engine behind its mutex, the store, wake-ups),
 //!   the helpers every RPC uses, and the one mapping of `EngineError` to gRPC statuses;
 //! - `rpc`: the service's methods;
-//! - `dispatch`: the loop that feeds one worker's work-item stream, and its spans.
+//! - `dispatch`: the loop that feeds one worker's work-item stream, and its spans;
+//! - `backend`: DTS's `BackendService` as far as we serve it (`BeginWorkerDrain`, `GetMetrics`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -26,8 +27,11 @@ use crate::engine::{Engine, EngineError, StreamFilter};
 use crate::model::Change;
 use crate::store::SqliteStore;
 
+mod backend;
 mod dispatch;
 mod rpc;
+
+pub use backend::Backend;
 
 /// How often finished instances are checked against their retention (a scan of every instance,
 /// so not on every timer tick).
@@ -42,7 +46,6 @@ pub struct Counters {
     pub activities_completed: AtomicU64,
     pub abandoned: AtomicU64,
     pub redelivered: AtomicU64,
-    pub streams_open: AtomicU64,
     pub store_errors: AtomicU64,
     pub long_poll_wakeups: AtomicU64,
 }
@@ -61,6 +64,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     ping_interval: Duration,
     pub counters: Counters,
+    /// The open work-item streams, by stream id: whose they are and whether they drain.
+    streams: Mutex<HashMap<u64, StreamEntry>>,
     /// Whether spans are exported (OTLP configured): only then are dispatch spans built.
     trace_spans: AtomicBool,
     /// Set once a state change could not be persisted (or a lock was poisoned): memory may then be
@@ -95,6 +100,7 @@ impl Shared {
             shutdown,
             ping_interval,
             counters: Counters::default(),
+            streams: Mutex::new(HashMap::new()),
             trace_spans: AtomicBool::new(false),
             failed: std::sync::OnceLock::new(),
         })
@@ -307,6 +313,79 @@ impl Shared {
     }
 }
 
+/// One open work-item stream.
+struct StreamEntry {
+    hub: String,
+    /// The worker's `workerid` header, which `BeginWorkerDrain` names it by.
+    worker_id: Option<String>,
+    /// Set by `BeginWorkerDrain`: nothing more is dispatched on the stream, which stays open
+    /// (its leases with it) until the worker closes it.
+    draining: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn open_stream(&self, id: u64, hub: &str, worker_id: Option<String>) -> Arc<AtomicBool> {
+        let draining = Arc::new(AtomicBool::new(false));
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(
+                id,
+                StreamEntry {
+                    hub: hub.to_string(),
+                    worker_id,
+                    draining: draining.clone(),
+                },
+            );
+        }
+        draining
+    }
+
+    fn close_stream(&self, id: u64) {
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.remove(&id);
+        }
+    }
+
+    /// Puts every open stream of `worker_id` in `hub` into drain; how many there were.
+    pub fn begin_drain(&self, hub: &str, worker_id: &str) -> usize {
+        // Under the engine lock, which dispatch loops read the flag under: once this returns,
+        // no loop takes anything more for the worker.
+        let engine_guard = self.engine.lock();
+        let n = self.streams.lock().map_or(0, |streams| {
+            streams
+                .values()
+                .filter(|s| s.hub == hub && s.worker_id.as_deref() == Some(worker_id))
+                .inspect(|s| s.draining.store(true, Ordering::Relaxed))
+                .count()
+        });
+        drop(engine_guard);
+        // Their dispatch loops look at the flag again (and stop taking work).
+        self.work.notify_waiters();
+        n
+    }
+
+    /// Open streams, and how many of them drain.
+    pub fn stream_counts(&self) -> (usize, usize) {
+        self.streams.lock().map_or((0, 0), |streams| {
+            let draining = streams
+                .values()
+                .filter(|s| s.draining.load(Ordering::Relaxed))
+                .count();
+            (streams.len(), draining)
+        })
+    }
+
+    /// Distinct workers with an open stream (a stream without a `workerid` counts alone).
+    pub fn connected_workers(&self) -> usize {
+        self.streams.lock().map_or(0, |streams| {
+            let named: std::collections::HashSet<(&str, &str)> = streams
+                .values()
+                .filter_map(|s| Some((s.hub.as_str(), s.worker_id.as_deref()?)))
+                .collect();
+            named.len() + streams.values().filter(|s| s.worker_id.is_none()).count()
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Service {
     pub shared: Arc<Shared>,
@@ -320,6 +399,15 @@ fn hub_of<T>(req: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| {
             Status::invalid_argument("missing `taskhub` header: every call must name its task hub")
         })
+}
+
+/// The worker's `workerid` header, as the SDKs send it on their calls.
+fn worker_id_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("workerid")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 type Res<T> = Result<Response<T>, Status>;

@@ -1,6 +1,6 @@
 //! The `TaskHubSidecarService` methods.
 
-use super::dispatch::{SPAN_SCOPE, dispatch_loop};
+use super::dispatch::{self, SPAN_SCOPE, dispatch_loop};
 use super::*;
 use crate::engine::HistoryView;
 
@@ -235,6 +235,7 @@ impl pb::TaskHubSidecarService for Service {
     async fn get_work_items(&self, req: Request<pb::GetWorkItemsRequest>) -> Res<WorkStream> {
         let hub = hub_of(&req)?;
         self.read(&req, |_, _| Ok(()))?;
+        let worker_id = worker_id_of(&req);
         let r = req.into_inner();
         let limit = |n: i32| if n > 0 { n as usize } else { 1000 };
         let max_orch = limit(r.max_concurrent_orchestration_work_items);
@@ -243,16 +244,20 @@ impl pb::TaskHubSidecarService for Service {
         let stream_id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
         let shared = self.shared.clone();
-        shared.counters.streams_open.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(stream_id, %hub, max_orch, max_act, "worker connected");
+        let draining = shared.open_stream(stream_id, &hub, worker_id.clone());
+        tracing::info!(stream_id, %hub, worker_id = worker_id.as_deref().unwrap_or(""), max_orch, max_act, "worker connected");
         tokio::spawn(async move {
-            dispatch_loop(&shared, &hub, stream_id, max_orch, max_act, &filter, tx).await;
+            let limits = dispatch::StreamLimits {
+                orchestrations: max_orch,
+                activities: max_act,
+            };
+            dispatch_loop(&shared, &hub, stream_id, limits, &filter, &draining, tx).await;
+            shared.close_stream(stream_id);
             let released = shared.with_engine(|e| {
                 let n = e.release_stream(stream_id);
                 e.forget_stream(stream_id);
                 Ok::<_, EngineError>(n)
             });
-            shared.counters.streams_open.fetch_sub(1, Ordering::Relaxed);
             let released = released.unwrap_or(0);
             if released > 0 {
                 shared

@@ -7,8 +7,9 @@
 //!   is presumed dead and rebuilt.
 //! - Any end of the stream other than shutdown leads to a reconnect with full-jitter backoff,
 //!   forever: a worker outliving a scheduler restart is the normal case.
-//! - Shutdown stops reading, lets in-flight items finish within a deadline, then cancels the
-//!   rest and abandons them so the scheduler hands them to another worker at once.
+//! - Shutdown is a drain that repeats nothing (`drain`): the stream stays open while the items
+//!   this worker holds finish, so the scheduler never hands them to another worker; what still
+//!   arrives is handed back at once. Past a deadline the rest is cancelled and abandoned.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use crate::activity::ActivityContext;
 use crate::client::GrpcClient;
 use crate::connection::{Caller, Connection, MAX_DECODE_BYTES, default_worker_id};
 use crate::orchestration::executor::{execute, failure_response};
+
+mod drain;
+
 use crate::registry::Registry;
 use crate::types::{FailureDetails, TraceContext};
 
@@ -39,7 +43,8 @@ pub struct WorkerOptions {
     pub hello_timeout: Duration,
     /// Cap of the full-jitter reconnect backoff.
     pub max_reconnect_delay: Duration,
-    /// How long in-flight work items may run after shutdown starts before they are abandoned.
+    /// How long in-flight work items may run after shutdown starts before they are cancelled and
+    /// abandoned (another worker then runs them again). Cover the longest activity.
     pub drain_timeout: Duration,
     /// Ask the scheduler for registered names only (`workItemFilters`).
     pub use_work_item_filters: bool,
@@ -105,6 +110,8 @@ pub trait WorkerObserver: Send + Sync + std::fmt::Debug + 'static {
     }
     /// The work-item stream connected (`true`) or went away (`false`).
     fn stream_state(&self, _connected: bool) {}
+    /// Shutdown began: this worker takes no new work and waits for what it holds.
+    fn draining(&self) {}
     /// An orchestration episode ended its instance; `age` is the time since it started.
     fn orchestration_ended(
         &self,
@@ -155,6 +162,7 @@ fn bump(counter: &AtomicU64) {
 }
 
 enum StreamEnd {
+    /// Shutdown began (and, on an open stream, the drain is done).
     Shutdown,
     /// The server closed the stream with OK: a drain or rolling upgrade. Reconnect.
     ServerClosed,
@@ -163,6 +171,8 @@ enum StreamEnd {
 
 struct Shared {
     grpc: GrpcClient,
+    /// DTS's `BackendService` on the same channel and headers: `BeginWorkerDrain`.
+    backend: drain::BackendClient,
     registry: Arc<Registry>,
     orchestration_slots: Arc<Semaphore>,
     activity_slots: Arc<Semaphore>,
@@ -201,6 +211,8 @@ pub struct Worker {
     options: WorkerOptions,
     ready: watch::Sender<bool>,
     worker_id: String,
+    /// Set when shutdown is first noticed: `drain_timeout` later.
+    drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl Worker {
@@ -212,8 +224,13 @@ impl Worker {
         )
         .max_decoding_message_size(MAX_DECODE_BYTES)
         .max_encoding_message_size(MAX_DECODE_BYTES);
+        let backend = pb::backend::backend_service_client::BackendServiceClient::with_interceptor(
+            conn.channel(),
+            conn.interceptor(Caller::Worker, Some(&worker_id)),
+        );
         let shared = Arc::new(Shared {
             grpc,
+            backend,
             registry: Arc::new(registry),
             orchestration_slots: Arc::new(Semaphore::new(
                 options.max_concurrent_orchestrations.max(1),
@@ -230,6 +247,7 @@ impl Worker {
             options,
             ready,
             worker_id,
+            drain_deadline: std::sync::OnceLock::new(),
         }
     }
 
@@ -275,7 +293,9 @@ impl Worker {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        self.drain().await;
+        // Shutdown came while no stream was open (or the drain on it is done): what still runs
+        // gets the rest of the deadline. Without a stream its completions may be refused.
+        self.wait_for_in_flight().await;
         Ok(())
     }
 
@@ -303,7 +323,10 @@ impl Worker {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                _ = shutdown.cancelled() => {
+                    self.drain_on_stream(stream).await;
+                    return StreamEnd::Shutdown;
+                }
                 r = tokio::time::timeout(self.options.silent_disconnect_timeout, stream.message()) => r,
             };
             match next {
@@ -319,9 +342,7 @@ impl Worker {
                 Ok(Ok(None)) => return StreamEnd::ServerClosed,
                 Ok(Ok(Some(item))) => {
                     *attempt = 0;
-                    if !self.dispatch(item, shutdown).await {
-                        return StreamEnd::Shutdown;
-                    }
+                    self.dispatch(item, shutdown).await;
                 }
             }
         }
@@ -365,83 +386,53 @@ impl Worker {
         }
     }
 
-    /// Starts one work item. Returns `false` when shutdown began while waiting for a slot.
-    async fn dispatch(&self, item: pb::WorkItem, shutdown: &CancellationToken) -> bool {
+    /// Starts one work item. When shutdown begins while it waits for a slot, it goes back to the
+    /// scheduler at once.
+    async fn dispatch(&self, item: pb::WorkItem, shutdown: &CancellationToken) {
         use pb::work_item::Request;
-        let token = item.completion_token;
         let shared = self.shared.clone();
+        let slots = match &item.request {
+            Some(Request::OrchestratorRequest(_)) => &shared.orchestration_slots,
+            Some(Request::ActivityRequest(_)) => &shared.activity_slots,
+            Some(Request::HealthPing(_)) => {
+                bump(&shared.stats.health_pings);
+                return;
+            }
+            Some(Request::EntityRequest(_) | Request::EntityRequestV2(_)) => {
+                tracing::warn!(
+                    "received an entity work item, which this worker does not support; abandoning it"
+                );
+                drain::hand_back(&shared, item).await;
+                return;
+            }
+            None => {
+                tracing::warn!("received an empty work item");
+                return;
+            }
+        };
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p,
+            _ = shutdown.cancelled() => {
+                drain::hand_back(&shared, item).await;
+                return;
+            }
+        };
+        let token = item.completion_token;
+        let s = shared.clone();
         match item.request {
-            Some(Request::HealthPing(_)) => bump(&shared.stats.health_pings),
             Some(Request::OrchestratorRequest(req)) => {
-                let permit = tokio::select! {
-                    p = shared.orchestration_slots.clone().acquire_owned() => p,
-                    _ = shutdown.cancelled() => {
-                        let name = orchestration_name(&req).unwrap_or_default();
-                        let since = shared.started(WorkItemKind::Orchestration, &name);
-                        abandon_orchestration(&shared, token).await;
-                        let trace = crate::otel::orchestration_trace_id(&req);
-                        shared.finished(WorkItemKind::Orchestration, &name, WorkItemOutcome::Abandoned, since, trace.as_deref());
-                        return false;
-                    }
-                };
-                let s = shared.clone();
                 shared.tracker.spawn(async move {
                     let _permit = permit;
                     run_orchestration(&s, req, token).await;
                 });
             }
             Some(Request::ActivityRequest(req)) => {
-                let permit = tokio::select! {
-                    p = shared.activity_slots.clone().acquire_owned() => p,
-                    _ = shutdown.cancelled() => {
-                        let since = shared.started(WorkItemKind::Activity, &req.name);
-                        abandon_activity(&shared, token).await;
-                        let trace = crate::otel::trace_id_of(req.parent_trace_context.as_ref());
-                        shared.finished(WorkItemKind::Activity, &req.name, WorkItemOutcome::Abandoned, since, trace.as_deref());
-                        return false;
-                    }
-                };
-                let s = shared.clone();
                 shared.tracker.spawn(async move {
                     let _permit = permit;
                     run_activity(&s, req, token).await;
                 });
             }
-            Some(Request::EntityRequest(_) | Request::EntityRequestV2(_)) => {
-                tracing::warn!(
-                    "received an entity work item, which this worker does not support; abandoning it"
-                );
-                let mut grpc = shared.grpc.clone();
-                let _ = grpc
-                    .abandon_task_entity_work_item(pb::AbandonEntityTaskRequest {
-                        completion_token: token,
-                    })
-                    .await;
-                bump(&shared.stats.work_items_abandoned);
-            }
-            None => tracing::warn!("received an empty work item"),
-        }
-        true
-    }
-
-    async fn drain(&self) {
-        let tracker = &self.shared.tracker;
-        tracker.close();
-        if tracker.is_empty() {
-            return;
-        }
-        tracing::info!(in_flight = tracker.len(), deadline = ?self.options.drain_timeout, "draining in-flight work items");
-        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                in_flight = tracker.len(),
-                "drain deadline passed; abandoning what is still running"
-            );
-            self.shared.abort.cancel();
-            // Abandon calls are quick; bound them anyway so shutdown always ends.
-            let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+            _ => {}
         }
     }
 }
