@@ -12,6 +12,7 @@ pub struct ActivityContext {
     pub(crate) name: String,
     pub(crate) parent_trace_context: Option<TraceContext>,
     pub(crate) cancellation: CancellationToken,
+    pub(crate) dispatch_count: u32,
 }
 
 impl ActivityContext {
@@ -23,6 +24,7 @@ impl ActivityContext {
             name: name.into(),
             parent_trace_context: None,
             cancellation: CancellationToken::new(),
+            dispatch_count: 1,
         }
     }
 
@@ -43,6 +45,13 @@ impl ActivityContext {
     /// The W3C context the orchestration scheduled this activity under.
     pub fn parent_trace_context(&self) -> Option<&TraceContext> {
         self.parent_trace_context.as_ref()
+    }
+
+    /// Which dispatch of this work item this is: 1 the first time, more after a worker running it
+    /// was lost (it crashed or its connection broke). 1 when the scheduler does not say (the
+    /// field is new in the protocol). An activity can use it to resume or to skip a repeat.
+    pub fn dispatch_count(&self) -> u32 {
+        self.dispatch_count
     }
 
     /// Cancelled when the worker is shutting down and its drain deadline has passed; a long

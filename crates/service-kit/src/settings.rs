@@ -59,7 +59,15 @@ pub enum SettingsError {
 pub fn load<T: DeserializeOwned + Validate>(
     source: &Source<'_>,
 ) -> Result<Startup<T>, SettingsError> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    load_args(source, std::env::args().skip(1).collect())
+}
+
+/// [`load`] with the arguments given (a subcommand's, after its name) and the process's
+/// environment.
+pub fn load_args<T: DeserializeOwned + Validate>(
+    source: &Source<'_>,
+    args: Vec<String>,
+) -> Result<Startup<T>, SettingsError> {
     let file = match crate::parse_args(&args).map_err(SettingsError::Args)? {
         crate::Args::Run { config } => config.or_else(|| std::env::var(source.file_var).ok()),
         crate::Args::Version => {
@@ -159,6 +167,22 @@ pub fn socket_addr(key: &str, value: &str, example: &str) -> Result<(), String> 
         .parse::<std::net::SocketAddr>()
         .map(|_| ())
         .map_err(|_| format!("`{key}`: '{value}' is not an address like {example}"))
+}
+
+/// The check of an orchestration version (`orchestration_version`, `replays_versions`): 1 to
+/// 64 of `A-Z a-z 0-9 . _ + -`, so it is a safe work-item filter, log field and label value.
+pub fn orchestration_version(key: &str, value: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{key}`: '{value}' is not a version (1 to 64 of A-Z, a-z, 0-9, '.', '_', '+', '-')"
+        ))
+    }
 }
 
 /// The check every service makes of `log_format`.

@@ -267,6 +267,7 @@ pub fn activity_item(token: &str, name: &str, input: Option<&str>) -> pb::WorkIt
                 task_id: 3,
                 parent_trace_context: None,
                 tags: Default::default(),
+                dispatch_count: 1,
             },
         )),
         completion_token: token.into(),

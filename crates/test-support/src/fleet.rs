@@ -46,17 +46,23 @@ impl Fleet {
     }
 
     /// Starts worker `name` (also its `HOSTNAME`, which results name) and returns once its admin
-    /// port listens.
+    /// port listens (or it has exited).
     pub async fn start(&mut self, name: &str) {
         self.start_with(name, &[]).await;
     }
 
     /// Like [`Fleet::start`] with more environment variables for this worker alone.
     pub async fn start_with(&mut self, name: &str, env: &[(&str, &str)]) {
+        self.start_program(name, "worker", env).await;
+    }
+
+    /// Starts `program` (a workspace binary that reads the worker's variables: `worker`, or
+    /// `test-worker` for code the product must not have) as worker `name`.
+    pub async fn start_program(&mut self, name: &str, program: &str, env: &[(&str, &str)]) {
         let admin = crate::net::free_port();
         let log = self.dir.join(format!("{name}.{}.log", self.logs.len()));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(crate::process::binary("worker"));
+        let mut cmd = Command::new(crate::process::binary(program));
         cmd.env("ENDPOINT", &self.endpoint)
             .env("TASKHUB", "default")
             .env("HOSTNAME", name)
@@ -72,8 +78,17 @@ impl Fleet {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn worker");
-        crate::net::wait_port(admin).await;
+        let mut child = cmd.spawn().expect("spawn worker");
+        // Until its admin port listens, or it has already died (a poison item can kill it at once).
+        for _ in 0..600 {
+            let listening = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+                .await
+                .is_ok();
+            if listening || child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         self.logs.push(log.clone());
         self.workers
             .insert(name.to_string(), FleetWorker { child, admin, log });
@@ -120,6 +135,18 @@ impl Fleet {
             .expect("kill")
             .success();
         assert!(ok, "kill -{signal} {name}");
+    }
+
+    /// Whether worker `name`'s process has exited (it stays in the fleet).
+    pub fn has_exited(&mut self, name: &str) -> bool {
+        self.workers
+            .get_mut(name)
+            .is_some_and(|w| w.child.try_wait().ok().flatten().is_some())
+    }
+
+    /// Removes worker `name`, which has exited, from the fleet.
+    pub fn forget(&mut self, name: &str) {
+        self.workers.remove(name);
     }
 
     /// Waits for worker `name` to exit (within `timeout`) and removes it from the fleet.

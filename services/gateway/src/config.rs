@@ -24,6 +24,9 @@ pub struct Settings {
     pub max_delay_seconds: u64,
     pub max_name_chars: usize,
     pub max_body_bytes: usize,
+    /// The version of the orchestration code new operations start at (the workers that run it
+    /// declare the same `orchestration_version`); unset: none. See docs/worker-fleet.md.
+    pub orchestration_version: Option<String>,
     /// Deadline of each scheduler call; past it the client gets 503.
     pub dts_timeout_ms: u64,
     /// `Retry-After` on 202s, unfinished statuses and 503s.
@@ -117,6 +120,7 @@ impl Default for Settings {
             max_delay_seconds: 3600,
             max_name_chars: 200,
             max_body_bytes: 16 * 1024,
+            orchestration_version: None,
             dts_timeout_ms: 5000,
             retry_after_seconds: 1,
             max_wait_seconds: 30,
@@ -177,6 +181,9 @@ impl service_kit::settings::Validate for Settings {
         service_kit::settings::socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:9092")?;
         if self.admin_listen == self.listen {
             return Err("`admin_listen` must differ from `listen`: metrics and probes are not part of the public API".into());
+        }
+        if let Some(v) = &self.orchestration_version {
+            service_kit::settings::orchestration_version("orchestration_version", v)?;
         }
         for (key, value) in [
             (
@@ -338,6 +345,7 @@ impl Settings {
             max_delay_seconds: self.max_delay_seconds,
             max_name_chars: self.max_name_chars,
             max_body_bytes: self.max_body_bytes,
+            orchestration_version: self.orchestration_version.clone(),
             dts_timeout: Duration::from_millis(self.dts_timeout_ms),
             retry_after_seconds: self.retry_after_seconds,
             max_wait_seconds: self.max_wait_seconds,
@@ -389,6 +397,8 @@ pub struct GatewayConfig {
     pub max_delay_seconds: u64,
     pub max_name_chars: usize,
     pub max_body_bytes: usize,
+    /// The version new operations start at; `None`: unversioned.
+    pub orchestration_version: Option<String>,
     /// Deadline for each call to the scheduler; past it the client gets 503.
     pub dts_timeout: Duration,
     /// `Retry-After` on `202`s and unfinished statuses, and on `503`s.

@@ -109,6 +109,7 @@ pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     let (span, trace) = create_span(name, id, headers);
     let opts = StartOptions {
         instance_id: Some(id.to_string()),
+        version: state.config.orchestration_version.clone(),
         parent_trace_context: trace,
         tags: owner_tags(caller).into_iter().chain(extra_tags).collect(),
         ..Default::default()
@@ -134,6 +135,10 @@ pub(crate) async fn start_once<I: serde::Serialize + ?Sized>(
     span: tracing::Span,
 ) -> Result<bool, Problem> {
     opts.replaceable_statuses = Some(vec![]);
+    // Every operation (and its callback delivery) runs on the code version it started at.
+    opts.version = opts
+        .version
+        .or_else(|| state.config.orchestration_version.clone());
     let started = dts_call(
         state,
         "StartInstance",

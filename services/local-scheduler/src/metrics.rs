@@ -188,6 +188,15 @@ impl Collector for StateCollector {
                 ("kind", "activity", load(&c.activities_completed)),
             ],
         )?;
+        counter(
+            &mut encoder,
+            "dts_local_poison_work_items",
+            "Work items failed as poison, by kind: their worker was lost (crashed, killed, disconnected) max_dispatches times while running them",
+            &[
+                ("kind", "orchestration", load(&c.poisoned_orchestrations)),
+                ("kind", "activity", load(&c.poisoned_activities)),
+            ],
+        )?;
         for (name, help, v) in [
             (
                 "dts_local_work_items_abandoned",

@@ -66,6 +66,14 @@ pub struct InstanceRow {
     pub parent: Option<Box<pb::ParentInstanceInfo>>,
     #[serde(skip)]
     pub trace: Option<Box<pb::OrchestrationTraceContext>>,
+    /// Dispatches of the current episode whose worker was lost before it answered (its stream
+    /// ended); back to 0 when an episode completes. Past the limit the instance fails (poison).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_dispatches: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One unit of state to write.
@@ -179,6 +187,8 @@ impl Instance {
 
 #[derive(Debug, Clone)]
 pub struct ActivityItem {
+    /// As scheduled, with `dispatch_count` holding the dispatches whose worker was lost before
+    /// it answered (so the store keeps the count); a dispatch sends it with one more.
     pub request: pb::ActivityRequest,
     pub lease: Option<String>,
     /// When it was queued (again), for the dispatch latency.

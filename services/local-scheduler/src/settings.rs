@@ -37,6 +37,10 @@ pub struct Settings {
     /// its work items are offered to others. A lease lasts as long as its stream otherwise,
     /// however long the activity runs.
     pub lease_seconds: u64,
+    /// A work item whose worker is lost this many times while it runs it (the worker crashed, was
+    /// killed or disconnected before answering) fails instead of being dispatched again: a
+    /// poison input cannot take down worker after worker. 0: no limit.
+    pub max_dispatches: u32,
     /// Idle work-item streams get a health ping this often.
     pub health_ping_seconds: u64,
     pub max_message_bytes: usize,
@@ -55,6 +59,7 @@ impl Default for Settings {
             sqlite_synchronous: "normal".into(),
             sqlite_max_bytes: 0,
             lease_seconds: 120,
+            max_dispatches: 5,
             max_instances: 25_000,
             max_backlog: 10_000,
             retention_completed_seconds: 3600,
@@ -134,6 +139,7 @@ impl Settings {
                 failed: keep(self.retention_failed_seconds),
                 terminated: keep(self.retention_terminated_seconds),
             },
+            max_dispatches: self.max_dispatches,
         }
     }
 

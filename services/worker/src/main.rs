@@ -13,6 +13,7 @@ mod callbacks;
 mod metrics;
 mod orchestrations;
 mod settings;
+mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +30,18 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("worker: {e:#}");
-        std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = if args.first().map(String::as_str) == Some("versions") {
+        versions::command(args[1..].to_vec()).await
+    } else {
+        run().await.map(|()| 0)
+    };
+    match outcome {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("worker: {e:#}");
+            std::process::exit(2);
+        }
     }
 }
 
@@ -93,6 +103,7 @@ async fn run() -> anyhow::Result<()> {
         observer: Some(metrics.clone()),
         // A worker that runs one kind asks the scheduler for its names only.
         use_work_item_filters: settings.runs != "all",
+        versions: settings.versions().map_err(anyhow::Error::msg)?,
         ..Default::default()
     };
     let worker = Worker::new(&conn, registry, options);
@@ -132,7 +143,7 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight work items");
         signal.cancel();
     });
-    tracing::info!(%admin_addr, "worker running");
+    tracing::info!(%admin_addr, orchestration_version = settings.orchestration_version.as_deref().unwrap_or(""), "worker running");
     worker.run(shutdown.clone()).await?;
     shutdown.cancel();
     let _ = admin_task.await;

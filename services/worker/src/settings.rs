@@ -22,6 +22,14 @@ pub struct Settings {
     pub log_format: String,
     /// `all`, `orchestrations` or `activities`: split the two kinds across deployments.
     pub runs: String,
+    /// The version of the orchestration code this worker runs (the gateway starts new operations
+    /// at its own `orchestration_version`). Set: the worker takes only work of that version (and
+    /// of `replays_versions`), so old and new code run side by side during a rollout. Empty: any
+    /// version.
+    pub orchestration_version: Option<String>,
+    /// Older versions this code also replays correctly (`unversioned`: instances started without
+    /// a version); needs `orchestration_version`.
+    pub replays_versions: Vec<String>,
     /// Completion callbacks: the Standard Webhooks signing secret (`whsec_` and base64 of at
     /// least 24 random bytes). Without it, callbacks are not delivered (each ends `failed`).
     pub callback_secret: Option<String>,
@@ -63,6 +71,8 @@ impl Default for Settings {
             admin_listen: "127.0.0.1:9091".into(),
             log_format: "auto".into(),
             runs: "all".into(),
+            orchestration_version: None,
+            replays_versions: Vec::new(),
             callback_secret: None,
             callback_secrets_file: None,
             callback_allow_http: false,
@@ -83,9 +93,13 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     service: "worker",
     file_var: "WORKER_CONFIG",
     env_prefix: "WORKER",
-    list_keys: &["callback_hosts", "callback_allowed_networks"],
+    list_keys: &[
+        "callback_hosts",
+        "callback_allowed_networks",
+        "replays_versions",
+    ],
     seed_variables: true,
-    help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.",
+    help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.\n`worker versions [--free <version>]` prints the unfinished operations per orchestration version; with --free, exits 0 when that version has none (its workers can go), 1 otherwise.",
 };
 
 impl service_kit::settings::Validate for Settings {
@@ -103,6 +117,7 @@ impl service_kit::settings::Validate for Settings {
                 self.runs
             ));
         }
+        self.versions()?;
         self.callback_policy()?;
         if let Some(secret) = &self.callback_secret {
             service_kit::callbacks::Signer::new(secret, "callback_secret")?;
@@ -138,7 +153,36 @@ impl service_kit::settings::Validate for Settings {
     }
 }
 
+/// How `replays_versions` names instances started without a version.
+pub const UNVERSIONED: &str = "unversioned";
+
 impl Settings {
+    /// The versions this worker takes (its work-item filters), `None` for any.
+    pub fn versions(&self) -> Result<Option<Vec<String>>, String> {
+        let Some(version) = &self.orchestration_version else {
+            if !self.replays_versions.is_empty() {
+                return Err(
+                    "`replays_versions` needs `orchestration_version` (the version this code runs)"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        service_kit::settings::orchestration_version("orchestration_version", version)?;
+        let mut versions = vec![version.clone()];
+        for v in &self.replays_versions {
+            let v = v.trim();
+            if v == UNVERSIONED {
+                versions.push(String::new());
+            } else {
+                service_kit::settings::orchestration_version("replays_versions", v)?;
+                versions.push(v.to_string());
+            }
+        }
+        versions.dedup();
+        Ok(Some(versions))
+    }
+
     /// Where callbacks may go.
     pub fn callback_policy(&self) -> Result<service_kit::callbacks::Policy, String> {
         service_kit::callbacks::Policy::new(

@@ -187,3 +187,177 @@ async fn scale_in_and_replacement_by_sigterm_run_every_activity_exactly_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A gateway process on `endpoint`, open (no authentication, no rate limit), with `extra`
+/// variables; its API port.
+async fn gateway(endpoint: &str, extra: &[(&str, String)]) -> (tokio::process::Child, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let mut env = vec![
+        ("ENDPOINT", endpoint.to_string()),
+        ("GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
+        ("GATEWAY__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+        ("GATEWAY__DRAIN_DELAY_SECONDS", "0".into()),
+        ("GATEWAY__AUTH", "none".into()),
+        ("GATEWAY__RATE_LIMIT_PER_SECOND", "0".into()),
+    ];
+    env.extend(extra.iter().cloned());
+    let child = test_support::process::spawn("gateway", &env, port).await;
+    (child, port)
+}
+
+async fn start_over_http(port: u16, name: &str, delay: u64) -> String {
+    let body = json!({"name": name, "delay_seconds": delay}).to_string();
+    let (status, _, text) = test_support::http::request(
+        port,
+        "POST",
+        "/api/process",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// Long-polls the gateway's status until the operation ends; its final status document.
+async fn until_done(port: u16, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, _, text) =
+            test_support::http::request(port, "GET", &format!("/api/status/{id}?wait=10"), &[], "")
+                .await;
+        assert_eq!(status, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        if ["Succeeded", "Failed", "Canceled"].contains(&v["status"].as_str().unwrap_or("")) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id} did not finish: {v}");
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// An activity that panics fails its operation with the panic's message; the worker process
+/// lives on and serves the next operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_that_panics_fails_its_operation_and_the_worker_keeps_serving() {
+    let dir = temp_dir("fleet-panic");
+    let (_scheduler, endpoint) = test_support::process::local_scheduler(&[]).await;
+    let mut fleet = Fleet::new(&dir, &endpoint, &[]);
+    fleet.start_program("w1", "test-worker", &[]).await;
+    fleet.wait_ready("w1").await;
+    let pid = fleet.worker("w1").child.id();
+    let (_gw, port) = gateway(&endpoint, &[]).await;
+
+    let failed = until_done(port, &start_over_http(port, "panic", 0).await).await;
+    assert_eq!(failed["status"], "Failed", "{failed}");
+    let error = failed["error"].to_string();
+    assert!(
+        error.contains("panicked on purpose"),
+        "the operation's error says what happened: {failed}"
+    );
+    assert!(!fleet.has_exited("w1"), "the worker survived the panic");
+
+    let ok = until_done(port, &start_over_http(port, "after the panic", 0).await).await;
+    assert_eq!(ok["status"], "Succeeded", "{ok}");
+    assert_eq!(
+        fleet.worker("w1").child.id(),
+        pid,
+        "the same process served it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A work item that kills its worker every time (here the activity aborts the process, as an
+/// out-of-memory kill would) is dispatched `max_dispatches` times, each to a restarted worker,
+/// then fails its operation with a reason naming the count; it is not dispatched again, and the
+/// scheduler counts and logs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_item_that_kills_its_worker_fails_after_max_dispatches_not_in_a_loop() {
+    let dir = temp_dir("fleet-poison");
+    let (port_s, admin_s) = (free_port(), free_port());
+    let scheduler_log = dir.join("scheduler.log");
+    let mut scheduler =
+        tokio::process::Command::new(test_support::process::binary("local-scheduler"));
+    scheduler
+        .env("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port_s}"))
+        .env(
+            "LOCAL_SCHEDULER__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin_s}"),
+        )
+        .env("LOCAL_SCHEDULER__STORE", "sqlite")
+        .env("LOCAL_SCHEDULER__SQLITE_PATH", dir.join("state.db"))
+        .env("LOCAL_SCHEDULER__MAX_DISPATCHES", "3")
+        .env("LOCAL_SCHEDULER__LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&scheduler_log).expect("log"))
+        .kill_on_drop(true);
+    let _scheduler = scheduler.spawn().expect("spawn scheduler");
+    test_support::net::wait_port(port_s).await;
+    let endpoint = format!("http://127.0.0.1:{port_s}");
+    let (_gw, port) = gateway(&endpoint, &[]).await;
+    let mut fleet = Fleet::new(&dir, &endpoint, &[]);
+    fleet.start_program("w1", "test-worker", &[]).await;
+    fleet.wait_ready("w1").await;
+
+    let id = start_over_http(port, "abort", 0).await;
+    // Kubernetes restarts a crashed pod; so does this loop, until the operation has ended.
+    let mut restarts = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, _, text) =
+            test_support::http::request(port, "GET", &format!("/api/status/{id}"), &[], "").await;
+        let v: Value = serde_json::from_str(&text).expect("json");
+        if v["status"] == "Failed" || v["status"] == "Succeeded" {
+            break v;
+        }
+        if fleet.has_exited("w1") {
+            fleet.forget("w1");
+            restarts += 1;
+            fleet.start_program("w1", "test-worker", &[]).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ended: {v} after {restarts} restarts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["status"], "Failed", "{done}");
+    let error = done["error"].to_string();
+    assert!(
+        error.contains("dispatched 3 times") && error.contains("max_dispatches"),
+        "the reason names the count and the setting: {done}"
+    );
+    eprintln!("the poison operation's status: {done}");
+
+    // Not in a loop: three runs (three dead workers), and nothing after the failure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs = fleet.activity_runs();
+    assert_eq!(runs.get(&id).map(Vec::len), Some(3), "{runs:?}");
+    assert_eq!(restarts, 3, "each dispatch killed a worker");
+    if fleet.has_exited("w1") {
+        panic!("a fourth dispatch killed the restarted worker");
+    }
+    let ok = until_done(port, &start_over_http(port, "healthy", 0).await).await;
+    assert_eq!(ok["status"], "Succeeded", "the fleet serves on: {ok}");
+
+    let m = scheduler_metrics(admin_s).await;
+    assert_eq!(
+        exposition::value(&m, "dts_local_poison_work_items_total{kind=\"activity\"}"),
+        1.0
+    );
+    let log = std::fs::read_to_string(&scheduler_log).expect("scheduler log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("poison work item") && l.contains(&id)),
+        "the scheduler logs it:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

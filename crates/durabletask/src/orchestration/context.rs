@@ -322,7 +322,9 @@ impl OrchestrationContext {
         self.state.borrow_mut().custom_status = None;
     }
 
-    /// Schedules an activity. The task is recorded now; `.await` it for the result.
+    /// Schedules an activity. The task is recorded now; `.await` it for the result. It carries
+    /// the orchestration's version, so a worker that takes only its versions (work-item filters)
+    /// runs the activities of the orchestrations it runs.
     pub fn call_activity<I: Serialize + ?Sized, O: DeserializeOwned>(
         &self,
         name: &str,
@@ -339,10 +341,11 @@ impl OrchestrationContext {
     ) -> DurableTask<O> {
         let mut st = self.state.borrow_mut();
         let parent_trace_context = st.child_trace();
+        let version = st.version.clone();
         let (_, slot) = st.emit(
             pb::orchestrator_action::OrchestratorActionType::ScheduleTask(pb::ScheduleTaskAction {
                 name: name.to_string(),
-                version: None,
+                version,
                 input,
                 tags: HashMap::new(),
                 parent_trace_context,
@@ -382,7 +385,8 @@ impl OrchestrationContext {
         self.call_sub_orchestrator_raw(name, serde_json::to_string(input).ok(), instance_id, None)
     }
 
-    /// [`Self::call_sub_orchestrator`] with explicit version and a pre-serialized input.
+    /// [`Self::call_sub_orchestrator`] with explicit version and a pre-serialized input. Without
+    /// a version the child runs at this orchestration's version (its code is pinned with it).
     pub fn call_sub_orchestrator_raw<O: DeserializeOwned>(
         &self,
         name: &str,
@@ -396,12 +400,13 @@ impl OrchestrationContext {
         let child_id = instance_id
             .map(str::to_string)
             .unwrap_or_else(|| format!("{}:{:04x}", st.instance_id, id));
+        let version = version.map(str::to_string).or_else(|| st.version.clone());
         let (_, slot) = st.emit(
             pb::orchestrator_action::OrchestratorActionType::CreateSubOrchestration(
                 pb::CreateSubOrchestrationAction {
                     instance_id: child_id,
                     name: name.to_string(),
-                    version: version.map(str::to_string),
+                    version,
                     input,
                     parent_trace_context,
                     tags: HashMap::new(),

@@ -48,6 +48,11 @@ pub struct WorkerOptions {
     pub drain_timeout: Duration,
     /// Ask the scheduler for registered names only (`workItemFilters`).
     pub use_work_item_filters: bool,
+    /// The orchestration versions this worker's code replays. `Some`: it asks only for work of
+    /// these versions (work-item filters on every registered name; `""` is an unversioned
+    /// instance), so workers of several code versions share a task hub during a rollout and each
+    /// instance runs on the code that started it. `None`: any version.
+    pub versions: Option<Vec<String>>,
     /// Sent as `workerid`; `<host>,<pid>,<uuid>` when `None`.
     pub worker_id: Option<String>,
     /// Told about every work item, stream state change and finished orchestration (metrics).
@@ -133,6 +138,7 @@ impl Default for WorkerOptions {
             max_reconnect_delay: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             use_work_item_filters: false,
+            versions: None,
             worker_id: None,
             observer: None,
         }
@@ -350,29 +356,31 @@ impl Worker {
 
     fn work_items_request(&self) -> pb::GetWorkItemsRequest {
         let as_i32 = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-        let filters = self
-            .options
-            .use_work_item_filters
-            .then(|| pb::WorkItemFilters {
-                orchestrations: self
-                    .shared
-                    .registry
-                    .orchestrator_names()
-                    .map(|n| pb::OrchestrationFilter {
-                        name: n.to_string(),
-                        versions: vec![],
-                    })
-                    .collect(),
-                activities: self
-                    .shared
-                    .registry
-                    .activity_names()
-                    .map(|n| pb::ActivityFilter {
-                        name: n.to_string(),
-                        versions: vec![],
-                    })
-                    .collect(),
-                entities: vec![],
+        let versions = self.options.versions.clone().unwrap_or_default();
+        let filters =
+            (self.options.use_work_item_filters || self.options.versions.is_some()).then(|| {
+                pb::WorkItemFilters {
+                    orchestrations: self
+                        .shared
+                        .registry
+                        .orchestrator_names()
+                        .map(|n| pb::OrchestrationFilter {
+                            name: n.to_string(),
+                            versions: versions.clone(),
+                        })
+                        .collect(),
+                    // Activities carry the version of the orchestration that scheduled them.
+                    activities: self
+                        .shared
+                        .registry
+                        .activity_names()
+                        .map(|n| pb::ActivityFilter {
+                            name: n.to_string(),
+                            versions: versions.clone(),
+                        })
+                        .collect(),
+                    entities: vec![],
+                }
             });
         pb::GetWorkItemsRequest {
             max_concurrent_orchestration_work_items: as_i32(
@@ -557,6 +565,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
             .as_ref()
             .and_then(TraceContext::from_proto),
         cancellation: shared.abort.child_token(),
+        dispatch_count: u32::try_from(req.dispatch_count).unwrap_or(0).max(1),
     };
     let since = shared.started(WorkItemKind::Activity, &req.name);
     let trace = crate::otel::trace_id_of(req.parent_trace_context.as_ref());

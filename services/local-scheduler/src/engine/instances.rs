@@ -120,6 +120,7 @@ mod tests {
                 tags: Default::default(),
                 parent: None,
                 trace: None,
+                lost_dispatches: 0,
             },
             history: Vec::new(),
             inbox: Default::default(),

@@ -22,6 +22,7 @@ mod latency;
 mod timers;
 mod validate;
 
+pub use dispatch::{Poisoned, Released};
 pub use filter::StreamFilter;
 use instances::Instances;
 use latency::exemplar;
@@ -164,6 +165,9 @@ pub struct Limits {
     pub max_backlog: usize,
     /// How long finished instances are kept, by outcome, before they are purged automatically.
     pub retention: Retention,
+    /// A work item whose worker was lost this many times while it held it fails instead of being
+    /// dispatched again (a poison input that crashes every worker). 0: no limit.
+    pub max_dispatches: u32,
 }
 
 /// Automatic purge of finished instances, as DTS's retention policies.
@@ -415,6 +419,7 @@ impl Engine {
             tags: spec.tags,
             parent: spec.parent.map(Box::new),
             trace: None,
+            lost_dispatches: 0,
         };
         if let Some(h) = self.hubs.get_mut(hub) {
             h.instances.insert(Box::new(Instance {

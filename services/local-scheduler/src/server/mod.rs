@@ -46,6 +46,9 @@ pub struct Counters {
     pub activities_completed: AtomicU64,
     pub abandoned: AtomicU64,
     pub redelivered: AtomicU64,
+    /// Work items failed as poison (their workers kept being lost), by kind.
+    pub poisoned_orchestrations: AtomicU64,
+    pub poisoned_activities: AtomicU64,
     pub store_errors: AtomicU64,
     pub long_poll_wakeups: AtomicU64,
 }

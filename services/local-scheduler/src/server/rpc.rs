@@ -253,21 +253,38 @@ impl pb::TaskHubSidecarService for Service {
             };
             dispatch_loop(&shared, &hub, stream_id, limits, &filter, &draining, tx).await;
             shared.close_stream(stream_id);
-            let released = shared.with_engine(|e| {
-                let n = e.release_stream(stream_id);
-                e.forget_stream(stream_id);
-                Ok::<_, EngineError>(n)
-            });
-            let released = released.unwrap_or(0);
-            if released > 0 {
-                shared
-                    .counters
-                    .redelivered
-                    .fetch_add(released as u64, Ordering::Relaxed);
+            // The worker went away while holding these (not our own shutdown): lost dispatches.
+            let lost = !shared.shutdown.is_cancelled();
+            let released = shared
+                .with_engine(|e| {
+                    let r = e.release_stream(stream_id, lost);
+                    e.forget_stream(stream_id);
+                    Ok::<_, EngineError>(r)
+                })
+                .unwrap_or_default();
+            shared
+                .counters
+                .redelivered
+                .fetch_add(released.requeued as u64, Ordering::Relaxed);
+            for p in &released.poisoned {
+                match p.kind {
+                    "orchestration" => &shared.counters.poisoned_orchestrations,
+                    _ => &shared.counters.poisoned_activities,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    kind = p.kind,
+                    name = %p.name,
+                    instance_id = %p.instance_id,
+                    dispatches = p.dispatches,
+                    "poison work item: its worker was lost {} times while running it; failed instead of dispatched again (max_dispatches)",
+                    p.dispatches
+                );
             }
             tracing::info!(
                 stream_id,
-                released,
+                requeued = released.requeued,
+                poisoned = released.poisoned.len(),
                 "worker disconnected; its in-flight work items are queued again"
             );
         });

@@ -176,6 +176,8 @@ pub(super) fn plan_episode(
 ) -> EpisodeOutcome {
     let instance_id = instance_id.to_string();
     inst.lease = None;
+    // A worker answered: the episode is not poison.
+    inst.row.lost_dispatches = 0;
     let dispatched = std::mem::take(&mut inst.dispatched);
     for e in &dispatched {
         match &e.event_type {
@@ -236,6 +238,7 @@ pub(super) fn plan_episode(
                     task_id: id,
                     parent_trace_context: s.parent_trace_context,
                     tags: s.tags,
+                    dispatch_count: 0,
                 });
             }
             Action::CreateTimer(t) => {

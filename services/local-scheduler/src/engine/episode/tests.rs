@@ -28,6 +28,7 @@ fn leased(id: &str, past: Vec<pb::HistoryEvent>, new: Vec<pb::HistoryEvent>) -> 
             tags: HashMap::new(),
             parent: None,
             trace: None,
+            lost_dispatches: 0,
         },
         history: past,
         inbox: VecDeque::new(),
