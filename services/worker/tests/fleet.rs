@@ -361,3 +361,197 @@ async fn a_work_item_that_kills_its_worker_fails_after_max_dispatches_not_in_a_l
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `worker versions --free <v>` (the product's binary) against `endpoint`: its exit code and
+/// what it printed.
+async fn versions_free(endpoint: &str, version: &str) -> (i32, String) {
+    let out = tokio::process::Command::new(test_support::process::binary("worker"))
+        .args(["versions", "--free", version])
+        .env("ENDPOINT", endpoint)
+        .env("TASKHUB", "default")
+        .output()
+        .await
+        .expect("worker versions");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// Waits until every id shows `stage` in its custom status (its first episode has run).
+async fn until_stage(port: u16, ids: &[String], code: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in ids {
+        loop {
+            let (_, _, text) =
+                test_support::http::request(port, "GET", &format!("/api/status/{id}"), &[], "")
+                    .await;
+            let v: Value = serde_json::from_str(&text).expect("json");
+            if v["custom_status"]["code"] == code {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached its timer: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The hazard a versioned rollout avoids: code 2 picking up an operation that code 1 started
+/// (its durable timer waiting) replays code 1's history and fails with a non-determinism error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinned_new_code_fails_an_operation_old_code_started() {
+    let dir = temp_dir("fleet-unpinned");
+    let (_scheduler, endpoint) = test_support::process::local_scheduler(&[]).await;
+    let (_gw, port) = gateway(&endpoint, &[]).await;
+    let mut fleet = Fleet::new(&dir, &endpoint, &[]);
+    fleet
+        .start_program("old", "test-worker", &[("TEST_WORKER_CODE", "1")])
+        .await;
+    fleet.wait_ready("old").await;
+    let id = start_over_http(port, "pinned", 2).await;
+    until_stage(port, std::slice::from_ref(&id), 1).await;
+    fleet.signal("old", "TERM");
+    assert!(
+        fleet
+            .wait_exit("old", Duration::from_secs(30))
+            .await
+            .success()
+    );
+    fleet
+        .start_program("new", "test-worker", &[("TEST_WORKER_CODE", "2")])
+        .await;
+    let done = until_done(port, &id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    assert!(
+        done["error"].to_string().contains("NonDeterminism"),
+        "{done}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A rollout from code 1 to code 2 with 100 operations in flight, their durable timers waiting
+/// across it: version-2 workers start beside the version-1 ones, the gateway is replaced by one
+/// that starts at version 2, and the old fleet shrinks to one worker. Every version-1 operation
+/// finishes on code 1, every new one runs on code 2, nothing fails; `worker versions --free 1`
+/// says when the last version-1 worker can go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_keeps_every_operation_on_the_code_that_started_it() {
+    let dir = temp_dir("fleet-rollout");
+    let (port_s, admin_s) = (free_port(), free_port());
+    let _scheduler = test_support::process::spawn(
+        "local-scheduler",
+        &[
+            ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{port_s}")),
+            (
+                "LOCAL_SCHEDULER__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin_s}"),
+            ),
+            ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
+            (
+                "LOCAL_SCHEDULER__SQLITE_PATH",
+                dir.join("state.db").display().to_string(),
+            ),
+        ],
+        port_s,
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{port_s}");
+    let v1: [(&str, &str); 2] = [
+        ("TEST_WORKER_CODE", "1"),
+        ("WORKER__ORCHESTRATION_VERSION", "1"),
+    ];
+    let v2: [(&str, &str); 2] = [
+        ("TEST_WORKER_CODE", "2"),
+        ("WORKER__ORCHESTRATION_VERSION", "2"),
+    ];
+    let mut fleet = Fleet::new(&dir, &endpoint, &[]);
+    for name in ["v1a", "v1b"] {
+        fleet.start_program(name, "test-worker", &v1).await;
+        fleet.wait_ready(name).await;
+    }
+    let (mut g1, port1) =
+        gateway(&endpoint, &[("GATEWAY__ORCHESTRATION_VERSION", "1".into())]).await;
+    let mut old_ids = Vec::new();
+    for i in 0..100 {
+        old_ids.push(start_over_http(port1, &format!("old-{i}"), 4 + (i % 5)).await);
+    }
+    until_stage(port1, &old_ids, 1).await;
+    let (code, text) = versions_free(&endpoint, "1").await;
+    assert_eq!(
+        code, 1,
+        "version 1 is pinned while its operations wait:\n{text}"
+    );
+
+    // The rollout: new code beside the old, the gateway replaced, the old fleet scaled to one.
+    for name in ["v2a", "v2b"] {
+        fleet.start_program(name, "test-worker", &v2).await;
+        fleet.wait_ready(name).await;
+    }
+    let (_g2, port2) = gateway(&endpoint, &[("GATEWAY__ORCHESTRATION_VERSION", "2".into())]).await;
+    let pid = g1.id().expect("pid").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(30), g1.wait()).await;
+    fleet.signal("v1b", "TERM");
+    assert!(
+        fleet
+            .wait_exit("v1b", Duration::from_secs(30))
+            .await
+            .success()
+    );
+    let mut new_ids = Vec::new();
+    for i in 0..50 {
+        new_ids.push(start_over_http(port2, &format!("new-{i}"), 1).await);
+    }
+
+    for (ids, code) in [(&old_ids, "code-1"), (&new_ids, "code-2")] {
+        for id in ids {
+            let done = until_done(port2, id).await;
+            assert_eq!(done["status"], "Succeeded", "{done}");
+            let (_, _, text) =
+                test_support::http::request(port2, "GET", &format!("/api/result/{id}"), &[], "")
+                    .await;
+            let result: Value = serde_json::from_str(&text).expect("json");
+            assert!(
+                result["worker"].as_str().is_some_and(|w| w.ends_with(code)),
+                "{id} should have run on {code}: {result}"
+            );
+        }
+    }
+    let c = client(&endpoint).await;
+    for (id, version) in [(&old_ids[0], "1"), (&new_ids[0], "2")] {
+        let m = c
+            .get_instance(id, false)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(m.version.as_deref(), Some(version), "{id}");
+    }
+    let (code, text) = versions_free(&endpoint, "1").await;
+    assert_eq!(code, 0, "no operation pins version 1 any more:\n{text}");
+    fleet.signal("v1a", "TERM");
+    assert!(
+        fleet
+            .wait_exit("v1a", Duration::from_secs(30))
+            .await
+            .success()
+    );
+    let runs = fleet.activity_runs();
+    assert_eq!(runs.len(), 150);
+    assert!(repeated(&runs).is_empty(), "{:?}", repeated(&runs));
+    let m = scheduler_metrics(admin_s).await;
+    assert_eq!(
+        exposition::value(&m, "dts_local_instances{status=\"FAILED\"}"),
+        0.0,
+        "no non-determinism failure, nothing failed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
