@@ -129,7 +129,7 @@ manifests: tools ## Render k8s/async-http-api.yaml and k8s/monitoring/async-http
 build: ## Build everything (debug)
 	cargo build --workspace --all-targets --locked
 
-test: deps venv ## Run every test (unit, replay, fake-server, Python interop)
+test: deps venv tools ## Run every test (unit, replay, fake-server, Python interop)
 	cargo test --workspace --all-targets --locked
 	cargo test --workspace --doc --locked
 	$(MAKE) --no-print-directory chart-check

@@ -193,3 +193,24 @@ abandon activities still allowed to run and another worker would run them again.
 {{- .Values.worker.drainTimeoutSeconds -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The demand on the workers, in activity slots: activities running on the current code's
+workers plus (with the local scheduler) activities waiting. One PromQL selector over both
+metrics, so it needs no scheduler metric: against Azure DTS, which exports no backlog, it is the
+workers' own load, and a saturated fleet still asks for more. `matchers` are extra label
+matchers (the namespace here; prometheus-adapter's <<.LabelMatchers>> there). */}}
+{{- define "aha.workerDemandSelector" -}}
+{__name__=~"worker_work_items_in_flight|dts_local_backlog_work_items",kind="activity",job=~"worker|local-scheduler",{{ .matchers }}}
+{{- end -}}
+
+{{- /* The target demand per worker replica: the worker's activity slots times the target
+utilization, unless set. */}}
+{{- define "aha.workerDemandThreshold" -}}
+{{- $k := .Values.worker.keda -}}
+{{- if not (kindIs "invalid" $k.threshold) -}}
+{{- $k.threshold -}}
+{{- else -}}
+{{- $slots := ternary 100 .Values.worker.maxConcurrentActivities (kindIs "invalid" .Values.worker.maxConcurrentActivities) | int -}}
+{{- max 1 (div (mul $slots (int $k.targetUtilizationPercent)) 100) -}}
+{{- end -}}
+{{- end -}}

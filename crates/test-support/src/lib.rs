@@ -6,6 +6,7 @@
 //! - [`http`]: raw HTTP/1.1 requests with every header under the test's control.
 //! - [`net`]: free ports and waiting for a listener.
 //! - [`process`]: the workspace's binaries.
+//! - [`prometheus`]: a real Prometheus scraping real processes, and PromQL against it.
 //! - [`python`]: the official Python SDK as an independent peer (the project's `.venv`).
 //! - [`exposition`]: reading a `/metrics` page.
 //! - [`scenarios`]: orchestration scenarios run against every server we test.
@@ -20,6 +21,7 @@ pub mod http;
 pub mod net;
 pub mod oidc;
 pub mod process;
+pub mod prometheus;
 pub mod python;
 pub mod readme;
 pub mod scenarios;

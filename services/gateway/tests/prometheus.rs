@@ -3,72 +3,22 @@
 //! expression of the dashboard and of the alert rules must be valid and return data, the rules
 //! must load in the server, and `promtool` must accept the rules and every `/metrics` page.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use durabletask::{Client, Connection, ConnectionOptions, StartOptions};
 use serde_json::{Value, json};
+use test_support::prometheus::{Job, Prometheus, encode, get_json, get_text, query, tool};
 use tokio::process::Command;
 
 mod common;
 use common::*;
 
-fn tool(name: &str, env: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is needed: `apt-get install prometheus` (.ci/run does), or set {env}")
-        })
-}
-
 fn chart_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../charts/async-http-api/files")
         .join(name)
-}
-
-/// HTTP/1.0 GET, JSON body.
-async fn get_json(port: u16, path: &str) -> Value {
-    serde_json::from_str(&get_text(port, path).await).unwrap_or(Value::Null)
-}
-
-/// HTTP/1.0 GET (so the answer is never chunked), the body.
-async fn get_text(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    text.split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string())
-}
-
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Evaluates `expr` now; returns the API answer.
-async fn query(port: u16, expr: &str) -> Value {
-    get_json(port, &format!("/api/v1/query?query={}", encode(expr))).await
 }
 
 /// Polls until `expr` returns at least one series (rates need a few scrapes).
@@ -156,23 +106,6 @@ async fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     )
 }
 
-fn write_config(dir: &Path, targets: &[(&str, Vec<u16>)], rules: &Path) -> PathBuf {
-    let mut cfg = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
-        rules.display()
-    );
-    for (job, ports) in targets {
-        let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-        cfg.push_str(&format!(
-            "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
-            list.join(", ")
-        ));
-    }
-    let path = dir.join("prometheus.yml");
-    std::fs::write(&path, cfg).expect("write config");
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_returns_data() {
     let rules_file = chart_file("alerts.rules.yaml");
@@ -232,49 +165,22 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
 
     let dir = std::env::temp_dir().join(format!("prom-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let config = write_config(
+    let job = |name, ports| Job {
+        name,
+        ports,
+        labels: vec![],
+    };
+    let prometheus = Prometheus::start(
         &dir,
         &[
-            ("gateway", vec![gw_admin]),
-            ("worker", worker_ports.clone()),
-            ("local-scheduler", vec![sched_admin]),
+            job("gateway", vec![gw_admin]),
+            job("worker", worker_ports.clone()),
+            job("local-scheduler", vec![sched_admin]),
         ],
-        &rules_file,
-    );
-    let prom_port = free_port();
-    let _prometheus = Command::new(tool("prometheus", "PROMETHEUS"))
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .arg("--enable-feature=exemplar-storage")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start prometheus");
-    wait_port(prom_port).await;
-
-    // Every target is up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = query(prom_port, "sum(up)").await;
-        let up = v["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if up == 4.0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            let targets = get_json(prom_port, "/api/v1/targets").await;
-            panic!("targets not all up: {v}\n{targets}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        Some(&rules_file),
+    )
+    .await;
+    let prom_port = prometheus.port;
 
     // Traffic: successes, an idempotent repeat, a cancel, unknown ids, and failing operations.
     // Spread over a few scrapes, so that rates see the counters move.
@@ -370,7 +276,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     // The alert rules: loaded and healthy in the server, every expression valid, every signal
     // with data (the failure ratio too: operations failed above).
     let exprs = rule_exprs(&std::fs::read_to_string(&rules_file).expect("rules"));
-    assert_eq!(exprs.len(), 5, "{exprs:?}");
+    assert_eq!(exprs.len(), 8, "{exprs:?}");
     for expr in &exprs {
         let v = query(prom_port, expr).await;
         assert_eq!(v["status"], "success", "{expr}: {v}");
@@ -391,7 +297,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
         .iter()
         .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
         .collect();
-    assert_eq!(loaded.len(), 5, "{rules}");
+    assert_eq!(loaded.len(), 8, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }
