@@ -145,12 +145,13 @@ fmt-check:
 lint: ## Clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: venv ## Benchmarks: replay, worker and scheduler throughput, gateway vs the sample's FastAPI client, the dashboard's list page
+bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker fleet under chaos, gateway vs the sample's FastAPI client, the dashboard's list page
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
 	cargo bench -p local-scheduler --bench scheduler_state
 	cargo build --release --locked -p local-scheduler -p worker
+	cargo bench -p worker --bench fleet_chaos
 	cargo bench -p gateway --bench gateway_throughput
 	cargo bench -p gateway --bench status_streams
 	cargo bench -p dashboard --bench dashboard_list
