@@ -56,8 +56,8 @@ impl Fleet {
         self.start_program(name, "worker", env).await;
     }
 
-    /// Starts `program` (a workspace binary that reads the worker's variables: `worker`, or
-    /// `test-worker` for code the product must not have) as worker `name`.
+    /// Starts `program` (a workspace binary that reads the worker's variables: `worker`, or the
+    /// example `test-worker` for code the product must not have) as worker `name`.
     pub async fn start_program(&mut self, name: &str, program: &str, env: &[(&str, &str)]) {
         let admin = crate::net::free_port();
         let log = self.dir.join(format!("{name}.{}.log", self.logs.len()));

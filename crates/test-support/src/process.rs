@@ -2,21 +2,25 @@
 
 use std::path::PathBuf;
 
-/// `target/<profile>/<name>`: a workspace binary next to the running test or bench (cargo
-/// builds every binary of the workspace before `cargo test --workspace` runs the tests).
+/// `target/<profile>/<name>`: a workspace binary next to the running test or bench (cargo builds
+/// the binaries of every package with integration tests before `cargo test --workspace` runs
+/// them; test-support's own `tests/` make it build `test-worker` and `service-proxy`).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
+    let bin = binary_dir().join(name);
     assert!(
         bin.exists(),
         "{} is missing: build the workspace (`cargo test --workspace` does; for benches, `make bench` builds release binaries)",
         bin.display()
     );
     bin
+}
+
+fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Peak and current resident set size of a process, in MiB.
