@@ -131,10 +131,14 @@ async fn run() -> anyhow::Result<()> {
                 }
             }),
         );
-    let admin_stop = shutdown.clone();
+    // The admin listener outlives the drain (which may take as long as the longest activity):
+    // /metrics shows it (worker_draining, what is still in flight) and /healthz stays 200, so
+    // no liveness probe kills a worker that is finishing its work; /readyz is 503 meanwhile.
+    let admin_stop = CancellationToken::new();
+    let admin_stopped = admin_stop.clone();
     let admin_task = tokio::spawn(async move {
         axum::serve(listener, admin)
-            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+            .with_graceful_shutdown(async move { admin_stopped.cancelled().await })
             .await
     });
     let signal = shutdown.clone();
@@ -145,7 +149,7 @@ async fn run() -> anyhow::Result<()> {
     });
     tracing::info!(%admin_addr, orchestration_version = settings.orchestration_version.as_deref().unwrap_or(""), "worker running");
     worker.run(shutdown.clone()).await?;
-    shutdown.cancel();
+    admin_stop.cancel();
     let _ = admin_task.await;
     conn.close();
     tracing::info!("stopped");
