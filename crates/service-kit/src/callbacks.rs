@@ -174,10 +174,29 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// IPv4 written as IPv6 (`::ffff:127.0.0.1`) is the IPv4 address.
+/// The IPv4 address an IPv6 address stands for, where a translation mechanism routes it to one:
+/// IPv4-mapped (`::ffff:a.b.c.d`) and -compatible (`::a.b.c.d`), the NAT64 well-known prefix
+/// (`64:ff9b::/96`, RFC 6052) and 6to4 (`2002::/16`, RFC 3056). A callback to one of these
+/// reaches that IPv4 address, so it is judged as that address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = ip.to_ipv4() {
+        return Some(v4);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    None
+}
+
+/// IPv4 written as IPv6 (mapped, compatible, NAT64, 6to4) is the IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -209,14 +228,28 @@ fn public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let s = ip.segments();
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link-local
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
-        || ip.to_ipv4().is_some_and(|v4| !public_v4(v4)))
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside some sites)
+        || s[..4] == [0x0100, 0, 0, 0] // discard-only
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64: local-use 64:ff9b:1::/48 (the /96 is judged by its IPv4)
+        || (s[0] == 0x2001 && s[1] < 0x0200) // IETF protocol assignments: Teredo (its IPv4 is obfuscated), ORCHID, benchmarking
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] & 0xfff0) == 0x3ff0 // documentation (3fff::/20)
+        || isatap_v4(ip).is_some_and(|v4| !public_v4(v4))
+        || embedded_v4(ip).is_some_and(|v4| !public_v4(v4)))
+}
+
+/// ISATAP (RFC 5214) carries an IPv4 address in the interface id, `[02]00:5efe:a.b.c.d`: a
+/// router of the site delivers to that IPv4 address.
+fn isatap_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    ((s[4] & 0xfcff) == 0 && s[5] == 0x5efe)
+        .then(|| Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7])))
 }
 
 /// Signs deliveries as the Standard Webhooks specification says: `webhook-signature` is
@@ -300,6 +333,27 @@ mod tests {
             assert!(p.check_url(refused).is_err(), "{refused} accepted");
         }
         assert!(p.check_url("https://93.184.215.14/hook").is_ok());
+        // IPv6 that reaches IPv4: judged by the IPv4 address, or refused.
+        for refused in [
+            "https://[64:ff9b::7f00:1]/",                      // NAT64 of 127.0.0.1
+            "https://[64:ff9b::a9fe:a9fe]/",                   // NAT64 of the metadata address
+            "https://[64:ff9b::a00:1]/",                       // NAT64 of 10.0.0.1
+            "https://[64:ff9b:1::808:808]/",                   // local-use NAT64
+            "https://[2002:7f00:1::1]/",                       // 6to4 of 127.0.0.1
+            "https://[2002:a9fe:a9fe::]/",                     // 6to4 of 169.254.169.254
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", // Teredo
+            "https://[::127.0.0.1]/",                          // IPv4-compatible
+            "https://[fec0::1]/",                              // site-local
+            "https://[100::1]/",                               // discard-only
+            "https://[2001:2::1]/",                            // benchmarking
+            "https://[3fff::1]/",                              // documentation
+            "https://[2606:4700::5efe:a9fe:a9fe]/",            // ISATAP with the metadata address
+        ] {
+            assert!(p.check_url(refused).is_err(), "{refused} accepted");
+        }
+        for public in ["https://[64:ff9b::808:808]/", "https://[2002:808:808::1]/"] {
+            assert!(p.check_url(public).is_ok(), "{public} refused");
+        }
         assert!(
             p.check_url("https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/")
                 .is_ok()

@@ -67,6 +67,11 @@ pub struct Settings {
     pub rate_limit_per_second: u32,
     /// Requests a caller may make at once above the rate.
     pub rate_limit_burst: u32,
+    /// Refused authentications (no credentials, or credentials that do not hold) per second per
+    /// client address; past it (and `auth_failures_burst`) the address gets `429` with
+    /// `Retry-After`, before any check, until it is back under the rate. 0: no limit.
+    pub auth_failures_per_second: u32,
+    pub auth_failures_burst: u32,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
     pub log_format: String,
     /// How callers authenticate: `jwt`, `api_key`, `jwt,api_key`, or `none` (anyone may do
@@ -138,6 +143,8 @@ impl Default for Settings {
             max_stream_seconds: 600,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
+            auth_failures_per_second: 10,
+            auth_failures_burst: 50,
             log_format: "auto".into(),
             auth: None,
             id_secret: None,
@@ -204,6 +211,12 @@ impl service_kit::settings::Validate for Settings {
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err(
                 "`rate_limit_burst` must be at least 1 when `rate_limit_per_second` is set".into(),
+            );
+        }
+        if self.auth_failures_per_second > 0 && self.auth_failures_burst == 0 {
+            return Err(
+                "`auth_failures_burst` must be at least 1 when `auth_failures_per_second` is set"
+                    .into(),
             );
         }
         if self.max_header_bytes < 1024 {
@@ -358,6 +371,8 @@ impl Settings {
             max_stream: Duration::from_secs(self.max_stream_seconds),
             rate_limit_per_second: self.rate_limit_per_second,
             rate_limit_burst: self.rate_limit_burst,
+            auth_failures_per_second: self.auth_failures_per_second,
+            auth_failures_burst: self.auth_failures_burst,
             auth_modes: self.auth_modes().unwrap_or_default(),
             // Validated at start-up; the defaults are valid.
             callback_policy: self.callback_policy().unwrap_or_else(|_| {
@@ -421,6 +436,9 @@ pub struct GatewayConfig {
     /// Per-caller requests per second (0: no limit) and burst.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Refused authentications per second (and burst) per client address; 0: no limit.
+    pub auth_failures_per_second: u32,
+    pub auth_failures_burst: u32,
     /// How callers authenticate (for the OpenAPI document); empty: not at all.
     pub auth_modes: Vec<AuthMode>,
     /// Where completion callbacks may go.

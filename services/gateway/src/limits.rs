@@ -107,10 +107,8 @@ pub(crate) async fn per_caller(
         .and_then(|c| c.owner.clone())
     {
         Some(owner) => owner,
-        None => request
-            .extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map_or_else(|| "anonymous".to_string(), |c| format!("ip:{}", c.0.ip())),
+        None => client_ip(&request, state.config.trust_forwarded)
+            .map_or_else(|| "anonymous".to_string(), |ip| format!("ip:{ip}")),
     };
     let rate = f64::from(state.config.rate_limit_per_second);
     let burst = state.config.rate_limit_burst;
@@ -149,6 +147,54 @@ pub(crate) async fn per_caller(
         headers.insert("ratelimit", v);
     }
     response
+}
+
+/// The client's address: the peer's, or behind a trusted proxy (`trust_forwarded`) the address
+/// the nearest proxy recorded, the last of `X-Forwarded-For` or the last `for=` of `Forwarded`
+/// (earlier entries come from the client and prove nothing).
+pub(crate) fn client_ip(request: &Request, trust_forwarded: bool) -> Option<std::net::IpAddr> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if !trust_forwarded {
+        return peer;
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .rev()
+            .find_map(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let forwarded = header("forwarded").and_then(|f| {
+        let last = f.rsplit(',').next()?;
+        let value = last.split(';').find_map(|p| {
+            p.trim()
+                .strip_prefix("for=")
+                .or(p.trim().strip_prefix("For="))
+        })?;
+        parse_node(value.trim_matches('"'))
+    });
+    let x_forwarded = || {
+        header("x-forwarded-for")
+            .and_then(|f| f.rsplit(',').next().and_then(|v| parse_node(v.trim())))
+    };
+    forwarded.or_else(x_forwarded).or(peer)
+}
+
+/// An address as proxies write it: `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]:4711`.
+fn parse_node(v: &str) -> Option<std::net::IpAddr> {
+    v.parse()
+        .ok()
+        .or_else(|| v.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            v.strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .and_then(|ip| ip.parse().ok())
+        })
 }
 
 /// `431` for a head over `max_header_bytes`; then the trace headers are made safe to keep.

@@ -57,8 +57,8 @@ async fn run() -> anyhow::Result<()> {
         Ids::new(s.id_secret.as_deref()),
     );
     let backlog = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
-    if state.rate_limiter.is_some() {
-        // Callers that stopped calling drop out of the limiter's table.
+    if state.rate_limiter.is_some() || state.auth_failures.is_some() {
+        // Callers that stopped calling drop out of the limiters' tables.
         let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -67,6 +67,9 @@ async fn run() -> anyhow::Result<()> {
                 if let Some(limiter) = &state.rate_limiter {
                     limiter.retain_recent();
                     limiter.shrink_to_fit();
+                }
+                if let Some(limiter) = &state.auth_failures {
+                    limiter.prune();
                 }
             }
         });

@@ -31,6 +31,8 @@ pub struct Shared {
     pub ids: Ids,
     /// Each caller's rate; `None` without a limit.
     pub rate_limiter: Option<crate::limits::CallerLimiter>,
+    /// Refused authentications per client address; `None` without a limit.
+    pub auth_failures: Option<crate::auth::FailureLimiter>,
 }
 
 impl AppState {
@@ -43,6 +45,10 @@ impl AppState {
         Self(Arc::new(Shared {
             client,
             rate_limiter: crate::limits::caller_limiter(&config),
+            auth_failures: crate::auth::FailureLimiter::new(
+                config.auth_failures_per_second,
+                config.auth_failures_burst,
+            ),
             long_polls: Arc::new(Semaphore::new(config.max_long_polls)),
             config,
             metrics: GatewayMetrics::default(),

@@ -492,3 +492,71 @@ async fn a_rotated_jwks_and_a_revoked_key_take_effect_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Refused credentials are limited per client address (behind a trusted proxy, the address it
+/// recorded, whatever the client wrote before it): past the burst an address gets `429` with
+/// `Retry-After` before any check, its valid credentials included, until it is back under the
+/// rate; other addresses are not affected. Before, every bad credential was checked and
+/// answered `401`, however many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_limited_per_client_address() {
+    let dir =
+        std::env::temp_dir().join(format!("auth-fail-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys_file = dir.join("api-keys.json");
+    std::fs::write(
+        &keys_file,
+        json!({"keys": [{"id": "batch", "name": "Batch", "role": "user", "sha256": sha256_hex("batch-key-0123456789abcdef")}]})
+            .to_string(),
+    )
+    .expect("keys file");
+    let (_scheduler, endpoint) = local_scheduler().await;
+    let (_gw, port, _) = gateway(
+        &endpoint,
+        &[
+            ("GATEWAY__AUTH", "api_key".into()),
+            ("GATEWAY__ID_SECRET", SECRET.into()),
+            ("GATEWAY__API_KEYS_FILE", keys_file.display().to_string()),
+            ("GATEWAY__AUTH_FAILURES_PER_SECOND", "1".into()),
+            ("GATEWAY__AUTH_FAILURES_BURST", "5".into()),
+            ("GATEWAY__TRUST_FORWARDED", "true".into()),
+        ],
+    )
+    .await;
+    let good = ("x-api-key", "batch-key-0123456789abcdef");
+    let bad = ("x-api-key", "guessed-key-0123456789abcdef");
+    // Client A, behind the proxy; it prepends a made-up address, which is not believed.
+    let a = ("x-forwarded-for", "203.0.113.77, 198.51.100.1");
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, headers, v) = call(port, "GET", "/api/operations", None, &[bad, a]).await;
+        if status == 429 {
+            assert_eq!(v["type"], "/problems/too-many-refused-credentials", "{v}");
+            assert!(hdr(&headers, "retry-after").is_some(), "{headers:?}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..5], [401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Its valid key waits too (nothing is checked for a blocked address) ...
+    let (status, ..) = call(port, "GET", "/api/operations", None, &[good, a]).await;
+    assert_eq!(status, 429);
+    // ... another client (its own address, and one that spoofs A's as the first entry) is not
+    // affected ...
+    for b in ["198.51.100.2", "198.51.100.1, 198.51.100.2"] {
+        let (status, _, v) = call(
+            port,
+            "GET",
+            "/api/operations",
+            None,
+            &[good, ("x-forwarded-for", b)],
+        )
+        .await;
+        assert_eq!(status, 200, "{b}: {v}");
+    }
+    // ... and A is let in again once under the rate.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _, v) = call(port, "GET", "/api/operations", None, &[good, a]).await;
+    assert_eq!(status, 200, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

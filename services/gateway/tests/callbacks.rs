@@ -439,6 +439,14 @@ async fn internal_addresses_and_unlisted_hosts_are_refused_at_start() {
         ("https://169.254.169.254/latest/meta-data/", "not public"),
         ("https://[::1]/hook", "not public"),
         ("https://[::ffff:169.254.169.254]/hook", "not public"),
+        // IPv6 transition ranges that route to an IPv4 address (NAT64, 6to4) or stay local.
+        ("https://[64:ff9b::a9fe:a9fe]/hook", "not public"),
+        ("https://[64:ff9b:1::a00:1]/hook", "not public"),
+        ("https://[2002:7f00:1::1]/hook", "not public"),
+        (
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
+            "not public",
+        ),
         ("http://93.184.215.14/hook", "must be https"),
         ("file:///etc/passwd", "scheme"),
         ("not a url", "not a URL"),

@@ -7,6 +7,7 @@
 //! prefix query and an id names its owner without a call to the scheduler. A caller who asks
 //! for an operation it does not own gets the same `404` as for one that does not exist.
 
+mod failures;
 mod jwt;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+pub use failures::FailureLimiter;
 pub use jwt::{JwtConfig, JwtVerifier};
 pub use service_kit::api_keys::{API_KEY_HEADER, ApiKeys, Role};
 
@@ -215,13 +217,51 @@ pub(crate) async fn require(
     mut request: Request,
     next: Next,
 ) -> Response {
+    let failures = state
+        .auth_failures
+        .as_ref()
+        .filter(|_| !state.auth.is_open());
+    let client = failures.and(crate::limits::client_ip(
+        &request,
+        state.config.trust_forwarded,
+    ));
+    if let (Some(limiter), Some(ip)) = (failures, client)
+        && let Some(wait) = limiter.blocked(ip)
+    {
+        return too_many_refusals(&state, wait);
+    }
     match state.auth.authenticate(request.headers()).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Err(refusal) => refused(&state, refusal),
+        Err(refusal) => {
+            // Credentials missing or not holding count against the address; a caller without
+            // the role, or an identity provider out of reach, do not.
+            let counted = matches!(refusal, Refusal::Missing | Refusal::Invalid(_));
+            if let (true, Some(limiter), Some(ip)) = (counted, failures, client)
+                && let Some(wait) = limiter.refused(ip)
+            {
+                return too_many_refusals(&state, wait);
+            }
+            refused(&state, refusal)
+        }
     }
+}
+
+fn too_many_refusals(state: &AppState, wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-refused-credentials",
+        "Too Many Requests",
+        format!(
+            "over {} refused credentials a second (burst {}) from this address; try again in {seconds} s",
+            state.config.auth_failures_per_second, state.config.auth_failures_burst
+        ),
+    )
+    .retry_after(seconds)
+    .into_response()
 }
 
 fn refused(state: &AppState, refusal: Refusal) -> Response {
