@@ -37,11 +37,15 @@ pub struct Shared {
     /// site's page cannot know it.
     form_token: String,
     counts: listing::CountCache,
+    /// The names a request may carry in `Host` (see `settings::Settings::allowed_hosts`).
+    hosts: Vec<String>,
 }
 
 impl DashState {
+    /// Answering to the loopback names only.
     pub fn new(client: Client, actions: bool, page_size: u32) -> Self {
-        Self::with_admin_keys(client, actions, page_size, None)
+        let hosts = settings::Settings::default().allowed_hosts();
+        Self::with_admin_keys(client, actions, page_size, None, hosts)
     }
 
     pub fn with_admin_keys(
@@ -49,6 +53,7 @@ impl DashState {
         actions: bool,
         page_size: u32,
         admin_keys: Option<Arc<ApiKeys>>,
+        hosts: Vec<String>,
     ) -> Self {
         Self(Arc::new(Shared {
             client,
@@ -57,6 +62,7 @@ impl DashState {
             page_size,
             form_token: uuid::Uuid::new_v4().simple().to_string(),
             counts: listing::CountCache::default(),
+            hosts,
         }))
     }
 }
@@ -80,9 +86,55 @@ pub fn app(state: DashState) -> Router {
             state.clone(),
             require_admin,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_own_name,
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// A `Host` (lower case) without its port: `localhost:8082` is `localhost`, `[::1]:8082` is
+/// `[::1]`.
+pub(crate) fn host_name(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if host.starts_with('[') {
+        return host
+            .split(']')
+            .next()
+            .map_or(host.clone(), |h| format!("{h}]"));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+        _ => host,
+    }
+}
+
+/// Only requests that name this dashboard (`Host`) get pages; others `421`. A page served under
+/// another name whose DNS points at this address (DNS rebinding) would otherwise be same-origin
+/// with it for the browser, and could read every tenant's payloads and, with actions on, act.
+async fn require_own_name(
+    State(state): State<DashState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .map(host_name);
+    match host {
+        Some(h) if state.hosts.contains(&h) => next.run(request).await,
+        other => page_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "This dashboard does not answer to the name '{}'. Open it as localhost (kubectl port-forward), or add the name to DASHBOARD__HOSTS.",
+                other.unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 /// With admin keys configured, every page (not `/healthz`) needs one: the browser's Basic

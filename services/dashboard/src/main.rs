@@ -47,6 +47,7 @@ async fn run() -> anyhow::Result<()> {
         s.actions_enabled(),
         s.page_size,
         admin_keys,
+        s.allowed_hosts(),
     );
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await

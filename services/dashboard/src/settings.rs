@@ -22,6 +22,10 @@ pub struct Settings {
     pub admin_keys_file: Option<String>,
     /// Instances per page of the list.
     pub page_size: u32,
+    /// Names the dashboard answers to besides `localhost`, `127.0.0.1`, `[::1]` and its listen
+    /// address; a request naming another `Host` gets `421` (a page on another name, DNS rebinding,
+    /// cannot read the dashboard or act through it).
+    pub hosts: Vec<String>,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
     pub log_format: String,
 }
@@ -36,6 +40,7 @@ impl Default for Settings {
             actions: None,
             admin_keys_file: None,
             page_size: 50,
+            hosts: Vec::new(),
             log_format: "auto".into(),
         }
     }
@@ -46,7 +51,7 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     service: "dashboard",
     file_var: "DASHBOARD_CONFIG",
     env_prefix: "DASHBOARD",
-    list_keys: &[],
+    list_keys: &["hosts"],
     seed_variables: true,
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as for the worker.",
 };
@@ -57,11 +62,38 @@ impl service_kit::settings::Validate for Settings {
         if !(1..=500).contains(&self.page_size) {
             return Err("`page_size` must be between 1 and 500".into());
         }
+        if let Some(h) = self.hosts.iter().find(|h| {
+            let h = h.trim();
+            h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'))
+        }) {
+            return Err(format!("`hosts`: '{h}' is not a host name"));
+        }
         service_kit::settings::log_format(&self.log_format)
     }
 }
 
 impl Settings {
+    /// The names requests may carry in `Host` (lower case, without a port).
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Ok(addr) = self.listen.parse::<std::net::SocketAddr>()
+            && !addr.ip().is_unspecified()
+        {
+            names.push(match addr.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+        }
+        names.extend(self.hosts.iter().map(|h| crate::host_name(h.trim())));
+        names
+    }
+
     /// Whether actions are on: as configured, else only when bound to loopback.
     pub fn actions_enabled(&self) -> bool {
         self.actions.unwrap_or_else(|| {

@@ -216,3 +216,57 @@ async fn the_name_filter_searches_past_one_scheduler_page_and_counts_cover_every
         0
     );
 }
+
+/// The dashboard answers only to its own names: another `Host` (a page whose DNS name was
+/// pointed at this address, DNS rebinding) gets `421`, reads nothing and acts on nothing; the
+/// loopback names and the configured ones are served, and `/healthz` answers any name (probes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_gets_421_and_its_own_names_are_served() {
+    let s = system(&[("DASHBOARD__HOSTS", "dash.internal".into())]).await;
+    let id = start(s.gateway, "Ada", 120).await;
+    let port = s.dashboard;
+    let get = |host: String, path: String| async move {
+        request(port, "GET", &path, &[("Host", host.as_str())], "").await
+    };
+    for host in [
+        format!("rebound.example:{port}"),
+        "evil.example".into(),
+        format!("127.0.0.2:{port}"),
+    ] {
+        let (code, _, body) = get(host.clone(), "/".into()).await;
+        assert_eq!(code, 421, "{host}: {body}");
+        assert!(!body.contains(&id), "{host}: the list leaked");
+        let (code, _, body) = get(host.clone(), format!("/instances/{id}")).await;
+        assert_eq!(code, 421, "{host}: {body}");
+    }
+    // An action under a foreign name is refused before anything else is looked at.
+    let (code, _, _) = request(
+        port,
+        "POST",
+        &format!("/instances/{id}/actions/terminate"),
+        &[
+            ("Host", "rebound.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        "token=x",
+    )
+    .await;
+    assert_eq!(code, 421);
+    assert_eq!(
+        status(s.gateway, &id, 0).await.expect("status")["status"],
+        "Running"
+    );
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("LOCALHOST:{port}"),
+        "dash.internal".into(),
+        format!("dash.internal:{port}"),
+    ] {
+        let (code, _, body) = get(host.clone(), "/?paused=1".into()).await;
+        assert_eq!(code, 200, "{host}: {body}");
+        assert!(body.contains(&id), "{host}");
+    }
+    let (code, _, _) = get("probe.example".into(), "/healthz".into()).await;
+    assert_eq!(code, 200, "probes come with any name");
+}
