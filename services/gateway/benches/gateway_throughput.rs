@@ -202,6 +202,7 @@ async fn measure(
             // purpose: this measures the front end, not the scheduler's limits.
             ("LOCAL_SCHEDULER__MAX_INSTANCES", "0".into()),
             ("LOCAL_SCHEDULER__MAX_BACKLOG", "0".into()),
+            ("LOCAL_SCHEDULER__MAX_STATE_BYTES", "0".into()),
         ],
         sched_port,
     )

@@ -113,6 +113,7 @@ async fn scheduler_with(env: &[(&str, String)]) -> (Child, u16) {
         .env("LOCAL_SCHEDULER__STORE", "memory")
         .env("LOCAL_SCHEDULER__MAX_INSTANCES", "0")
         .env("LOCAL_SCHEDULER__MAX_BACKLOG", "0")
+        .env("LOCAL_SCHEDULER__MAX_STATE_BYTES", "0")
         .env("RUST_LOG", "error");
     for (k, v) in env {
         cmd.env(k, v);

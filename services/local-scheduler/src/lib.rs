@@ -102,6 +102,8 @@ pub async fn serve(
             engine.restore(hub, loaded.instances, loaded.activities, loaded.timers);
             tracing::info!(hub = %hub, instances = i, activities = a, timers = t, "restored from store");
         }
+        let state = engine.recount_state();
+        tracing::info!(state_mib = state >> 20, "instance state restored");
         Some(store)
     } else {
         engine = engine.without_persistence();

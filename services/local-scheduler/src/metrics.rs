@@ -119,10 +119,16 @@ const STATUSES: [&str; 8] = [
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        if let Some((q, statuses)) = self
+        if let Some((q, statuses, state)) = self
             .shared
-            .engine_snapshot(|e| (e.queue_stats(), e.status_counts()))
+            .engine_snapshot(|e| (e.queue_stats(), e.status_counts(), e.state_bytes()))
         {
+            gauge(
+                &mut encoder,
+                "dts_local_state_bytes",
+                "Instance state held in memory, estimated (payloads, tags, histories, queued work); new starts are refused past max_state_bytes",
+                &[("", "", as_i64(state))],
+            )?;
             let (o, a) = (q.orchestrations, q.activities);
             gauge(
                 &mut encoder,

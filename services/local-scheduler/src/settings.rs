@@ -29,6 +29,11 @@ pub struct Settings {
     pub max_instances: usize,
     /// Work items waiting per task hub (0: no limit); past it, new starts are refused likewise.
     pub max_backlog: usize,
+    /// Instance state held in memory, estimated in bytes (payloads, tags, histories of unfinished
+    /// instances, queued work, and a fixed cost per instance and event); past it new starts are
+    /// refused likewise, so that memory (and a restart's) stays bounded whatever each start
+    /// carries. 0: no limit.
+    pub max_state_bytes: usize,
     /// Finished instances are purged this long after they end, by outcome (0: kept for ever).
     pub retention_completed_seconds: u64,
     pub retention_failed_seconds: u64,
@@ -62,6 +67,7 @@ impl Default for Settings {
             max_dispatches: 5,
             max_instances: 25_000,
             max_backlog: 10_000,
+            max_state_bytes: 128 * 1024 * 1024,
             retention_completed_seconds: 3600,
             retention_failed_seconds: 86_400,
             retention_terminated_seconds: 86_400,
@@ -140,6 +146,7 @@ impl Settings {
                 terminated: keep(self.retention_terminated_seconds),
             },
             max_dispatches: self.max_dispatches,
+            max_state_bytes: self.max_state_bytes,
         }
     }
 

@@ -12,12 +12,20 @@ impl Engine {
         req: pb::CreateInstanceRequest,
     ) -> Result<String, EngineError> {
         validate_instance_id(&req.instance_id)?;
+        validate_name("orchestration name", &req.name)?;
+        validate_len(
+            "orchestration version",
+            req.version.as_deref(),
+            MAX_VERSION_BYTES,
+        )?;
+        validate_len(
+            "execution id",
+            req.execution_id.as_deref(),
+            MAX_EXECUTION_ID_BYTES,
+        )?;
         validate_payload("input", req.input.as_ref())?;
-        if req.name.is_empty() {
-            return Err(EngineError::invalid_argument(
-                "orchestration name must not be empty",
-            ));
-        }
+        validate_tags("tags", &req.tags)?;
+        validate_trace("trace context", req.parent_trace_context.as_ref())?;
         let h = self.hub(hub)?;
         if let Some(existing) = h.instances.get(&req.instance_id) {
             let replaceable: Vec<i32> = match &req.orchestration_id_reuse_policy {
@@ -44,6 +52,8 @@ impl Engine {
             self.check_room(hub)?;
         }
         let id = req.instance_id.clone();
+        // Counted at once, so that a burst of starts between two recounts meets the limit too.
+        self.state_bytes = self.state_bytes.saturating_add(start_bytes(&req));
         self.create_instance(
             hub,
             CreateSpec {
@@ -91,11 +101,7 @@ impl Engine {
         req: pb::RaiseEventRequest,
     ) -> Result<(), EngineError> {
         validate_payload("event data", req.input.as_ref())?;
-        if req.name.is_empty() {
-            return Err(EngineError::invalid_argument(
-                "event name must not be empty",
-            ));
-        }
+        validate_name("event name", &req.name)?;
         self.require_live(hub, &req.instance_id)?;
         let msg = event(
             -1,
@@ -167,6 +173,7 @@ impl Engine {
         id: &str,
         reason: Option<String>,
     ) -> Result<(), EngineError> {
+        validate_payload("rewind reason", reason.as_ref())?;
         let status = self
             .hub(hub)?
             .instances
@@ -238,6 +245,7 @@ impl Engine {
         id: &str,
         reason: Option<String>,
     ) -> Result<(), EngineError> {
+        validate_payload("suspend reason", reason.as_ref())?;
         self.require_live(hub, id)?;
         let msg = event(
             -1,
@@ -253,6 +261,7 @@ impl Engine {
         id: &str,
         reason: Option<String>,
     ) -> Result<(), EngineError> {
+        validate_payload("resume reason", reason.as_ref())?;
         self.require_live(hub, id)?;
         let suspended = self.hub(hub)?.instances.get(id).is_some_and(|i| {
             i.row.status == status_i32(pb::OrchestrationStatus::Suspended)
@@ -372,7 +381,7 @@ impl Engine {
             (None, None) => Bound::Unbounded,
         };
         let page = if q.max_instance_count > 0 {
-            q.max_instance_count as usize
+            (q.max_instance_count as usize).min(MAX_QUERY_PAGE)
         } else {
             100
         };
@@ -380,6 +389,9 @@ impl Engine {
         let mut states = Vec::new();
         let mut last = None;
         let mut more = false;
+        // The answer is bounded as it is built: past MAX_QUERY_ANSWER_BYTES the page ends early,
+        // with a continuation token (payloads are up to 1 MB each, three of them per row).
+        let mut bytes = 0;
         for ((created, id), i) in h.instances.created_from(lower) {
             if to.is_some_and(|t| *created > t) {
                 break;
@@ -391,11 +403,13 @@ impl Engine {
             if !matches {
                 continue;
             }
-            if states.len() == page {
+            if states.len() == page || (bytes >= MAX_QUERY_ANSWER_BYTES && !states.is_empty()) {
                 more = true;
                 break;
             }
-            states.push(i.state(q.fetch_inputs_and_outputs));
+            let state = i.state(q.fetch_inputs_and_outputs);
+            bytes += prost::Message::encoded_len(&state);
+            states.push(state);
             last = Some((*created, id));
         }
         Ok(pb::QueryInstancesResponse {
@@ -434,7 +448,7 @@ impl Engine {
             _ => 0,
         };
         let page = if r.page_size > 0 {
-            r.page_size as usize
+            (r.page_size as usize).min(MAX_ID_PAGE)
         } else {
             100
         };
@@ -452,6 +466,22 @@ impl Engine {
 
     // ------------------------------------------------------------ worker side
 }
+
+/// What a start adds to the state: its payload twice (the row and the `ExecutionStarted` event),
+/// its tags, names and the fixed costs of an instance and an event.
+fn start_bytes(req: &pb::CreateInstanceRequest) -> usize {
+    let input = req.input.as_ref().map_or(0, String::len);
+    let tags: usize = req.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+    2 * (input + tags + req.name.len() + req.instance_id.len()) + 800 + 512
+}
+
+/// Rows of a query page at most, whatever the caller asks for.
+pub const MAX_QUERY_PAGE: usize = 1000;
+/// Encoded size after which a query page ends (with a continuation token): well under the gRPC
+/// message limit, whatever the rows' payloads.
+pub const MAX_QUERY_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// Ids of a `ListInstanceIds` page at most (ids are at most 100 bytes).
+pub const MAX_ID_PAGE: usize = 10_000;
 
 /// The continuation token of a query page: where it ended, as (created, id).
 fn page_token(created: DateTime<Utc>, id: &str) -> String {

@@ -236,6 +236,7 @@ impl Engine {
         resp: pb::ActivityResponse,
     ) -> Result<(), EngineError> {
         validate_payload("activity result", resp.result.as_ref())?;
+        validate_failure("activity failure details", resp.failure_details.as_ref())?;
         let lease = self.take_lease(&resp.completion_token, "this activity")?;
         let LeaseKind::Activity { key } = lease.kind else {
             self.insert_lease(resp.completion_token.clone(), lease);

@@ -289,6 +289,7 @@ impl Shared {
                     let now = Utc::now();
                     if sweep_retention {
                         let purged = e.purge_expired(now);
+                        e.recount_state();
                         if purged > 0 {
                             tracing::info!(
                                 purged,

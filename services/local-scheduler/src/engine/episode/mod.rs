@@ -34,6 +34,13 @@ impl Engine {
         // leased (and redelivered on expiry) instead of half-applied.
         validate_payload("custom status", resp.custom_status.as_ref())?;
         validate_actions(&resp.actions)?;
+        if let Some(t) = &resp.orchestration_trace_context {
+            validate_len(
+                "orchestration trace context (span id)",
+                t.span_id.as_deref(),
+                validate::MAX_SPAN_ID_BYTES,
+            )?;
+        }
         #[allow(deprecated)]
         if resp.is_partial {
             return self.add_partial_chunk(resp);
