@@ -1,7 +1,9 @@
-//! Start-up and shutdown plumbing shared by `local-scheduler`, `worker` and `gateway`.
+//! Start-up and shutdown plumbing shared by `local-scheduler`, `worker`, `gateway` and
+//! `dashboard`, and the one HTTP server they all listen with ([`http_server`]).
 
 pub mod api_keys;
 pub mod callbacks;
+pub mod http_server;
 pub mod metrics;
 pub mod settings;
 pub mod telemetry;

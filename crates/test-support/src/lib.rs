@@ -1,6 +1,7 @@
 //! What the project's tests and benches share, as a dev-dependency: one copy of each helper.
 //!
 //! - [`browser`]: headless Chromium, the DOM a page renders to.
+//! - [`clients`]: clients that misbehave on purpose (never reading, trickling a head).
 //! - [`fake_scheduler`]: an in-process fake DTS server that records what the SDK sends.
 //! - [`fleet`]: worker processes scaled and killed by signal, and what their activities logged.
 //! - [`http`]: raw HTTP/1.1 requests with every header under the test's control.
@@ -14,6 +15,7 @@
 //! - [`readme`]: the README's configuration tables, checked against the settings' defaults.
 
 pub mod browser;
+pub mod clients;
 pub mod exposition;
 pub mod fake_scheduler;
 pub mod fleet;

@@ -74,6 +74,22 @@ impl std::ops::Deref for DashState {
     }
 }
 
+/// The dashboard's connection limits: it is opened by a few people at a time, so a small cap;
+/// the deadlines of every listener of the project (`service_kit::http_server`).
+pub fn server_limits() -> service_kit::http_server::ServerLimits {
+    service_kit::http_server::ServerLimits {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        idle_timeout: std::time::Duration::from_secs(75),
+        write_stall_timeout: std::time::Duration::from_secs(10),
+        answer_timeout: std::time::Duration::from_secs(60),
+        max_header_bytes: 16 * 1024,
+        max_connections: 128,
+        send_buffer_bytes: 128 * 1024,
+        retry_after_seconds: 1,
+        service: "dashboard",
+    }
+}
+
 pub fn app(state: DashState) -> Router {
     Router::new()
         .route("/", get(instances))

@@ -57,9 +57,23 @@ async fn run() -> anyhow::Result<()> {
         actions = s.actions_enabled(),
         "dashboard listening"
     );
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(service_kit::shutdown_signal())
-        .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            service_kit::shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    service_kit::http_server::serve(
+        listener,
+        app(state),
+        dashboard::server_limits(),
+        Default::default(),
+        stop,
+        std::time::Duration::from_secs(5),
+    )
+    .await;
     conn.close();
     telemetry.shutdown();
     Ok(())

@@ -270,3 +270,50 @@ async fn a_foreign_host_gets_421_and_its_own_names_are_served() {
     let (code, _, _) = get("probe.example".into(), "/healthz".into()).await;
     assert_eq!(code, 200, "probes come with any name");
 }
+
+/// The dashboard has every listener's deadlines: a head trickled a line a second is cut off at
+/// its 10 s head timeout, a client that pipelines requests and never reads is cut off once the
+/// answers stall for 10 s, pages are served meanwhile, and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_and_never_reading_clients_are_cut_off() {
+    use std::time::Duration;
+    use test_support::clients::{closed_within, never_reading, trickle};
+    let s = system(&[]).await;
+    let port = s.dashboard;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        slow.push(tokio::spawn(trickle(
+            port,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        )));
+    }
+    let pipelined: Vec<u8> =
+        b"GET /assets/dashboard.css HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(3000);
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        readers.push(never_reading(port, &pipelined).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, _, _) = request(port, "GET", "/?paused=1", &[], "").await;
+    assert_eq!(code, 200, "served meanwhile");
+    for t in slow {
+        let kept = t.await.expect("join");
+        assert!(
+            kept >= Duration::from_secs(9) && kept < Duration::from_secs(15),
+            "a trickled head kept its connection {kept:?}"
+        );
+    }
+    for r in readers.iter_mut() {
+        assert!(
+            closed_within(r, Duration::from_secs(30)).await,
+            "a never-reading client is still connected"
+        );
+    }
+    let (peak, _) = test_support::process::rss_mib(s.dashboard_pid);
+    eprintln!("dashboard under slow heads and never-reading clients: peak RSS {peak:.1} MiB");
+    assert!(
+        peak < 64.0,
+        "peak RSS {peak:.1} MiB (the chart's limit is 64 MiB)"
+    );
+}

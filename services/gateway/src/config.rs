@@ -46,6 +46,14 @@ pub struct Settings {
     /// A kept-alive connection with no request for this long is closed. Keep it above the idle
     /// timeout of any proxy in front (ingress-nginx: 60 s), so that the proxy closes first.
     pub idle_timeout_seconds: u64,
+    /// An answer the client takes no byte of for this long closes its connection.
+    pub write_stall_timeout_seconds: u64,
+    /// An answer (not a status stream) must be sent whole within this long of its head, however
+    /// slowly the client reads; past it the connection closes.
+    pub answer_timeout_seconds: u64,
+    /// Where the Swagger UI (`/docs`, 1.5 MB of script) is served: `public` (with the API),
+    /// `admin` (the admin listener only) or `off`. `/openapi.json` stays with the API.
+    pub docs: String,
     /// Largest request head (request line and headers) answered other than `431`.
     pub max_header_bytes: usize,
     /// A whole request, body and answer included, past which the client gets `408`.
@@ -134,6 +142,9 @@ impl Default for Settings {
             shutdown_timeout_seconds: 20,
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 75,
+            write_stall_timeout_seconds: 10,
+            answer_timeout_seconds: 60,
+            docs: "public".into(),
             max_header_bytes: 16 * 1024,
             request_timeout_seconds: 60,
             max_connections: 4096,
@@ -192,7 +203,18 @@ impl service_kit::settings::Validate for Settings {
         if let Some(v) = &self.orchestration_version {
             service_kit::settings::orchestration_version("orchestration_version", v)?;
         }
+        if !matches!(self.docs.as_str(), "public" | "admin" | "off") {
+            return Err(format!(
+                "`docs` must be `public`, `admin` or `off`, not '{}'",
+                self.docs
+            ));
+        }
         for (key, value) in [
+            (
+                "write_stall_timeout_seconds",
+                self.write_stall_timeout_seconds,
+            ),
+            ("answer_timeout_seconds", self.answer_timeout_seconds),
             (
                 "header_read_timeout_seconds",
                 self.header_read_timeout_seconds,
@@ -359,6 +381,11 @@ impl Settings {
             max_name_chars: self.max_name_chars,
             max_body_bytes: self.max_body_bytes,
             orchestration_version: self.orchestration_version.clone(),
+            docs: match self.docs.as_str() {
+                "admin" => Docs::Admin,
+                "off" => Docs::Off,
+                _ => Docs::Public,
+            },
             dts_timeout: Duration::from_millis(self.dts_timeout_ms),
             retry_after_seconds: self.retry_after_seconds,
             max_wait_seconds: self.max_wait_seconds,
@@ -397,11 +424,25 @@ impl Settings {
         crate::serve::ServerLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            write_stall_timeout: Duration::from_secs(self.write_stall_timeout_seconds),
+            answer_timeout: Duration::from_secs(self.answer_timeout_seconds),
             max_header_bytes: self.max_header_bytes,
             max_connections: self.max_connections,
+            send_buffer_bytes: 128 * 1024,
             retry_after_seconds: self.retry_after_seconds,
+            service: "gateway",
         }
     }
+}
+
+/// Where the Swagger UI (`/docs`) is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Docs {
+    /// With the API.
+    Public,
+    /// On the admin listener only (with its own copy of `/openapi.json`).
+    Admin,
+    Off,
 }
 
 /// What the handlers read, derived from [`Settings`].
@@ -414,6 +455,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// The version new operations start at; `None`: unversioned.
     pub orchestration_version: Option<String>,
+    /// Where the Swagger UI is served.
+    pub docs: Docs,
     /// Deadline for each call to the scheduler; past it the client gets 503.
     pub dts_timeout: Duration,
     /// `Retry-After` on `202`s and unfinished statuses, and on `503`s.

@@ -90,9 +90,17 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ));
-    let routes = api
+    let doc = ApiDoc::for_config(&state.config);
+    let api = if state.config.docs == config::Docs::Public {
         // `/openapi.json` is served by the Swagger UI router, from the same generated document.
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::for_config(&state.config)))
+        api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+    } else {
+        api.route(
+            "/openapi.json",
+            get(move || std::future::ready(axum::Json(doc.clone()))),
+        )
+    };
+    let routes = api
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit));
@@ -108,12 +116,18 @@ pub fn app(state: AppState) -> Router {
 /// Service an Ingress uses).
 pub fn admin_app(state: AppState) -> Router {
     use routes::health;
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics_text))
-        .fallback(problem::not_found)
-        .with_state(state)
+        .route("/metrics", get(health::metrics_text));
+    // The Swagger UI's 1.5 MB of script, away from the public listener when asked.
+    let router = if state.config.docs == config::Docs::Admin {
+        router
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::for_config(&state.config)))
+    } else {
+        router
+    };
+    router.fallback(problem::not_found).with_state(state)
 }
 
 /// For the routes that change state (start, cancel): the handler runs in a task of its own, so

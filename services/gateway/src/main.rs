@@ -109,7 +109,7 @@ async fn run() -> anyhow::Result<()> {
     let admin_server = tokio::spawn(gateway::serve::serve(
         admin,
         admin_app(state.clone()),
-        s.server_limits(),
+        gateway::serve::ServerLimits::admin("gateway admin listener"),
         Default::default(),
         stop_admin.clone(),
         Duration::from_secs(1),

@@ -15,12 +15,14 @@
 
 mod admin;
 pub mod engine;
+mod incoming;
 mod metrics;
 pub mod model;
 mod server;
 pub mod settings;
 mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use durabletask_proto as pb;
@@ -119,15 +121,18 @@ pub async fn serve(
     shared.set_trace_spans(runtime.export_spans);
     tokio::spawn(shared.clone().run_timers());
 
-    let (registry, latency) = metrics::registry(shared.clone());
+    let connections = Arc::new(incoming::ConnectionCounts::default());
+    let (registry, latency) = metrics::registry(shared.clone(), connections.clone());
     shared.set_dispatch_latency(latency);
     let admin_router = admin::router(shared.clone(), registry);
-    let admin_shutdown = shutdown.clone();
-    let admin_task = tokio::spawn(async move {
-        axum::serve(listeners.admin, admin_router)
-            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
-            .await
-    });
+    let admin_task = tokio::spawn(service_kit::http_server::serve(
+        listeners.admin,
+        admin_router,
+        service_kit::http_server::ServerLimits::admin("local scheduler admin listener"),
+        Default::default(),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
 
     let svc = pb::TaskHubSidecarServiceServer::new(Service {
         shared: shared.clone(),
@@ -150,8 +155,15 @@ pub async fn serve(
         .add_service(svc)
         .add_service(backend)
         .serve_with_incoming_shutdown(
-            // No Nagle: small request/response pairs would otherwise wait for delayed ACKs (~40 ms).
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            // Capped, each with a handshake deadline (and no Nagle: small request/response pairs
+            // would otherwise wait for delayed ACKs, ~40 ms).
+            incoming::incoming(
+                listeners.grpc,
+                settings.max_connections,
+                Duration::from_secs(settings.handshake_timeout_seconds),
+                connections,
+                shutdown.clone(),
+            ),
             async move {
                 shutdown.cancelled().await;
                 // Give streams a moment to end with OK before connections close.

@@ -22,7 +22,10 @@ struct KindLabels {
 }
 
 /// The registry, and the histograms the engine observes into.
-pub fn registry(shared: Arc<Shared>) -> (Registry, DispatchLatency) {
+pub fn registry(
+    shared: Arc<Shared>,
+    connections: Arc<crate::incoming::ConnectionCounts>,
+) -> (Registry, DispatchLatency) {
     let mut registry = service_kit::metrics::registry("local_scheduler");
     let family =
         Family::<KindLabels, LatencyHistogram, fn() -> LatencyHistogram>::new_with_constructor(
@@ -44,12 +47,16 @@ pub fn registry(shared: Arc<Shared>) -> (Registry, DispatchLatency) {
         "Time from a work item becoming runnable to its dispatch to a worker, by kind",
         family,
     );
-    registry.register_collector(Box::new(StateCollector { shared }));
+    registry.register_collector(Box::new(StateCollector {
+        shared,
+        connections,
+    }));
     (registry, latency)
 }
 
 struct StateCollector {
     shared: Arc<Shared>,
+    connections: Arc<crate::incoming::ConnectionCounts>,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -227,6 +234,26 @@ impl Collector for StateCollector {
         ] {
             counter(&mut encoder, name, help, &[("", "", v)])?;
         }
+        let conns = &self.connections;
+        gauge(
+            &mut encoder,
+            "dts_local_grpc_connections",
+            "gRPC connections open (max_connections caps them)",
+            &[("", "", i64::try_from(load(&conns.open)).unwrap_or(i64::MAX))],
+        )?;
+        counter(
+            &mut encoder,
+            "dts_local_grpc_connections_refused",
+            "gRPC connections closed at once: past max_connections, or no HTTP/2 preface within handshake_timeout_seconds",
+            &[
+                ("reason", "max_connections", load(&conns.refused)),
+                (
+                    "reason",
+                    "handshake_timeout",
+                    load(&conns.handshake_timeouts),
+                ),
+            ],
+        )?;
         let (open, draining) = self.shared.stream_counts();
         gauge(
             &mut encoder,

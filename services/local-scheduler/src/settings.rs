@@ -46,6 +46,10 @@ pub struct Settings {
     /// killed or disconnected before answering) fails instead of being dispatched again: a
     /// poison input cannot take down worker after worker. 0: no limit.
     pub max_dispatches: u32,
+    /// gRPC connections open at once; past it a new one is closed at once (clients retry).
+    pub max_connections: usize,
+    /// A gRPC connection must send the HTTP/2 preface within this long of its opening.
+    pub handshake_timeout_seconds: u64,
     /// Idle work-item streams get a health ping this often.
     pub health_ping_seconds: u64,
     pub max_message_bytes: usize,
@@ -72,6 +76,8 @@ impl Default for Settings {
             retention_failed_seconds: 86_400,
             retention_terminated_seconds: 86_400,
             health_ping_seconds: 30,
+            max_connections: 1024,
+            handshake_timeout_seconds: 10,
             max_message_bytes: 16 * 1024 * 1024,
             log_format: "auto".into(),
         }
@@ -107,6 +113,12 @@ impl service_kit::settings::Validate for Settings {
         }
         if self.lease_seconds < 1 {
             return Err("`lease_seconds` must be at least 1".into());
+        }
+        if self.max_connections < 1 {
+            return Err("`max_connections` must be at least 1".into());
+        }
+        if self.handshake_timeout_seconds < 1 {
+            return Err("`handshake_timeout_seconds` must be at least 1".into());
         }
         if self.health_ping_seconds < 1 {
             return Err("`health_ping_seconds` must be at least 1".into());

@@ -424,3 +424,73 @@ async fn the_worst_accepted_start_1000_times_and_a_restart_stay_inside_the_memor
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether the peer closed `s` within `within` (what it sends first, its HTTP/2 settings, is
+/// read and dropped).
+async fn closed(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// The gRPC port's connections are capped and must send the HTTP/2 preface in time: idle sockets
+/// past the cap are closed at once, those under it once the handshake deadline passes, and real
+/// clients are served again as soon as they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_meet_the_cap_and_the_handshake_deadline() {
+    let (_s, port, admin) = scheduler(&[
+        ("LOCAL_SCHEDULER__STORE", "memory".into()),
+        ("LOCAL_SCHEDULER__MAX_CONNECTIONS", "20".into()),
+        ("LOCAL_SCHEDULER__HANDSHAKE_TIMEOUT_SECONDS", "2".into()),
+    ])
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..25 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = std::time::Instant::now();
+    for s in &mut idle[20..] {
+        assert!(
+            closed(s, Duration::from_secs(1)).await,
+            "past the cap: closed at once"
+        );
+    }
+    for s in &mut idle[..20] {
+        assert!(
+            closed(s, Duration::from_secs(5)).await,
+            "closed at the handshake deadline"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "the idle connections were held {took:?}"
+    );
+    let mut c = raw(port).await;
+    c.hello(req(())).await.expect("a real client is served");
+    let m = test_support::http::request(admin, "GET", "/metrics", &[], "")
+        .await
+        .2;
+    let v = |s: &str| test_support::exposition::value(&m, s);
+    assert_eq!(
+        v("dts_local_grpc_connections_refused_total{reason=\"max_connections\"}"),
+        5.0
+    );
+    assert_eq!(
+        v("dts_local_grpc_connections_refused_total{reason=\"handshake_timeout\"}"),
+        20.0
+    );
+    assert_eq!(v("dts_local_grpc_connections"), 1.0);
+}

@@ -136,11 +136,14 @@ async fn run() -> anyhow::Result<()> {
     // no liveness probe kills a worker that is finishing its work; /readyz is 503 meanwhile.
     let admin_stop = CancellationToken::new();
     let admin_stopped = admin_stop.clone();
-    let admin_task = tokio::spawn(async move {
-        axum::serve(listener, admin)
-            .with_graceful_shutdown(async move { admin_stopped.cancelled().await })
-            .await
-    });
+    let admin_task = tokio::spawn(service_kit::http_server::serve(
+        listener,
+        admin,
+        service_kit::http_server::ServerLimits::admin("worker admin listener"),
+        Default::default(),
+        admin_stopped,
+        Duration::from_secs(1),
+    ));
     let signal = shutdown.clone();
     tokio::spawn(async move {
         service_kit::shutdown_signal().await;

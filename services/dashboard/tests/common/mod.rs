@@ -13,6 +13,8 @@ use tokio::process::Child;
 
 pub struct System {
     _children: Vec<Child>,
+    /// The dashboard's process id.
+    pub dashboard_pid: u32,
     pub endpoint: String,
     pub gateway: u16,
     pub dashboard: u16,
@@ -50,7 +52,9 @@ pub async fn system(dashboard_env: &[(&str, String)]) -> System {
     ];
     env.extend(dashboard_env.iter().cloned());
     let dash = spawn("dashboard", &env, dashboard).await;
+    let dashboard_pid = dash.id().expect("pid");
     System {
+        dashboard_pid,
         _children: vec![scheduler, worker, gw, dash],
         endpoint,
         gateway,
