@@ -86,9 +86,12 @@ pub const CALLBACK_DELIVER_ACTIVITY: &str = "deliver_callback_attempt";
 /// The tag on an operation started with a callback (its value: the callback instance's id).
 pub const CALLBACK_TAG: &str = "callback";
 
+/// What [`callback_instance_id`] appends to the operation's id.
+pub const CALLBACK_SUFFIX: &str = "~callback";
+
 /// The instance that delivers `operation_id`'s callback. Same caller prefix as the operation.
 pub fn callback_instance_id(operation_id: &str) -> String {
-    format!("{operation_id}~callback")
+    format!("{operation_id}{CALLBACK_SUFFIX}")
 }
 
 /// The input of [`CALLBACK_ORCHESTRATION`].

@@ -65,6 +65,17 @@ pub struct Settings {
     /// Long polls (`?wait=`) and status streams open at once; past it `?wait=` answers at once
     /// and a new stream gets `503` with `Retry-After`.
     pub max_long_polls: usize,
+    /// Each caller's share of `max_concurrent_requests` (callers with an identity: with
+    /// authentication off there is one caller, whose share is the whole cap); past it `429` with
+    /// `Retry-After`. At most the cap itself.
+    pub max_requests_per_caller: usize,
+    /// Each caller's share of `max_long_polls`; past it `?wait=` answers at once and a new
+    /// stream gets `429` with `Retry-After`.
+    pub max_long_polls_per_caller: usize,
+    /// Operations a caller may have unfinished (pending, running, suspended); past it a start
+    /// gets `429` with `Retry-After`. Counted by the scheduler, so it holds across gateway
+    /// replicas, within the starts in flight at once. Callers with an identity only. 0: no cap.
+    pub max_unfinished_per_caller: usize,
     /// How often an open status stream reads the operation's status from the scheduler.
     pub stream_poll_interval_ms: u64,
     /// A status stream is closed after this long (the client reconnects with `Last-Event-ID`),
@@ -150,6 +161,9 @@ impl Default for Settings {
             max_connections: 4096,
             max_concurrent_requests: 2048,
             max_long_polls: 1000,
+            max_requests_per_caller: 256,
+            max_long_polls_per_caller: 250,
+            max_unfinished_per_caller: 1000,
             stream_poll_interval_ms: 1000,
             max_stream_seconds: 600,
             rate_limit_per_second: 100,
@@ -234,6 +248,14 @@ impl service_kit::settings::Validate for Settings {
             return Err(
                 "`rate_limit_burst` must be at least 1 when `rate_limit_per_second` is set".into(),
             );
+        }
+        for (key, share) in [
+            ("max_requests_per_caller", self.max_requests_per_caller),
+            ("max_long_polls_per_caller", self.max_long_polls_per_caller),
+        ] {
+            if share == 0 {
+                return Err(format!("`{key}` must be at least 1"));
+            }
         }
         if self.auth_failures_per_second > 0 && self.auth_failures_burst == 0 {
             return Err(
@@ -394,6 +416,9 @@ impl Settings {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_concurrent_requests: self.max_concurrent_requests,
             max_long_polls: self.max_long_polls,
+            max_requests_per_caller: self.max_requests_per_caller,
+            max_long_polls_per_caller: self.max_long_polls_per_caller,
+            max_unfinished_per_caller: self.max_unfinished_per_caller,
             stream_poll_interval: Duration::from_millis(self.stream_poll_interval_ms),
             max_stream: Duration::from_secs(self.max_stream_seconds),
             rate_limit_per_second: self.rate_limit_per_second,
@@ -473,6 +498,10 @@ pub struct GatewayConfig {
     pub max_concurrent_requests: usize,
     /// Long polls waiting and status streams open at once.
     pub max_long_polls: usize,
+    /// Each caller's shares of the two caps above, and its unfinished operations (0: no cap).
+    pub max_requests_per_caller: usize,
+    pub max_long_polls_per_caller: usize,
+    pub max_unfinished_per_caller: usize,
     /// How often a status stream reads the status, and how long it stays open.
     pub stream_poll_interval: Duration,
     pub max_stream: Duration,

@@ -26,6 +26,7 @@ mod respond;
 mod routes;
 mod scheduler;
 pub mod serve;
+pub mod shares;
 mod state;
 
 use axum::Router;

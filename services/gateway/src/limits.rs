@@ -94,21 +94,45 @@ pub fn caller_limiter(config: &GatewayConfig) -> Option<CallerLimiter> {
 /// themselves before they are refused).
 pub(crate) async fn per_caller(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     use governor::clock::{Clock, DefaultClock};
-    let Some(limiter) = &state.rate_limiter else {
-        return next.run(request).await;
-    };
-    let key = match request
+    let owner = request
         .extensions()
         .get::<Caller>()
-        .and_then(|c| c.owner.clone())
-    {
+        .and_then(|c| c.owner.clone());
+    // The caller's share of the requests in progress (callers with an identity).
+    let _share = match &owner {
+        Some(owner) => {
+            let key: std::sync::Arc<str> = owner.as_str().into();
+            let Some(share) = state.request_shares.take(&key) else {
+                return Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-requests-in-progress",
+                    "Too Many Requests",
+                    format!(
+                        "this caller has {} requests in progress, its share (max_requests_per_caller); try again when one has been answered",
+                        state.request_shares.max()
+                    ),
+                )
+                .retry_after(state.config.retry_after_seconds)
+                .into_response();
+            };
+            request
+                .extensions_mut()
+                .insert(crate::shares::CallerKey(key));
+            Some(share)
+        }
+        None => None,
+    };
+    let key = match owner {
         Some(owner) => owner,
         None => client_ip(&request, state.config.trust_forwarded)
             .map_or_else(|| "anonymous".to_string(), |ip| format!("ip:{ip}")),
+    };
+    let Some(limiter) = &state.rate_limiter else {
+        return next.run(request).await;
     };
     let rate = f64::from(state.config.rate_limit_per_second);
     let burst = state.config.rate_limit_burst;

@@ -102,6 +102,8 @@ pub struct GatewayMetrics {
     pub(crate) long_polls_refused: Counter,
     pub(crate) streams_open: Gauge,
     pub(crate) streams_refused: Counter,
+    /// Starts refused because their caller had `max_unfinished_per_caller` operations unfinished.
+    pub(crate) unfinished_refused: Counter,
     /// Of the public listener.
     pub connections: crate::serve::ConnectionMetrics,
 }
@@ -185,6 +187,12 @@ impl Default for GatewayMetrics {
             "Status streams refused with 503 because max_long_polls were already held",
             streams_refused.clone(),
         );
+        let unfinished_refused = Counter::default();
+        registry.register(
+            "gateway_starts_refused_unfinished",
+            "Starts refused with 429 because their caller had max_unfinished_per_caller operations unfinished",
+            unfinished_refused.clone(),
+        );
         let connections = crate::serve::ConnectionMetrics::default();
         registry.register(
             "gateway_connections_open",
@@ -209,6 +217,7 @@ impl Default for GatewayMetrics {
             long_polls_refused,
             streams_open,
             streams_refused,
+            unfinished_refused,
             connections,
         }
     }

@@ -33,6 +33,11 @@ pub struct Shared {
     pub rate_limiter: Option<crate::limits::CallerLimiter>,
     /// Refused authentications per client address; `None` without a limit.
     pub auth_failures: Option<crate::auth::FailureLimiter>,
+    /// Each caller's share of the requests in progress and of the long polls and streams.
+    pub request_shares: Arc<crate::shares::PerCaller>,
+    pub long_poll_shares: Arc<crate::shares::PerCaller>,
+    /// Each caller's starts, one at a time while its unfinished operations are counted.
+    pub start_turns: Arc<crate::shares::Turns>,
 }
 
 impl AppState {
@@ -50,6 +55,15 @@ impl AppState {
                 config.auth_failures_burst,
             ),
             long_polls: Arc::new(Semaphore::new(config.max_long_polls)),
+            request_shares: crate::shares::PerCaller::new(
+                config
+                    .max_requests_per_caller
+                    .min(config.max_concurrent_requests),
+            ),
+            long_poll_shares: crate::shares::PerCaller::new(
+                config.max_long_polls_per_caller.min(config.max_long_polls),
+            ),
+            start_turns: Arc::default(),
             config,
             metrics: GatewayMetrics::default(),
             draining: CancellationToken::new(),
@@ -61,17 +75,27 @@ impl AppState {
 }
 
 impl Shared {
-    /// A place among the waiting long polls, if one is free and the gateway is not releasing
-    /// them; counted in `gateway_long_polls_waiting` while held.
-    pub(crate) fn long_poll(&self) -> Option<LongPollSlot<'_>> {
+    /// A place among the waiting long polls, if one is free, within `caller`'s share (callers with
+    /// an identity), and the
+    /// gateway is not releasing them; counted in `gateway_long_polls_waiting` while held.
+    pub(crate) fn long_poll(&self, caller: Option<&str>) -> Option<LongPollSlot<'_>> {
         if self.releasing.is_cancelled() {
             return None;
         }
+        let share = match caller.map(|c| self.long_poll_shares.take(c)) {
+            Some(None) => {
+                self.metrics.long_polls_refused.inc();
+                return None;
+            }
+            Some(Some(share)) => Some(share),
+            None => None,
+        };
         match self.long_polls.try_acquire() {
             Ok(permit) => {
                 self.metrics.long_polls_waiting.inc();
                 Some(LongPollSlot {
                     _permit: permit,
+                    _share: share,
                     shared: self,
                 })
             }
@@ -85,15 +109,25 @@ impl Shared {
 
 impl AppState {
     /// A place for one status stream, held while it is open (`max_long_polls`, shared with long
-    /// polls); counted in `gateway_status_streams_open`.
-    pub(crate) fn stream_slot(&self) -> Option<StreamSlot> {
+    /// polls, within `caller`'s share); counted in `gateway_status_streams_open`. `Err(true)`:
+    /// the caller's share is full; `Err(false)`: the gateway's cap is, or it is shutting down.
+    pub(crate) fn stream_slot(&self, caller: Option<&str>) -> Result<StreamSlot, bool> {
         if self.releasing.is_cancelled() {
-            return None;
+            return Err(false);
         }
-        let permit = self.long_polls.clone().try_acquire_owned().ok()?;
+        let share = match caller {
+            Some(c) => Some(self.long_poll_shares.take(c).ok_or(true)?),
+            None => None,
+        };
+        let permit = self
+            .long_polls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| false)?;
         self.metrics.streams_open.inc();
-        Some(StreamSlot {
+        Ok(StreamSlot {
             _permit: permit,
+            _share: share,
             state: self.clone(),
         })
     }
@@ -101,6 +135,7 @@ impl AppState {
 
 pub(crate) struct StreamSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _share: Option<crate::shares::Share>,
     state: AppState,
 }
 
@@ -112,6 +147,7 @@ impl Drop for StreamSlot {
 
 pub(crate) struct LongPollSlot<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
+    _share: Option<crate::shares::Share>,
     shared: &'a Shared,
 }
 

@@ -42,10 +42,16 @@ async fn never_reading_clients_are_cut_off_at_the_write_stall_and_others_are_ser
         clients.push(never_reading(port, BUNDLE).await);
     }
     let all_open_after = opened.elapsed();
-    let held = open_connections(admin).await;
+    // The gateway accepts them as fast as it can; all are held at once before any stalls out.
+    let mut held = open_connections(admin).await;
+    while held < 1000.0 && opened.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held = open_connections(admin).await;
+    }
     assert!(
-        held >= 900.0,
-        "{held} of 1,000 connections open {all_open_after:?} after the first"
+        held >= 1000.0,
+        "{held} of 1,000 connections open {:?} after the first",
+        opened.elapsed()
     );
     // Served meanwhile, at once.
     let t = Instant::now();

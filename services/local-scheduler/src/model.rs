@@ -193,4 +193,6 @@ pub struct ActivityItem {
     pub lease: Option<String>,
     /// When it was queued (again), for the dispatch latency.
     pub queued: std::time::Instant,
+    /// The owner of its orchestration (fair dispatch).
+    pub owner: std::sync::Arc<str>,
 }

@@ -66,6 +66,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub(crate) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
+    caller: Option<axum::Extension<crate::shares::CallerKey>>,
     OperationPath(id): OperationPath,
 ) -> Result<Response, Problem> {
     let last_seen = headers
@@ -77,15 +78,27 @@ pub(crate) async fn events(
     if first.runtime_status.is_terminal() && last_seen.is_some_and(|seen| seen >= version(&first)) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let Some(slot) = state.stream_slot() else {
-        state.metrics.streams_refused.inc();
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too-many-waiting",
-            "Service Unavailable",
-            "as many long polls and status streams are open as this gateway allows (max_long_polls), or it is shutting down; poll the status instead, or retry shortly",
-        )
-        .retry_after(state.config.retry_after_seconds));
+    let slot = match state.stream_slot(caller.as_ref().map(|c| &*c.0.0)) {
+        Ok(slot) => slot,
+        Err(share_full) => {
+            state.metrics.streams_refused.inc();
+            let problem = if share_full {
+                Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-waiting-for-caller",
+                    "Too Many Requests",
+                    "this caller has as many long polls and status streams open as its share allows (max_long_polls_per_caller); close one, poll the status instead, or retry shortly",
+                )
+            } else {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too-many-waiting",
+                    "Service Unavailable",
+                    "as many long polls and status streams are open as this gateway allows (max_long_polls), or it is shutting down; poll the status instead, or retry shortly",
+                )
+            };
+            return Err(problem.retry_after(state.config.retry_after_seconds));
+        }
     };
     let links = links(&state, &headers, &id);
     // A task reads and sends; the response streams what it sends. When the client goes, the

@@ -83,6 +83,8 @@ pub(crate) async fn start_process(
         delay_seconds: req.delay_seconds,
     };
     let callback = crate::callback::requested(&state, &headers).await?;
+    // Held until the start is made: the caller's next start counts this one.
+    let _turn = crate::scheduler::check_unfinished(&state, &caller).await?;
     let id = match idempotency_key(&headers)? {
         Some(key) => {
             start_idempotent(&state, &headers, &caller, &key, &input, callback.as_deref()).await?

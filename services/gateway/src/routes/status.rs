@@ -46,6 +46,7 @@ pub(crate) struct StatusQuery {
 pub(crate) async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
+    caller: Option<axum::Extension<crate::shares::CallerKey>>,
     ApiQuery(q): ApiQuery<StatusQuery>,
     OperationPath(id): OperationPath,
 ) -> Result<Response, Problem> {
@@ -59,7 +60,7 @@ pub(crate) async fn status(
     // Past `max_long_polls` waiting, or once the gateway is shutting down, `?wait=` answers at
     // once (with `Retry-After` while the operation runs).
     let slot = (wait > 0 && !m.runtime_status.is_terminal())
-        .then(|| state.long_poll())
+        .then(|| state.long_poll(caller.as_ref().map(|c| &*c.0.0)))
         .flatten();
     if let Some(_slot) = slot {
         let deadline = Duration::from_secs(wait);

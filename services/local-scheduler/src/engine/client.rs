@@ -212,7 +212,7 @@ impl Engine {
             }),
         ));
         if inst.lease.is_none() && mark_ready(&mut h.ready_set, id.to_string()) {
-            h.ready.push_back(id.to_string());
+            h.ready.push_back(owner_of(&inst.row.tags), id.to_string());
         }
         self.persist(hub, id);
     }

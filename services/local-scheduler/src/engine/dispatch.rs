@@ -90,7 +90,7 @@ impl Engine {
                         inst.inbox.push_front(e);
                     }
                     if !inst.inbox.is_empty() && mark_ready(&mut h.ready_set, instance_id.clone()) {
-                        h.ready.push_front(instance_id);
+                        h.ready.push_front(owner_of(&inst.row.tags), instance_id);
                     }
                 }
             }
@@ -98,7 +98,7 @@ impl Engine {
                 if let Some(item) = h.activities.get_mut(&key) {
                     item.lease = None;
                     item.queued = std::time::Instant::now();
-                    h.activity_order.push_front(key);
+                    h.activity_order.push_front(&item.owner, key);
                 }
             }
         }
@@ -289,31 +289,24 @@ impl Engine {
         filter: &StreamFilter,
     ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
         let h = self.hubs.get_mut(hub)?;
-        let mut skipped = Vec::new();
-        let mut found = None;
-        let mut found_waited = None;
-        while let Some(id) = h.ready.pop_front() {
-            let Some(inst) = h.instances.get_mut(&id) else {
-                h.ready_set.remove(&id);
-                continue;
-            };
-            if inst.lease.is_some() || inst.inbox.is_empty() {
-                h.ready_set.remove(&id);
-                continue;
+        let (instances, ready_set) = (&h.instances, &mut h.ready_set);
+        let found = h.ready.take(|id| match instances.get(id) {
+            Some(inst) if inst.lease.is_none() && !inst.inbox.is_empty() => {
+                if filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref()) {
+                    Verdict::Take
+                } else {
+                    Verdict::Skip
+                }
             }
-            if !filter.accepts_orchestration(&inst.row.name, inst.row.version.as_deref()) {
-                skipped.push(id);
-                continue;
+            _ => {
+                ready_set.remove(id);
+                Verdict::Drop
             }
-            if let Some(since) = h.ready_set.remove(&id) {
-                found_waited = Some(since.elapsed());
-            }
-            found = Some(id);
-            break;
-        }
-        for s in skipped.into_iter().rev() {
-            h.ready.push_front(s);
-        }
+        });
+        let found_waited = found
+            .as_ref()
+            .and_then(|id| h.ready_set.remove(id))
+            .map(|since| since.elapsed());
         let id = found?;
         let inst = h.instances.get_mut(&id)?;
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -373,25 +366,17 @@ impl Engine {
         filter: &StreamFilter,
     ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
         let h = self.hubs.get_mut(hub)?;
-        let mut skipped = Vec::new();
-        let mut found = None;
-        while let Some(key) = h.activity_order.pop_front() {
-            let Some(item) = h.activities.get(&key) else {
-                continue;
-            };
-            if item.lease.is_some() {
-                continue;
+        let activities = &h.activities;
+        let found = h.activity_order.take(|key| match activities.get(key) {
+            Some(item) if item.lease.is_none() => {
+                if filter.accepts_activity(&item.request.name, item.request.version.as_deref()) {
+                    Verdict::Take
+                } else {
+                    Verdict::Skip
+                }
             }
-            if !filter.accepts_activity(&item.request.name, item.request.version.as_deref()) {
-                skipped.push(key);
-                continue;
-            }
-            found = Some(key);
-            break;
-        }
-        for s in skipped.into_iter().rev() {
-            h.activity_order.push_front(s);
-        }
+            _ => Verdict::Drop,
+        });
         let key = found?;
         let item = h.activities.get_mut(&key)?;
         let token = uuid::Uuid::new_v4().simple().to_string();

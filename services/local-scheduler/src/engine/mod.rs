@@ -15,6 +15,7 @@ use pb::orchestrator_action::OrchestratorActionType as Action;
 mod client;
 mod dispatch;
 mod episode;
+mod fair;
 mod filter;
 mod history;
 mod instances;
@@ -23,6 +24,8 @@ mod timers;
 mod validate;
 
 pub use dispatch::{Poisoned, Released};
+use fair::{FairQueue, Verdict};
+pub use fair::{OWNER_TAG, owner_of};
 pub use filter::StreamFilter;
 use instances::Instances;
 use latency::exemplar;
@@ -119,12 +122,14 @@ pub struct Hub {
     /// By id, and by (created, id): the order of queries, so a page starts where the last one
     /// ended (keyset) instead of sorting everything again.
     pub instances: Instances,
-    ready: VecDeque<String>,
+    /// Runnable instances, served round-robin across owners.
+    ready: FairQueue,
     /// Instances in `ready`, with when they became runnable (for the dispatch latency).
     ready_set: HashMap<String, std::time::Instant>,
-    /// Pending activities by key `instance|execution|taskId`, and their dispatch order.
+    /// Pending activities by key `instance|execution|taskId`, and their dispatch order
+    /// (round-robin across owners).
     pub activities: HashMap<String, ActivityItem>,
-    activity_order: VecDeque<String>,
+    activity_order: FairQueue,
     /// Messages that become visible later (timers, scheduled starts), by due time.
     pub timers: BTreeMap<(DateTime<Utc>, u64), (String, pb::HistoryEvent)>,
 }
@@ -423,7 +428,8 @@ impl Engine {
         }
         inst.inbox.push_back(msg);
         if inst.lease.is_none() && mark_ready(&mut h.ready_set, instance_id.to_string()) {
-            h.ready.push_back(instance_id.to_string());
+            h.ready
+                .push_back(owner_of(&inst.row.tags), instance_id.to_string());
         }
         self.persist(hub, instance_id);
     }
@@ -554,18 +560,25 @@ impl Engine {
                 && !is_terminal(inst.row.status)
                 && mark_ready(&mut h.ready_set, id.clone())
             {
-                h.ready.push_back(id.clone());
+                h.ready.push_back(owner_of(&inst.row.tags), id.clone());
             }
             h.instances.insert(inst);
         }
         for (key, request) in activities {
-            h.activity_order.push_back(key.clone());
+            let instance_id = key.split('|').next().unwrap_or_default();
+            let owner: std::sync::Arc<str> = h
+                .instances
+                .get(instance_id)
+                .map_or("", |i| owner_of(&i.row.tags))
+                .into();
+            h.activity_order.push_back(&owner, key.clone());
             h.activities.insert(
                 key,
                 ActivityItem {
                     request,
                     lease: None,
                     queued: std::time::Instant::now(),
+                    owner,
                 },
             );
         }

@@ -83,11 +83,12 @@ impl Engine {
             rewind_children,
         } = plan_episode(inst, &instance_id, resp, now);
         let runnable = !inst.inbox.is_empty() && !is_terminal(inst.row.status);
+        let owner: std::sync::Arc<str> = owner_of(&inst.row.tags).into();
         if runnable && mark_ready(&mut h.ready_set, instance_id.clone()) {
-            h.ready.push_back(instance_id.clone());
+            h.ready.push_back(&owner, instance_id.clone());
         }
         for (key, req) in new_activities {
-            h.activity_order.push_back(key.clone());
+            h.activity_order.push_back(&owner, key.clone());
             self.changes.push(Change::PutActivity {
                 hub: hub.to_string(),
                 key: key.clone(),
@@ -99,6 +100,7 @@ impl Engine {
                     request: req,
                     lease: None,
                     queued: std::time::Instant::now(),
+                    owner: owner.clone(),
                 },
             );
         }
