@@ -154,6 +154,7 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker f
 	cargo bench -p worker --bench fleet_chaos
 	cargo bench -p gateway --bench gateway_throughput
 	cargo bench -p gateway --bench status_streams
+	cargo bench -p gateway --bench fair_share
 	cargo bench -p dashboard --bench dashboard_list
 
 screenshots: deps ## The dashboard's screenshots in docs/screenshots, taken by its tests in headless Chromium

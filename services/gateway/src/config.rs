@@ -76,6 +76,10 @@ pub struct Settings {
     /// gets `429` with `Retry-After`. Counted by the scheduler, so it holds across gateway
     /// replicas, within the starts in flight at once. Callers with an identity only. 0: no cap.
     pub max_unfinished_per_caller: usize,
+    /// A caller's starts in flight at once in one replica while the cap above is on (more wait
+    /// their turn): with `R` replicas the cap is passed by at most this times `R - 1`; 1 makes
+    /// that `R - 1` but allows a caller one start per two round trips to the scheduler.
+    pub max_starts_in_flight_per_caller: usize,
     /// How often an open status stream reads the operation's status from the scheduler.
     pub stream_poll_interval_ms: u64,
     /// A status stream is closed after this long (the client reconnects with `Last-Event-ID`),
@@ -164,6 +168,7 @@ impl Default for Settings {
             max_requests_per_caller: 256,
             max_long_polls_per_caller: 250,
             max_unfinished_per_caller: 1000,
+            max_starts_in_flight_per_caller: 4,
             stream_poll_interval_ms: 1000,
             max_stream_seconds: 600,
             rate_limit_per_second: 100,
@@ -252,6 +257,10 @@ impl service_kit::settings::Validate for Settings {
         for (key, share) in [
             ("max_requests_per_caller", self.max_requests_per_caller),
             ("max_long_polls_per_caller", self.max_long_polls_per_caller),
+            (
+                "max_starts_in_flight_per_caller",
+                self.max_starts_in_flight_per_caller,
+            ),
         ] {
             if share == 0 {
                 return Err(format!("`{key}` must be at least 1"));
@@ -419,6 +428,7 @@ impl Settings {
             max_requests_per_caller: self.max_requests_per_caller,
             max_long_polls_per_caller: self.max_long_polls_per_caller,
             max_unfinished_per_caller: self.max_unfinished_per_caller,
+            max_starts_in_flight_per_caller: self.max_starts_in_flight_per_caller,
             stream_poll_interval: Duration::from_millis(self.stream_poll_interval_ms),
             max_stream: Duration::from_secs(self.max_stream_seconds),
             rate_limit_per_second: self.rate_limit_per_second,
@@ -502,6 +512,7 @@ pub struct GatewayConfig {
     pub max_requests_per_caller: usize,
     pub max_long_polls_per_caller: usize,
     pub max_unfinished_per_caller: usize,
+    pub max_starts_in_flight_per_caller: usize,
     /// How often a status stream reads the status, and how long it stays open.
     pub stream_poll_interval: Duration,
     pub max_stream: Duration,

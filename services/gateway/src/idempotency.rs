@@ -51,6 +51,20 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
 /// refuses a second instance with that id (no status is replaceable), and a fingerprint of the
 /// request in the instance's tags tells a retry (same body: same operation) from a misuse of the
 /// key (different body: 422).
+/// Whether `caller`'s start under `key` has been made already (whatever its body was).
+pub(crate) async fn already_started(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+) -> Result<bool, Problem> {
+    let id = state.ids.idempotent_id(caller, key);
+    Ok(
+        with_deadline(state, "GetInstance", state.client.get_instance(&id, false))
+            .await?
+            .is_some(),
+    )
+}
+
 pub(crate) async fn start_idempotent(
     state: &AppState,
     headers: &HeaderMap,

@@ -98,21 +98,22 @@ pub(crate) fn timed_out(state: &AppState) -> Problem {
 /// `429` with `Retry-After` when `caller` already has `max_unfinished_per_caller` operations
 /// pending, running or suspended (its callback deliveries are not counted). The scheduler counts
 /// them (a query by the caller's id prefix), so the cap holds across any number of gateway
-/// replicas. A caller's starts take turns on each replica (the returned turn is held until the
-/// start is made), so a flood of concurrent starts cannot all see the same room: with `R`
-/// replicas the cap is passed by at most `R - 1`. Callers without an identity (authentication
-/// off) have no cap and take no turns.
+/// replicas; this replica adds its own starts of the caller that the count may not show yet
+/// (`StartLedger`), so it never passes the cap itself, and with `R` replicas the cap is passed
+/// by at most the caller's starts in flight on the others, `max_starts_in_flight_per_caller *
+/// (R - 1)`. The returned start is held until the start is made. Callers without an identity
+/// (authentication off) have no cap.
 pub(crate) async fn check_unfinished(
     state: &AppState,
     caller: &Caller,
-) -> Result<Option<crate::shares::Turn>, Problem> {
+) -> Result<Option<crate::shares::StartInFlight>, Problem> {
     use durabletask::{InstanceQuery, OrchestrationStatus as S};
     let cap = state.config.max_unfinished_per_caller;
     let prefix = state.ids.prefix_of(caller);
     if cap == 0 || prefix.is_empty() {
         return Ok(None);
     }
-    let turn = state.start_turns.turn(&prefix).await;
+    let reading = state.starts_in_flight.reading(&prefix).await;
     let page_size = u32::try_from(cap.saturating_add(1).min(1000)).unwrap_or(1000);
     let mut unfinished = 0;
     let mut token = None;
@@ -134,23 +135,23 @@ pub(crate) async fn check_unfinished(
             .iter()
             .filter(|m| !m.instance_id.ends_with(contract::CALLBACK_SUFFIX))
             .count();
-        if unfinished >= cap {
-            state.metrics.unfinished_refused.inc();
-            return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-unfinished-operations",
-                "Too Many Requests",
-                format!(
-                    "this caller has {cap} operations unfinished, its cap (max_unfinished_per_caller); start more once some have ended, or cancel some"
-                ),
-            )
-            .retry_after(state.config.retry_after_seconds.max(5)));
-        }
         token = page.continuation_token;
-        if token.is_none() {
-            return Ok(Some(turn));
+        if token.is_none() || unfinished >= cap {
+            break;
         }
     }
+    reading.admit(unfinished, cap).map(Some).map_err(|_| {
+        state.metrics.unfinished_refused.inc();
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-unfinished-operations",
+            "Too Many Requests",
+            format!(
+                "this caller has {cap} operations unfinished, its cap (max_unfinished_per_caller); start more once some have ended, or cancel some"
+            ),
+        )
+        .retry_after(state.config.retry_after_seconds.max(5))
+    })
 }
 
 /// Starts `name` as instance `id`, in a `create_orchestration` span whose trace context the

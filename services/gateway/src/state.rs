@@ -36,8 +36,8 @@ pub struct Shared {
     /// Each caller's share of the requests in progress and of the long polls and streams.
     pub request_shares: Arc<crate::shares::PerCaller>,
     pub long_poll_shares: Arc<crate::shares::PerCaller>,
-    /// Each caller's starts, one at a time while its unfinished operations are counted.
-    pub start_turns: Arc<crate::shares::Turns>,
+    /// Each caller's starts in flight in this replica, for the cap of unfinished operations.
+    pub starts_in_flight: Arc<crate::shares::StartLedger>,
 }
 
 impl AppState {
@@ -63,7 +63,9 @@ impl AppState {
             long_poll_shares: crate::shares::PerCaller::new(
                 config.max_long_polls_per_caller.min(config.max_long_polls),
             ),
-            start_turns: Arc::default(),
+            starts_in_flight: crate::shares::StartLedger::new(
+                config.max_starts_in_flight_per_caller,
+            ),
             config,
             metrics: GatewayMetrics::default(),
             draining: CancellationToken::new(),

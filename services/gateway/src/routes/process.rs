@@ -7,7 +7,7 @@ use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
 
 use crate::auth::Caller;
 use crate::extract::{FieldRules, JsonBody};
-use crate::idempotency::{idempotency_key, start_idempotent};
+use crate::idempotency::{already_started, idempotency_key, start_idempotent};
 use crate::model::OperationState;
 use crate::problem::{Problem, invalid};
 use crate::respond::accepted;
@@ -83,9 +83,22 @@ pub(crate) async fn start_process(
         delay_seconds: req.delay_seconds,
     };
     let callback = crate::callback::requested(&state, &headers).await?;
+    let key = idempotency_key(&headers)?;
     // Held until the start is made: the caller's next start counts this one.
-    let _turn = crate::scheduler::check_unfinished(&state, &caller).await?;
-    let id = match idempotency_key(&headers)? {
+    let _turn = match crate::scheduler::check_unfinished(&state, &caller).await {
+        Ok(turn) => turn,
+        // A retry of a start already made starts nothing: answered as before, cap or not.
+        Err(refused) => match &key {
+            Some(key)
+                if refused.status() == axum::http::StatusCode::TOO_MANY_REQUESTS
+                    && already_started(&state, &caller, key).await? =>
+            {
+                None
+            }
+            _ => return Err(refused),
+        },
+    };
+    let id = match key {
         Some(key) => {
             start_idempotent(&state, &headers, &caller, &key, &input, callback.as_deref()).await?
         }

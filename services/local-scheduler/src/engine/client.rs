@@ -369,7 +369,7 @@ impl Engine {
         use std::ops::Bound;
         let from = q.created_time_from.as_ref().map(from_ts);
         let to = q.created_time_to.as_ref().map(from_ts);
-        let prefix = q.instance_id_prefix.as_ref().map(|p| p.to_lowercase());
+        let prefix = q.instance_id_prefix.as_deref().filter(|p| !p.is_empty());
         let after = match q.continuation_token.as_deref() {
             None | Some("") => None,
             Some(t) => Some(parse_page_token(t)?),
@@ -385,24 +385,51 @@ impl Engine {
         } else {
             100
         };
+        let unfinished_only =
+            !q.runtime_status.is_empty() && q.runtime_status.iter().all(|s| !is_terminal(*s));
         let h = self.hub(hub)?;
+        if unfinished_only {
+            h.instances.settle();
+        }
+        let wanted = |created: &DateTime<Utc>, i: &Instance| {
+            to.is_none_or(|t| *created <= t)
+                && (q.runtime_status.is_empty() || q.runtime_status.contains(&i.row.status))
+                && prefix.is_none_or(|p| instances::has_prefix(&i.row.instance_id, p))
+        };
+        // One caller's operations (an id prefix) are read from the id index when there are not
+        // too many of them, rather than by walking every instance of the hub in creation order.
+        let by_prefix = prefix.and_then(|p| {
+            h.instances
+                .with_prefix(p, unfinished_only, MAX_PREFIX_CANDIDATES)
+                .map(|mut found| {
+                    found.retain(|i| {
+                        wanted(&i.row.created, i)
+                            && bound_admits(&lower, i.row.created, &i.row.instance_id)
+                    });
+                    found.sort_by(|a, b| {
+                        (a.row.created, a.row.instance_id.as_str())
+                            .cmp(&(b.row.created, b.row.instance_id.as_str()))
+                    });
+                    found
+                })
+        });
+        let matching: Box<dyn Iterator<Item = &Instance>> = match by_prefix {
+            Some(found) => Box::new(found.into_iter()),
+            None => Box::new(
+                h.instances
+                    .created_from(lower)
+                    .take_while(|((created, _), _)| to.is_none_or(|t| *created <= t))
+                    .filter(|((created, _), i)| wanted(created, i))
+                    .map(|(_, i)| i),
+            ),
+        };
         let mut states = Vec::new();
         let mut last = None;
         let mut more = false;
         // The answer is bounded as it is built: past MAX_QUERY_ANSWER_BYTES the page ends early,
         // with a continuation token (payloads are up to 1 MB each, three of them per row).
         let mut bytes = 0;
-        for ((created, id), i) in h.instances.created_from(lower) {
-            if to.is_some_and(|t| *created > t) {
-                break;
-            }
-            let matches = (q.runtime_status.is_empty() || q.runtime_status.contains(&i.row.status))
-                && prefix
-                    .as_ref()
-                    .is_none_or(|p| i.row.instance_id.to_lowercase().starts_with(p));
-            if !matches {
-                continue;
-            }
+        for i in matching {
             if states.len() == page || (bytes >= MAX_QUERY_ANSWER_BYTES && !states.is_empty()) {
                 more = true;
                 break;
@@ -410,7 +437,7 @@ impl Engine {
             let state = i.state(q.fetch_inputs_and_outputs);
             bytes += prost::Message::encoded_len(&state);
             states.push(state);
-            last = Some((*created, id));
+            last = Some((i.row.created, i.row.instance_id.as_str()));
         }
         Ok(pb::QueryInstancesResponse {
             orchestration_state: states,
@@ -477,6 +504,23 @@ fn start_bytes(req: &pb::CreateInstanceRequest) -> usize {
 
 /// Rows of a query page at most, whatever the caller asks for.
 pub const MAX_QUERY_PAGE: usize = 1000;
+
+/// A prefix query reads the instances with that prefix from the id index up to this many;
+/// past it, it walks the creation index (which stops once the page is full).
+const MAX_PREFIX_CANDIDATES: usize = 20_000;
+
+/// Whether a page that starts at `lower` includes the instance (created, id).
+fn bound_admits(
+    lower: &std::ops::Bound<instances::CreatedKey>,
+    created: DateTime<Utc>,
+    id: &str,
+) -> bool {
+    match lower {
+        std::ops::Bound::Unbounded => true,
+        std::ops::Bound::Included((c, i)) => (created, id) >= (*c, i.as_ref()),
+        std::ops::Bound::Excluded((c, i)) => (created, id) > (*c, i.as_ref()),
+    }
+}
 /// Encoded size after which a query page ends (with a continuation token): well under the gRPC
 /// message limit, whatever the rows' payloads.
 pub const MAX_QUERY_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -582,5 +626,92 @@ mod tests {
             ),
             Err(EngineError::InvalidArgument(_))
         ));
+    }
+
+    /// Every page of `q`, followed by its continuation tokens: the ids in order.
+    fn all_pages(e: &mut Engine, mut q: pb::InstanceQuery) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let p = e.query("h", &q).expect("query");
+            seen.extend(p.orchestration_state.iter().map(|s| s.instance_id.clone()));
+            match p.continuation_token {
+                Some(t) => q.continuation_token = Some(t),
+                None => return seen,
+            }
+        }
+    }
+
+    /// What a prefix query must answer: every instance in (created, id) order, filtered.
+    fn expected(e: &Engine, prefix: &str, statuses: &[i32]) -> Vec<String> {
+        let mut all: Vec<(DateTime<Utc>, String, i32)> = e.hubs["h"]
+            .instances
+            .values()
+            .map(|i| (i.row.created, i.row.instance_id.clone(), i.row.status))
+            .collect();
+        all.sort();
+        all.into_iter()
+            .filter(|(_, id, s)| {
+                id.to_ascii_lowercase()
+                    .starts_with(&prefix.to_ascii_lowercase())
+                    && (statuses.is_empty() || statuses.contains(s))
+            })
+            .map(|(_, id, _)| id)
+            .collect()
+    }
+
+    #[test]
+    fn prefix_queries_read_the_id_index_and_page_like_any_other() {
+        use pb::OrchestrationStatus as S;
+        let mut e = Engine::new(&["h".to_string()]);
+        for i in 0..60 {
+            let owner = ["owna", "OWNA", "ownb", "OwnA"][i % 4];
+            start(&mut e, &format!("{owner}-{i:02}"));
+        }
+        for i in (0..60).step_by(3) {
+            let id = format!("{}-{i:02}", ["owna", "OWNA", "ownb", "OwnA"][i % 4]);
+            let h = e.hubs.get_mut("h").expect("hub");
+            h.instances.get_mut(&id).expect("instance").row.status = S::Completed as i32;
+        }
+        let unfinished = vec![S::Pending as i32, S::Running as i32, S::Suspended as i32];
+        for (prefix, statuses, size) in [
+            ("owna-", unfinished.clone(), 4),
+            ("OWNA-", vec![], 7),
+            ("ownb-", vec![S::Completed as i32], 2),
+            ("owna-0", unfinished.clone(), 1),
+            ("nobody-", unfinished.clone(), 5),
+        ] {
+            let got = all_pages(
+                &mut e,
+                pb::InstanceQuery {
+                    instance_id_prefix: Some(prefix.into()),
+                    runtime_status: statuses.clone(),
+                    max_instance_count: size,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(got, expected(&e, prefix, &statuses), "prefix {prefix}");
+        }
+        // Past MAX_PREFIX_CANDIDATES instances with the prefix, the creation index is walked
+        // instead; the answer is the same.
+        for i in 0..(MAX_PREFIX_CANDIDATES + 10) {
+            start(&mut e, &format!("many-{i:06}"));
+        }
+        let q = pb::InstanceQuery {
+            instance_id_prefix: Some("MANY-0000".into()),
+            max_instance_count: 1000,
+            ..Default::default()
+        };
+        assert_eq!(all_pages(&mut e, q), expected(&e, "many-0000", &[]));
+        let q = pb::InstanceQuery {
+            instance_id_prefix: Some("many-".into()),
+            runtime_status: unfinished.clone(),
+            max_instance_count: 1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            all_pages(&mut e, q).len(),
+            MAX_PREFIX_CANDIDATES + 10,
+            "every one, through the creation index"
+        );
     }
 }

@@ -1,32 +1,151 @@
-//! The instances of one task hub: found by id, and walked in (created, id) order for queries.
+//! The instances of one task hub: found by id, by id prefix, and walked in (created, id) order
+//! for queries.
 //!
-//! Instances live in slots that never move; both indexes point at a slot. A query page walks
+//! Instances live in slots that never move; the indexes point at a slot. A query page walks
 //! the creation index and reads each instance straight from its slot, so its cost does not
 //! include a lookup by id per row (at 100,000 instances that lookup, a B-tree descent comparing
-//! strings on the heap, was most of a page's time). The two indexes are kept here, together, so
+//! strings on the heap, was most of a page's time). The indexes are kept here, together, so
 //! they cannot drift apart.
+//!
+//! The id index is ordered case-insensitively (ASCII), exact bytes breaking ties, so that the
+//! instances whose id starts with a prefix, in any case, are one range of it: a prefix query
+//! (one caller's operations: the gateway's list, its unfinished-operations cap) reads that range
+//! and not every instance of the hub. The instances not yet finished have an index of their own
+//! in the same order; a status changes through [`Instances::get_mut`], so that index is brought
+//! up to date from the slots handed out since ([`Instances::settle`]) before it is read.
 //!
 //! Not a hash map: instances accumulate until purged, and a hash map's doubling rehashes every
 //! entry under the engine lock (at 57k instances that stalled every call for ~90 ms). B-trees
 //! grow a node at a time; the slot vector's doubling copies one pointer per instance.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::Instance;
+use crate::model::{Instance, is_terminal};
 
 /// Where a query page starts or ends: (created, instance id).
 pub type CreatedKey = (DateTime<Utc>, Arc<str>);
+
+/// An instance id as the id indexes order it: ASCII case folded first, then the exact bytes.
+#[derive(Clone)]
+struct IdKey(Arc<str>);
+
+/// What the id indexes compare: an owned [`IdKey`] or a borrowed id to look up (a trait object,
+/// so that a `&str` can be looked up without building a key).
+trait IdView {
+    fn id(&self) -> &str;
+}
+
+impl IdView for IdKey {
+    fn id(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An id to look up in an id index.
+struct Lookup<'a>(&'a str);
+
+impl IdView for Lookup<'_> {
+    fn id(&self) -> &str {
+        self.0
+    }
+}
+
+fn lookup<'a>(id: &'a str) -> Lookup<'a> {
+    Lookup(id)
+}
+
+fn compare_ids(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.iter()
+        .map(u8::to_ascii_lowercase)
+        .cmp(b.iter().map(u8::to_ascii_lowercase))
+        .then_with(|| a.cmp(b))
+}
+
+impl PartialEq for dyn IdView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for dyn IdView + '_ {}
+
+impl PartialOrd for dyn IdView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn IdView + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_ids(self.id(), other.id())
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for IdKey {}
+
+impl PartialOrd for IdKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IdKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_ids(&self.0, &other.0)
+    }
+}
+
+impl<'a> Borrow<dyn IdView + 'a> for IdKey {
+    fn borrow(&self) -> &(dyn IdView + 'a) {
+        self
+    }
+}
+
+/// Whether `id` starts with `prefix`, ASCII case ignored.
+pub fn has_prefix(id: &str, prefix: &str) -> bool {
+    id.len() >= prefix.len()
+        && id.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// The ids of an index that start with `prefix` (any case), with their slots.
+fn prefix_range<'a>(
+    index: &'a BTreeMap<IdKey, usize>,
+    prefix: &'a str,
+) -> impl Iterator<Item = usize> + 'a {
+    // Of the ids that fold to the same string, the all-upper-case one orders first.
+    let lowest = IdKey(Arc::from(prefix.to_ascii_uppercase()));
+    index
+        .range((Bound::Included(lowest), Bound::Unbounded))
+        .take_while(move |(id, _)| has_prefix(&id.0, prefix))
+        .map(|(_, slot)| *slot)
+}
+
+/// Slots handed out for change before the unfinished index is brought up to date anyway.
+const MAX_UNSETTLED: usize = 4096;
 
 #[derive(Default)]
 pub struct Instances {
     slots: Vec<Option<Box<Instance>>>,
     free: Vec<usize>,
-    by_id: BTreeMap<Arc<str>, usize>,
+    by_id: BTreeMap<IdKey, usize>,
     by_created: BTreeMap<CreatedKey, usize>,
+    /// The instances not finished (as of the last [`Instances::settle`]).
+    unfinished: BTreeMap<IdKey, usize>,
+    /// Slots handed out by `get_mut` since the last settle: their status may have changed.
+    unsettled: Vec<usize>,
 }
 
 impl Instances {
@@ -35,15 +154,34 @@ impl Instances {
     }
 
     pub fn get(&self, id: &str) -> Option<&Instance> {
-        let slot = *self.by_id.get(id)?;
+        let slot = *self.by_id.get(&lookup(id) as &dyn IdView)?;
         self.slots[slot].as_deref()
     }
 
     /// The instance to change. Its id and creation time are its keys here and must not change
     /// (nothing does: a new execution under the same id is a new instance, inserted anew).
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Instance> {
-        let slot = *self.by_id.get(id)?;
+        let slot = *self.by_id.get(&lookup(id) as &dyn IdView)?;
+        if self.unsettled.len() >= MAX_UNSETTLED {
+            self.settle();
+        }
+        self.unsettled.push(slot);
         self.slots[slot].as_deref_mut()
+    }
+
+    /// Brings the unfinished index up to date with the statuses of the slots changed since.
+    pub fn settle(&mut self) {
+        for slot in std::mem::take(&mut self.unsettled) {
+            let Some(i) = self.slots[slot].as_deref() else {
+                continue;
+            };
+            let id = i.row.instance_id.as_str();
+            if is_terminal(i.row.status) {
+                self.unfinished.remove(&lookup(id) as &dyn IdView);
+            } else if !self.unfinished.contains_key(&lookup(id) as &dyn IdView) {
+                self.unfinished.insert(IdKey(Arc::from(id)), slot);
+            }
+        }
     }
 
     /// Adds an instance, replacing the one with the same id.
@@ -51,6 +189,7 @@ impl Instances {
         self.remove(&instance.row.instance_id);
         let id: Arc<str> = Arc::from(instance.row.instance_id.as_str());
         let created = instance.row.created;
+        let finished = is_terminal(instance.row.status);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot] = Some(instance);
@@ -62,22 +201,26 @@ impl Instances {
             }
         };
         self.by_created.insert((created, id.clone()), slot);
-        self.by_id.insert(id, slot);
+        if !finished {
+            self.unfinished.insert(IdKey(id.clone()), slot);
+        }
+        self.by_id.insert(IdKey(id), slot);
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Box<Instance>> {
-        let (id, slot) = self.by_id.remove_entry(id)?;
+        let (IdKey(id), slot) = self.by_id.remove_entry(&lookup(id) as &dyn IdView)?;
+        self.unfinished.remove(&lookup(&id) as &dyn IdView);
         let instance = self.slots[slot].take()?;
         self.by_created.remove(&(instance.row.created, id));
         self.free.push(slot);
         Some(instance)
     }
 
-    /// Every instance, in id order.
+    /// Every instance, in id order (case-insensitive).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Instance)> {
         self.by_id
             .iter()
-            .filter_map(|(id, slot)| Some((id.as_ref(), self.slots[*slot].as_deref()?)))
+            .filter_map(|(id, slot)| Some((id.0.as_ref(), self.slots[*slot].as_deref()?)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Instance> {
@@ -92,6 +235,32 @@ impl Instances {
         self.by_created
             .range((lower, Bound::Unbounded))
             .filter_map(|(key, slot)| Some((key, self.slots[*slot].as_deref()?)))
+    }
+
+    /// The instances whose id starts with `prefix` (ASCII case ignored), all of them or only
+    /// the unfinished ones, in id order; `None` past `limit` of them (the caller then walks the
+    /// creation index instead). Call [`Instances::settle`] first for the unfinished ones.
+    pub fn with_prefix(
+        &self,
+        prefix: &str,
+        unfinished_only: bool,
+        limit: usize,
+    ) -> Option<Vec<&Instance>> {
+        let index = if unfinished_only {
+            &self.unfinished
+        } else {
+            &self.by_id
+        };
+        let mut found = Vec::new();
+        for slot in prefix_range(index, prefix) {
+            if found.len() == limit {
+                return None;
+            }
+            if let Some(i) = self.slots[slot].as_deref() {
+                found.push(i);
+            }
+        }
+        Some(found)
     }
 }
 
@@ -165,6 +334,76 @@ mod tests {
         assert_eq!(created_order(&all), ["d", "a", "c"]);
         all.get_mut("d").expect("d").row.name = "changed".into();
         assert_eq!(all.get("d").map(|i| i.row.name.as_str()), Some("changed"));
+    }
+
+    fn ids(found: Option<Vec<&Instance>>) -> Vec<&str> {
+        found
+            .expect("within the limit")
+            .into_iter()
+            .map(|i| i.row.instance_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_prefix_is_one_range_of_the_id_index_in_any_case() {
+        let mut all = Instances::default();
+        for (n, id) in ["abc1", "ABC2", "aBd", "ab", "Abc3", "abcz", "b", "aa"]
+            .into_iter()
+            .enumerate()
+        {
+            all.insert(instance(id, n as i64));
+        }
+        assert_eq!(
+            ids(all.with_prefix("abc", false, 100)),
+            ["abc1", "ABC2", "Abc3", "abcz"]
+        );
+        assert_eq!(
+            ids(all.with_prefix("ABC", false, 100)),
+            ["abc1", "ABC2", "Abc3", "abcz"]
+        );
+        assert_eq!(ids(all.with_prefix("abd", false, 100)), ["aBd"]);
+        assert!(ids(all.with_prefix("abe", false, 100)).is_empty());
+        assert_eq!(all.with_prefix("ab", false, 5).map(|v| v.len()), None);
+        // Exact lookups still tell cases apart.
+        assert!(all.get("ABC1").is_none());
+        assert_eq!(all.get("ABC2").map(|i| i.row.created.timestamp()), Some(1));
+    }
+
+    #[test]
+    fn the_unfinished_index_follows_status_changes_once_settled() {
+        use durabletask_proto::OrchestrationStatus as S;
+        let mut all = Instances::default();
+        for (n, id) in ["op-1", "op-2", "op-3", "other"].into_iter().enumerate() {
+            all.insert(instance(id, n as i64));
+        }
+        assert_eq!(
+            ids(all.with_prefix("op-", true, 100)),
+            ["op-1", "op-2", "op-3"]
+        );
+        all.get_mut("op-2").expect("op-2").row.status = S::Completed as i32;
+        all.get_mut("op-3").expect("op-3").row.status = S::Failed as i32;
+        all.settle();
+        assert_eq!(ids(all.with_prefix("op-", true, 100)), ["op-1"]);
+        // A rewound instance runs again.
+        all.get_mut("op-3").expect("op-3").row.status = S::Running as i32;
+        all.settle();
+        assert_eq!(ids(all.with_prefix("op-", true, 100)), ["op-1", "op-3"]);
+        // A finished instance inserted (a restart loading the store) is not unfinished; removal
+        // takes an instance out of every index.
+        let mut done = instance("op-4", 9);
+        done.row.status = S::Terminated as i32;
+        all.insert(done);
+        all.remove("op-1");
+        assert_eq!(ids(all.with_prefix("op-", true, 100)), ["op-3"]);
+        assert_eq!(
+            ids(all.with_prefix("op-", false, 100)),
+            ["op-2", "op-3", "op-4"]
+        );
+        // Many changes without a query settle on their own, so the list of them stays bounded.
+        for _ in 0..(MAX_UNSETTLED * 3) {
+            all.get_mut("op-3");
+        }
+        assert!(all.unsettled.len() <= MAX_UNSETTLED);
     }
 
     #[test]
