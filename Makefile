@@ -145,7 +145,7 @@ fmt-check:
 lint: ## Clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker fleet under chaos, gateway vs the sample's FastAPI client, the dashboard's list page
+bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker fleet under chaos, gateway vs the sample's FastAPI client, status streams, callers' fair shares, the dashboard's list page
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput

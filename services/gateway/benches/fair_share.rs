@@ -289,19 +289,19 @@ fn main() {
         }
 
         println!("\n   The same with a worker running A's operations (0 s each, so that few are unfinished at a time), 2,000 starts:\n");
-        println!("| A's cap of unfinished | starts/s | against no cap |");
-        println!("|---|---|---|");
+        println!("| A's cap of unfinished | A's starts in flight per replica | starts/s | against no cap |");
+        println!("|---|---|---|---|");
         let mut none = 0.0;
-        for cap in [0, 1000] {
+        for (cap, in_flight) in [(0, 4), (1000, 4), (1000, 16)] {
             let (_s, endpoint) = scheduler().await;
             let _w = worker(&endpoint, 100).await;
-            let (_g, port) = gateway(&endpoint, &keys, cap).await;
+            let (_g, port) = gateway_with(&endpoint, &keys, cap, in_flight).await;
             let rate = starts_per_second_of(port, A, 2_000, 0).await;
             if cap == 0 {
                 none = rate;
-                println!("| none | {rate:.0} | 1.00 |");
+                println!("| none | - | {rate:.0} | 1.00 |");
             } else {
-                println!("| {cap} | {rate:.0} | {:.2} |", rate / none);
+                println!("| {cap} | {in_flight} | {rate:.0} | {:.2} |", rate / none);
             }
         }
     });

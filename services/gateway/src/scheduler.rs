@@ -106,6 +106,7 @@ pub(crate) fn timed_out(state: &AppState) -> Problem {
 pub(crate) async fn check_unfinished(
     state: &AppState,
     caller: &Caller,
+    id: &str,
 ) -> Result<Option<crate::shares::StartInFlight>, Problem> {
     use durabletask::{InstanceQuery, OrchestrationStatus as S};
     let cap = state.config.max_unfinished_per_caller;
@@ -113,34 +114,37 @@ pub(crate) async fn check_unfinished(
     if cap == 0 || prefix.is_empty() {
         return Ok(None);
     }
-    let reading = state.starts_in_flight.reading(&prefix).await;
+    let reading = state.starts_in_flight.reading(&prefix, id).await;
     let page_size = u32::try_from(cap.saturating_add(1).min(1000)).unwrap_or(1000);
-    let mut unfinished = 0;
-    let mut token = None;
-    loop {
-        let page = with_deadline(
-            state,
-            "QueryInstances",
-            state.client.query_instances(InstanceQuery {
-                runtime_status: vec![S::Pending, S::Running, S::Suspended],
-                instance_id_prefix: Some(prefix.clone()),
-                page_size: Some(page_size),
-                continuation_token: token,
-                ..Default::default()
-            }),
-        )
-        .await?;
-        unfinished += page
-            .instances
-            .iter()
-            .filter(|m| !m.instance_id.ends_with(contract::CALLBACK_SUFFIX))
-            .count();
-        token = page.continuation_token;
-        if token.is_none() || unfinished >= cap {
-            break;
+    let count = async || {
+        let mut unfinished = std::collections::HashSet::new();
+        let mut token = None;
+        loop {
+            let page = with_deadline(
+                state,
+                "QueryInstances",
+                state.client.query_instances(InstanceQuery {
+                    runtime_status: vec![S::Pending, S::Running, S::Suspended],
+                    instance_id_prefix: Some(prefix.clone()),
+                    page_size: Some(page_size),
+                    continuation_token: token,
+                    ..Default::default()
+                }),
+            )
+            .await?;
+            unfinished.extend(
+                page.instances
+                    .into_iter()
+                    .map(|m| m.instance_id)
+                    .filter(|id| !id.ends_with(contract::CALLBACK_SUFFIX)),
+            );
+            token = page.continuation_token;
+            if token.is_none() || unfinished.len() >= cap {
+                return Ok::<_, Problem>(unfinished);
+            }
         }
-    }
-    reading.admit(unfinished, cap).map(Some).map_err(|_| {
+    };
+    reading.admit(cap, count).await?.map(Some).map_err(|_| {
         state.metrics.unfinished_refused.inc();
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,

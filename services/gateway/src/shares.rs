@@ -3,7 +3,7 @@
 //! from taking all of a cap and leaving `503`s to everyone else: 50 slow bodies or 20 streams of
 //! one caller used to fill caps of 50 and 20.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Places one caller may hold of one cap.
@@ -71,14 +71,18 @@ impl Drop for Share {
 }
 
 /// Each caller's starts in progress in this replica, for the cap of unfinished operations. A
-/// start counts the caller's unfinished operations at the scheduler and adds what the scheduler
-/// may not show yet: this replica's starts of that caller in flight, and those that ended while
-/// the count was read (they may or may not be in it: counted twice at worst, which refuses a
-/// start early rather than late). So a replica never passes the cap itself. At most
-/// `per_caller` of a caller's starts are in flight at once in a replica (the rest wait their
-/// turn), which bounds what other replicas cannot see: with `R` replicas the cap is passed by at
-/// most `per_caller * (R - 1)`. 1 is exact to `R - 1` but holds a caller to one start per two
-/// round trips to the scheduler.
+/// start counts the caller's unfinished operations at the scheduler (their ids) and adds what the
+/// scheduler may not show yet: this replica's starts of that caller in flight, and those that
+/// ended since the count began to be read, each unless its id is among those counted. So a
+/// replica never passes the cap itself, and refuses early only for an operation that ended
+/// while the count was read. At most `per_caller` of a caller's starts are in flight at once in
+/// a replica (the rest wait their turn), which bounds what other replicas cannot see: with `R`
+/// replicas the cap is passed by at most `per_caller * (R - 1)`.
+///
+/// A count is read once for every start that arrived before the read began: starts that come
+/// while one is read wait for it to end and share the next one, so a busy caller costs about one
+/// query per batch of starts rather than one per start. Sharing a read that began after a start
+/// arrived is the same as that start reading at that moment, so the bounds above hold.
 #[derive(Debug)]
 pub struct StartLedger {
     per_caller: usize,
@@ -88,11 +92,31 @@ pub struct StartLedger {
 #[derive(Debug)]
 struct Starts {
     turns: Arc<tokio::sync::Semaphore>,
-    in_flight: usize,
+    /// Starts admitted and not ended: (ticket, operation id).
+    in_flight: Vec<(u64, Arc<str>)>,
+    tickets: u64,
     /// Starts waiting for a turn or reading the count (the entry stays while any is).
     reading: usize,
     /// Starts that have ended, ever (while the entry lives).
     ended: u64,
+    /// The ids of the starts that ended, numbered by `ended`, back to the last read's beginning.
+    ended_ids: VecDeque<(u64, Arc<str>)>,
+    /// Reads of the count begun, ever (while the entry lives).
+    reads_begun: u64,
+    /// The last count read: shared by the starts that arrived before it began.
+    last_read: Option<CountRead>,
+    /// Held while the count is read: one read at a time per caller.
+    reader: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, Clone)]
+struct CountRead {
+    /// Its place in `reads_begun`.
+    number: u64,
+    /// The unfinished operations it counted.
+    ids: Arc<HashSet<String>>,
+    /// `ended` when it began.
+    ended_before: u64,
 }
 
 /// A start that counts the caller's unfinished operations: what to add to the count once read.
@@ -100,8 +124,10 @@ struct Starts {
 pub struct Reading {
     ledger: Arc<StartLedger>,
     caller: Arc<str>,
+    id: Arc<str>,
     turn: Option<tokio::sync::OwnedSemaphorePermit>,
-    ended_before: u64,
+    /// `reads_begun` when this start arrived: a read numbered above it began after.
+    arrived_after: u64,
     done: bool,
 }
 
@@ -110,6 +136,7 @@ pub struct Reading {
 pub struct StartInFlight {
     ledger: Arc<StartLedger>,
     caller: Arc<str>,
+    ticket: u64,
     _turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -125,56 +152,107 @@ impl StartLedger {
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
         let starts = callers.entry(Arc::from(caller)).or_insert_with(|| Starts {
             turns: Arc::new(tokio::sync::Semaphore::new(self.per_caller)),
-            in_flight: 0,
+            in_flight: Vec::new(),
+            tickets: 0,
             reading: 0,
             ended: 0,
+            ended_ids: VecDeque::new(),
+            reads_begun: 0,
+            last_read: None,
+            reader: Arc::new(tokio::sync::Mutex::new(())),
         });
         let r = f(starts);
-        if starts.in_flight == 0 && starts.reading == 0 {
+        if starts.in_flight.is_empty() && starts.reading == 0 {
             callers.remove(caller);
         }
         r
     }
 
-    /// Waits for one of `caller`'s turns, then to be told what to add to the count it reads.
-    pub async fn reading(self: &Arc<Self>, caller: &str) -> Reading {
-        let turns = self.with(caller, |s| {
+    /// Waits for one of `caller`'s turns to start operation `id`; the start then reads the
+    /// count (`Reading::admit`).
+    pub async fn reading(self: &Arc<Self>, caller: &str, id: &str) -> Reading {
+        let (turns, arrived_after) = self.with(caller, |s| {
             s.reading += 1;
-            s.turns.clone()
+            (s.turns.clone(), s.reads_begun)
         });
         // Counted in `reading` from here on, if this future is dropped too.
         let mut reading = Reading {
             ledger: self.clone(),
             caller: Arc::from(caller),
+            id: Arc::from(id),
             turn: None,
-            ended_before: 0,
+            arrived_after,
             done: false,
         };
         reading.turn = turns.acquire_owned().await.ok();
-        reading.ended_before = self.with(caller, |s| s.ended);
         reading
     }
 }
 
 impl Reading {
-    /// With the scheduler's count read: a start in flight if the total stays under `cap`, else
-    /// the total.
-    pub fn admit(mut self, counted: usize, cap: usize) -> Result<StartInFlight, usize> {
+    /// The caller's unfinished operations as read by `read` (the ids the scheduler counts), or
+    /// by a read that began after this start arrived; then a start in flight if the total stays
+    /// under `cap`, else `Ok(Err(total))`.
+    pub async fn admit<E, F>(self, cap: usize, read: F) -> Result<Result<StartInFlight, usize>, E>
+    where
+        F: AsyncFnOnce() -> Result<HashSet<String>, E>,
+    {
+        let reader = self.ledger.with(&self.caller, |s| s.reader.clone());
+        let count = {
+            let _one_at_a_time = reader.lock().await;
+            let after = self.arrived_after;
+            let shared = self.ledger.with(&self.caller, |s| {
+                s.last_read.clone().filter(|r| r.number > after)
+            });
+            match shared {
+                Some(count) => count,
+                None => {
+                    let (number, ended_before) = self.ledger.with(&self.caller, |s| {
+                        s.reads_begun += 1;
+                        (s.reads_begun, s.ended)
+                    });
+                    let count = CountRead {
+                        number,
+                        ids: Arc::new(read().await?),
+                        ended_before,
+                    };
+                    self.ledger.with(&self.caller, |s| {
+                        // No later start can share an older read: its ended ids are not needed.
+                        while s.ended_ids.front().is_some_and(|(n, _)| *n <= ended_before) {
+                            s.ended_ids.pop_front();
+                        }
+                        s.last_read = Some(count.clone());
+                    });
+                    count
+                }
+            }
+        };
+        Ok(self.admit_counted(&count, cap))
+    }
+
+    fn admit_counted(mut self, count: &CountRead, cap: usize) -> Result<StartInFlight, usize> {
         self.done = true;
-        let before = self.ended_before;
+        let id = self.id.clone();
         let admitted = self.ledger.with(&self.caller, |s| {
             s.reading -= 1;
-            let ended = usize::try_from(s.ended - before).unwrap_or(usize::MAX);
-            let total = counted.saturating_add(s.in_flight).saturating_add(ended);
+            let unseen = |op: &Arc<str>| !count.ids.contains(&**op);
+            let total = count.ids.len()
+                + s.in_flight.iter().filter(|(_, op)| unseen(op)).count()
+                + s.ended_ids
+                    .iter()
+                    .filter(|(n, op)| *n > count.ended_before && unseen(op))
+                    .count();
             if total >= cap {
                 return Err(total);
             }
-            s.in_flight += 1;
-            Ok(())
+            s.tickets += 1;
+            s.in_flight.push((s.tickets, id));
+            Ok(s.tickets)
         });
-        admitted.map(|()| StartInFlight {
+        admitted.map(|ticket| StartInFlight {
             ledger: self.ledger.clone(),
             caller: self.caller.clone(),
+            ticket,
             _turn: self.turn.take(),
         })
     }
@@ -191,8 +269,11 @@ impl Drop for Reading {
 impl Drop for StartInFlight {
     fn drop(&mut self) {
         self.ledger.with(&self.caller, |s| {
-            s.in_flight -= 1;
-            s.ended += 1;
+            if let Some(at) = s.in_flight.iter().position(|(t, _)| *t == self.ticket) {
+                let (_, id) = s.in_flight.swap_remove(at);
+                s.ended += 1;
+                s.ended_ids.push_back((s.ended, id));
+            }
         });
     }
 }
@@ -225,51 +306,149 @@ mod tests {
         );
     }
 
+    /// `Reading::admit` with a read that finds the operations `ids` and notes that it ran.
+    async fn admit(
+        r: Reading,
+        cap: usize,
+        ids: &[&str],
+        reads: &std::sync::atomic::AtomicUsize,
+    ) -> Result<StartInFlight, usize> {
+        r.admit(cap, async || {
+            reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(set(ids))
+        })
+        .await
+        .expect("read")
+    }
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
     #[tokio::test]
     async fn a_start_counts_what_the_scheduler_may_not_show_yet() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let reads = AtomicUsize::new(0);
         let ledger = StartLedger::new(2);
-        // Two starts read a count of 1 side by side; the first is admitted, the second counts
-        // it (in flight) and passes a cap of 3 no further.
-        let r1 = ledger.reading("a").await;
-        let r2 = ledger.reading("a").await;
-        let s1 = r1.admit(1, 3).expect("1 + 0 < 3");
-        let s2 = r2.admit(1, 3).expect("1 + 1 in flight < 3");
+        // Two starts arrive together: the first reads one operation, x, and is admitted; the
+        // second arrived before that read began, so it shares it, counts the first (in flight)
+        // and passes a cap of 3 no further.
+        let r1 = ledger.reading("a", "a1").await;
+        let r2 = ledger.reading("a", "a2").await;
+        let s1 = admit(r1, 3, &["x"], &reads).await.expect("1 + 0 < 3");
+        let s2 = admit(r2, 3, &["x"], &reads)
+            .await
+            .expect("1 + 1 in flight < 3");
+        assert_eq!(reads.load(SeqCst), 1, "one read for both");
         // A third waits for a turn (2 per caller) until one of them ends.
         let waiting = tokio::spawn({
             let ledger = ledger.clone();
-            async move { ledger.reading("a").await }
+            async move { ledger.reading("a", "a3").await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "two starts of a are in flight");
-        let other = ledger
-            .reading("b")
+        let other = admit(ledger.reading("b", "b1").await, 1, &[], &reads)
             .await
-            .admit(0, 1)
             .expect("b has turns of its own");
         drop(s1);
         let r3 = waiting.await.expect("a turn");
-        // s1 ended before this count was read, so it is in it; s2 ends while it is read, so it
-        // may or may not be: counted either way.
-        drop(s2);
+        // It arrived after the shared read began, so it reads again, with a cap of 4. s1 ended
+        // before, so the count shows it; s2 ends while it is read and is not in what it finds,
+        // so it is added: x, a1 and a2.
+        let mut s2 = Some(s2);
+        let admitted = r3
+            .admit(4, async || {
+                drop(s2.take());
+                Ok::<_, ()>(set(&["x", "a1"]))
+            })
+            .await
+            .expect("read");
+        let s3 = admitted.expect("x, a1 and a2 (ended meanwhile, not seen): 3 < 4");
+        // A fourth shares nothing (it came after that read began): the scheduler now shows a2
+        // and a3, so neither is counted twice.
+        let r4 = ledger.reading("a", "a4").await;
+        let s4 = admit(r4, 5, &["x", "a1", "a2", "a3"], &reads)
+            .await
+            .expect("4 < 5: a3 in flight but seen, a2 ended but seen");
+        drop(s3);
+        let r5 = ledger.reading("a", "a5").await;
         assert_eq!(
-            r3.admit(1, 2).err(),
-            Some(2),
-            "s1 counted, s2 ended meanwhile"
+            admit(r5, 5, &["x", "a1", "a2", "a3"], &reads).await.err(),
+            Some(5),
+            "a3 ended but seen, a4 in flight and not yet seen"
         );
-        drop(other);
+        drop((s4, other));
         assert!(ledger.callers.lock().expect("lock").is_empty());
         // A start given up while waiting or reading leaves nothing behind.
-        let c1 = ledger.reading("c").await.admit(0, 5).expect("c");
-        let c2 = ledger.reading("c").await;
+        let c1 = admit(ledger.reading("c", "c1").await, 5, &[], &reads)
+            .await
+            .expect("c");
+        let c2 = ledger.reading("c", "c2").await;
         let waiting = tokio::spawn({
             let ledger = ledger.clone();
-            async move { ledger.reading("c").await }
+            async move { ledger.reading("c", "c3").await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         waiting.abort();
         let _ = waiting.await;
         drop(c2);
         drop(c1);
+        assert!(ledger.callers.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn starts_that_arrive_during_a_read_share_the_next_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let reads = Arc::new(AtomicUsize::new(0));
+        let ledger = StartLedger::new(64);
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        // A read in progress: starts that arrive now cannot use it (it began before them).
+        let first = tokio::spawn({
+            let (ledger, reads) = (ledger.clone(), reads.clone());
+            async move {
+                let r = ledger.reading("a", "first").await;
+                r.admit(100, async || {
+                    reads.fetch_add(1, SeqCst);
+                    let _ = held.await;
+                    Ok::<_, ()>(set(&["x"]))
+                })
+                .await
+                .expect("read")
+                .map(drop)
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut later = Vec::new();
+        for i in 0..20 {
+            let (ledger, reads) = (ledger.clone(), reads.clone());
+            let r = ledger.reading("a", &format!("later-{i}")).await;
+            later.push(tokio::spawn(async move {
+                let admitted = r
+                    .admit(22, async || {
+                        reads.fetch_add(1, SeqCst);
+                        Ok::<_, ()>(set(&["x", "first"]))
+                    })
+                    .await
+                    .expect("read");
+                // Held until every start has been admitted, so that each counts the others.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                admitted.map(drop)
+            }));
+        }
+        release.send(()).expect("release");
+        first.await.expect("join").expect("admitted");
+        let mut admitted = 0;
+        for t in later {
+            admitted += usize::from(t.await.expect("join").is_ok());
+        }
+        assert_eq!(
+            reads.load(SeqCst),
+            2,
+            "the 20 that arrived during the first read share one"
+        );
+        // x and `first` (seen by the second read, so counted once whenever it ended), plus 20
+        // admitted in turn: the cap of 22 leaves room for exactly 20.
+        assert_eq!(admitted, 20);
         assert!(ledger.callers.lock().expect("lock").is_empty());
     }
 }

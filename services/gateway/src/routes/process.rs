@@ -84,8 +84,14 @@ pub(crate) async fn start_process(
     };
     let callback = crate::callback::requested(&state, &headers).await?;
     let key = idempotency_key(&headers)?;
+    // The operation's id: from the key (a retry finds the same one), else random and
+    // unguessable, under the caller's prefix.
+    let id = match &key {
+        Some(key) => state.ids.idempotent_id(&caller, key),
+        None => state.ids.new_id(&caller),
+    };
     // Held until the start is made: the caller's next start counts this one.
-    let _turn = match crate::scheduler::check_unfinished(&state, &caller).await {
+    let _turn = match crate::scheduler::check_unfinished(&state, &caller, &id).await {
         Ok(turn) => turn,
         // A retry of a start already made starts nothing: answered as before, cap or not.
         Err(refused) => match &key {
@@ -98,13 +104,14 @@ pub(crate) async fn start_process(
             _ => return Err(refused),
         },
     };
-    let id = match key {
+    match key {
         Some(key) => {
-            start_idempotent(&state, &headers, &caller, &key, &input, callback.as_deref()).await?
+            let started =
+                start_idempotent(&state, &headers, &caller, &key, &input, callback.as_deref())
+                    .await?;
+            debug_assert_eq!(started, id);
         }
         None => {
-            // Random and unguessable, under the caller's prefix.
-            let id = state.ids.new_id(&caller);
             let tags = crate::callback::tags(callback.as_ref(), &id);
             start_orchestration(
                 &state,
@@ -116,9 +123,8 @@ pub(crate) async fn start_process(
                 tags,
             )
             .await?;
-            id
         }
-    };
+    }
     if let Some(url) = callback {
         crate::callback::start_delivery(&state, &headers, &caller, &id, url).await?;
     }

@@ -110,7 +110,7 @@ pub(crate) async fn sample_start(
     };
     let callback = crate::callback::requested(&state, &headers).await?;
     // Held until the start is made: the caller's next start counts this one.
-    let _turn = crate::scheduler::check_unfinished(&state, &caller).await?;
+    let _turn = crate::scheduler::check_unfinished(&state, &caller, &id).await?;
     let tags = crate::callback::tags(callback.as_ref(), &id);
     start_orchestration(
         &state,
