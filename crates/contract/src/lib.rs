@@ -1,8 +1,11 @@
 //! The contract between the gateway, which starts operations, and the worker, which runs them:
 //! the orchestration and activity names and their input and output shapes. One definition, so
-//! the two services cannot drift apart.
+//! the two services cannot drift apart; and what an operation's status is called (`status`),
+//! shared with the dashboard.
 
 use serde::{Deserialize, Serialize};
+
+pub mod status;
 
 /// The orchestration the product runs.
 pub const PROCESS_ORCHESTRATION: &str = "process_request";

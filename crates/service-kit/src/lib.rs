@@ -1,14 +1,17 @@
 //! Start-up and shutdown plumbing shared by `local-scheduler`, `worker`, `gateway` and
 //! `dashboard`, and the one HTTP server they all listen with ([`http_server`]).
 
+pub mod admin;
 pub mod api_keys;
 pub mod callbacks;
 pub mod http_server;
 pub mod metrics;
+pub mod run;
 pub mod settings;
 pub mod telemetry;
 
 use durabletask::{ConfigError, ConnectionOptions};
+pub use run::RunError;
 
 /// Resolves when the process is asked to stop (SIGTERM, or Ctrl-C on a terminal).
 pub async fn shutdown_signal() {

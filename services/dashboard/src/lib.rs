@@ -8,8 +8,11 @@
 
 mod diagrams;
 mod listing;
+mod run;
 pub mod settings;
 mod views;
+
+pub use run::run;
 
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use durabletask::{Client, InstanceQuery, OrchestrationMetadata, OrchestrationStatus};
 
-use crate::views::STATUSES;
+use contract::status::RUNTIME_STATUSES as STATUSES;
 
 /// Rows read from the scheduler per query while counting.
 const COUNT_PAGE: u32 = 1_000;

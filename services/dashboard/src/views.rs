@@ -1,30 +1,17 @@
 //! The pages. maud escapes every interpolated value: payloads, names and ids are always text.
 
 use axum::http::StatusCode;
+use durabletask::OrchestrationMetadata;
 use durabletask::history::EventSummary;
-use durabletask::{OrchestrationMetadata, OrchestrationStatus};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::ListQuery;
 use crate::listing::{Counts, Listing};
 
-/// The statuses a list can be filtered by, with the names the form uses.
-pub(crate) const STATUSES: [(OrchestrationStatus, &str); 7] = [
-    (OrchestrationStatus::Pending, "Pending"),
-    (OrchestrationStatus::Running, "Running"),
-    (OrchestrationStatus::Suspended, "Suspended"),
-    (OrchestrationStatus::Completed, "Completed"),
-    (OrchestrationStatus::Failed, "Failed"),
-    (OrchestrationStatus::Terminated, "Terminated"),
-    (OrchestrationStatus::Canceled, "Canceled"),
-];
-
-fn status_name(s: OrchestrationStatus) -> &'static str {
-    STATUSES
-        .iter()
-        .find(|(st, _)| *st == s)
-        .map_or("Unknown", |(_, n)| *n)
-}
+/// The statuses a list can be filtered by, with the names the form uses (an operator's view:
+/// the scheduler's runtime statuses, named in `contract::status`).
+pub(crate) use contract::status::RUNTIME_STATUSES as STATUSES;
+use contract::status::runtime_name as status_name;
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map_or_else(

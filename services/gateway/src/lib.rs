@@ -16,6 +16,7 @@ mod callback;
 pub mod config;
 mod extract;
 mod idempotency;
+mod json;
 pub mod limits;
 mod links;
 mod metrics;
@@ -24,6 +25,7 @@ mod openapi;
 mod problem;
 mod respond;
 mod routes;
+mod run;
 mod scheduler;
 pub mod serve;
 pub mod shares;
@@ -44,12 +46,13 @@ pub use contract::{
 pub use metrics::GatewayMetrics;
 pub use model::{
     OperationAccepted, OperationError, OperationOutput, OperationPage, OperationState,
-    OperationStatusBody, OperationSummary, operation_status,
+    OperationStatusBody, OperationSummary, StatusDocument,
 };
 pub use openapi::ApiDoc;
 pub use problem::{Problem, ProblemDetails};
 pub use routes::history::{HistoryEntry, OperationHistory};
 pub use routes::sample::{SampleAccepted, SampleStartRequest, SampleStatus};
+pub use run::run;
 pub use state::{AppState, Shared};
 
 /// The whole public API. Route templates are written here once: the metrics middleware labels
@@ -116,11 +119,12 @@ pub fn app(state: AppState) -> Router {
 /// The admin listener's routes: probes and metrics, apart from the public API (not behind the
 /// Service an Ingress uses).
 pub fn admin_app(state: AppState) -> Router {
-    use routes::health;
-    let router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics_text));
+    let ready = state.clone();
+    let scraped = state.clone();
+    let router = service_kit::admin::router(
+        move || routes::health::readiness(ready.clone()),
+        move |accept| scraped.metrics.exposition(accept),
+    );
     // The Swagger UI's 1.5 MB of script, away from the public listener when asked.
     let router = if state.config.docs == config::Docs::Admin {
         router
@@ -128,7 +132,7 @@ pub fn admin_app(state: AppState) -> Router {
     } else {
         router
     };
-    router.fallback(problem::not_found).with_state(state)
+    router.fallback(problem::not_found)
 }
 
 /// For the routes that change state (start, cancel): the handler runs in a task of its own, so

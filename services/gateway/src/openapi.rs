@@ -6,7 +6,7 @@ use crate::GatewayConfig;
 use crate::links::OperationLinks;
 use crate::model::{
     OperationAccepted, OperationError, OperationOutput, OperationPage, OperationState,
-    OperationStatusBody, OperationSummary,
+    OperationStatusBody, OperationSummary, StatusDocument,
 };
 use crate::problem::ProblemDetails;
 use crate::routes::sample::{SampleAccepted, SampleStartRequest, SampleStatus};
@@ -37,6 +37,7 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         OperationLinks,
         OperationState,
         OperationStatusBody,
+        StatusDocument,
         OperationError,
         ProcessResult,
         OperationOutput,
@@ -89,9 +90,40 @@ impl ApiDoc {
                 p.default = Some(sample_default.into());
             });
         }
+        status_filter(&mut doc);
         limit_responses(&mut doc, config.rate_limit_per_second > 0);
         security(&mut doc, &config.auth_modes);
         doc
+    }
+}
+
+/// The pattern of the list's `status` filter: the listable states of `contract::status`, so the
+/// document cannot spell them differently.
+fn status_filter(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let names: Vec<&str> = contract::status::OperationState::LISTABLE
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let names = names.join("|");
+    let pattern = format!("^({names})(,({names}))*$");
+    let list = doc
+        .paths
+        .paths
+        .get_mut("/api/operations")
+        .and_then(|item| item.get.as_mut());
+    for p in list
+        .and_then(|op| op.parameters.as_mut())
+        .into_iter()
+        .flatten()
+    {
+        if let RefOr::T(p) = p
+            && p.name == "status"
+            && let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut()
+        {
+            o.pattern = Some(pattern.clone());
+        }
     }
 }
 

@@ -5,8 +5,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::json::json_response;
 use crate::model::OperationError;
-use crate::respond::json_response;
 
 /// An error answer, built by the constructors below and rendered as `application/problem+json`.
 #[derive(Debug)]

@@ -338,6 +338,27 @@ async fn one_signed_event_per_operation_whether_it_succeeds_fails_or_is_canceled
     );
     assert_eq!(by_subject[&failed]["data"]["error"]["type"], "ValueError");
     assert_eq!(by_subject[&canceled]["data"]["status"], "Canceled");
+    // A callback receiver and a poller are told the same (one definition, `contract::status`):
+    // the event's document is the status route's, field for field, the event adding the
+    // result and each its own links.
+    for id in [&succeeded, &failed, &canceled] {
+        let (code, _, mut polled) = http(port, "GET", &format!("/api/status/{id}"), None).await;
+        assert_eq!(code, 200, "{polled}");
+        let mut sent = by_subject[id]["data"].clone();
+        for (doc, own) in [
+            (&mut polled, ["callback", "links"]),
+            (&mut sent, ["result", "links"]),
+        ] {
+            for field in own {
+                doc.as_object_mut().expect("an object").remove(field);
+            }
+        }
+        assert_eq!(
+            sent, polled,
+            "the callback's document against the status route's"
+        );
+        assert!(polled["completed_at"].is_string(), "{polled}");
+    }
 
     // The status document tells where the delivery stands.
     let doc = settled(port, &succeeded).await;

@@ -133,6 +133,27 @@ async fn openapi_document_covers_every_route_status_and_schema() {
     assert_eq!(req["properties"]["delay_seconds"]["maximum"], 120);
     assert_eq!(req["properties"]["name"]["maxLength"], 40);
     assert_eq!(req["additionalProperties"], false);
+    // The list's status filter names exactly the states of `contract::status`.
+    let status = doc["paths"]["/api/operations"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "status")
+        .expect("a status filter");
+    let names = contract::status::OperationState::LISTABLE
+        .map(|s| s.as_str())
+        .join("|");
+    assert_eq!(
+        status["schema"]["pattern"],
+        format!("^({names})(,({names}))*$"),
+        "{status}"
+    );
+    // The status document is `contract::status`'s, with the callback and links beside it.
+    assert!(
+        doc["components"]["schemas"]["StatusDocument"]["properties"]["completed_at"].is_object(),
+        "{}",
+        doc["components"]["schemas"]["StatusDocument"]
+    );
     // Every reference resolves.
     let mut all = BTreeSet::new();
     refs(&doc, &mut all);

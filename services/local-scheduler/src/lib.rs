@@ -78,6 +78,38 @@ pub struct Runtime {
     pub export_spans: bool,
 }
 
+/// The scheduler as a process: `settings` completed by the DTS emulator's variables
+/// (`DTS_TASK_HUB_NAMES`) and checked, its listeners bound, served until SIGTERM (or Ctrl-C).
+pub async fn run(settings: Settings) -> Result<(), service_kit::RunError> {
+    use service_kit::RunError;
+    use service_kit::settings::Validate;
+    let settings = settings.with_emulator_variables(|k| std::env::var(k).ok());
+    settings
+        .validate()
+        .map_err(|m| RunError::Config(format!("invalid local-scheduler configuration: {m}")))?;
+    let telemetry = service_kit::telemetry::init("local-scheduler", &settings.log_format);
+    let grpc = service_kit::run::bind("listen", &settings.listen).await?;
+    let admin = service_kit::run::bind("admin_listen", &settings.admin_listen).await?;
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(grpc_addr = %addr(&grpc), admin_addr = %addr(&admin), hubs = ?settings.task_hubs, store = %settings.store, "local scheduler listening");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        service_kit::shutdown_signal().await;
+        tracing::info!("shutting down: ending work-item streams");
+        signal.cancel();
+    });
+    let runtime = Runtime {
+        export_spans: telemetry.exporting(),
+    };
+    serve(Listeners { grpc, admin }, &settings, runtime, shutdown)
+        .await
+        .map_err(RunError::service)?;
+    tracing::info!("stopped");
+    telemetry.shutdown();
+    Ok(())
+}
+
 /// Restores the store, then serves gRPC and the admin routes until `shutdown` is cancelled;
 /// work-item streams then end with OK and the function returns.
 pub async fn serve(

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use contract::status::StatusDocument;
 use contract::{
     AttemptResult, CALLBACK_DELIVER_ACTIVITY, CALLBACK_ORCHESTRATION, CALLBACK_READ_ACTIVITY,
     CallbackJob, CallbackState, DeliveryAttempt, OperationOutcome,
@@ -300,18 +301,6 @@ async fn deliver(
     Ok(state)
 }
 
-/// The operation's public status name, as the gateway's status document has it.
-fn public_status(s: OrchestrationStatus) -> &'static str {
-    match s {
-        OrchestrationStatus::Pending => "NotStarted",
-        OrchestrationStatus::Running | OrchestrationStatus::ContinuedAsNew => "Running",
-        OrchestrationStatus::Suspended => "Suspended",
-        OrchestrationStatus::Completed => "Succeeded",
-        OrchestrationStatus::Failed => "Failed",
-        OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => "Canceled",
-    }
-}
-
 async fn read_outcome(
     client: &Client,
     operation_id: &str,
@@ -326,48 +315,30 @@ async fn read_outcome(
     if !m.runtime_status.is_terminal() {
         return Ok(OperationOutcome::Running);
     }
-    let status = public_status(m.runtime_status);
-    let time = m
+    // The status document the gateway's status route answers, plus the result.
+    let doc = StatusDocument::of(operation_id, &m);
+    let state = doc.status;
+    let time = doc
         .completed_at
-        .or(m.last_updated_at)
-        .unwrap_or_else(chrono::Utc::now);
-    let rfc = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    };
-    let parse = |s: &Option<String>| {
-        s.as_deref()
-            .and_then(|s| serde_json::from_str::<Value>(s).ok())
-    };
-    let mut document = json!({
-        "id": operation_id,
-        "status": status,
-        "runtime_status": m.runtime_status.as_str(),
-        "created_at": rfc(m.created_at),
-        "last_updated_at": rfc(m.last_updated_at),
-        "completed_at": rfc(Some(time)),
-        "custom_status": parse(&m.serialized_custom_status),
-    });
+        .clone()
+        .or_else(|| contract::status::rfc3339(Some(chrono::Utc::now())));
+    let mut document = serde_json::to_value(&doc)
+        .map_err(|e| FailureDetails::new("SerializationError", e.to_string()))?;
     if m.runtime_status == OrchestrationStatus::Completed {
-        document["result"] = parse(&m.serialized_output).unwrap_or(Value::Null);
+        document["result"] = m
+            .serialized_output
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .unwrap_or(Value::Null);
     }
-    if let Some(f) = innermost(m.failure_details.as_ref()) {
-        document["error"] = json!({"type": f.error_type, "message": f.message});
-    } else if status == "Canceled" {
-        document["error"] = json!({"type": "Canceled", "message": parse(&m.serialized_output)
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "canceled".into())});
-    }
-    let event_type = format!(
-        "io.async-http-api.operation.{}",
-        status.to_ascii_lowercase()
-    );
+    let event_type = state.event_type();
     // `links` and `id` are filled in by the orchestration's job: the same event on each attempt.
     let event = json!({
         "specversion": "1.0",
         "type": event_type,
         "source": "/api/operations",
         "subject": operation_id,
-        "time": rfc(Some(time)),
+        "time": time,
         "datacontenttype": "application/json",
         "data": document,
     });
@@ -375,14 +346,6 @@ async fn read_outcome(
         event_type,
         event: event.to_string(),
     })
-}
-
-fn innermost(f: Option<&FailureDetails>) -> Option<&FailureDetails> {
-    let mut f = f?;
-    while let Some(inner) = f.inner.as_deref() {
-        f = inner;
-    }
-    Some(f)
 }
 
 fn result(outcome: &str, status: Option<u16>, error: Option<String>) -> AttemptResult {

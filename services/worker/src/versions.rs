@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use durabletask::{Client, InstanceQuery, OrchestrationStatus};
+use service_kit::RunError;
 
 /// Unfinished instances by version (`None`: started without one), by status.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -70,14 +71,16 @@ impl Unfinished {
 
 /// The subcommand: prints the table; with `--free <version>`, the exit code says whether that
 /// version still pins unfinished operations.
-pub async fn command(args: Vec<String>) -> anyhow::Result<i32> {
-    use anyhow::Context;
+pub async fn command(args: Vec<String>) -> Result<i32, RunError> {
     let mut free = None;
     let mut rest = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--free" {
-            free = Some(it.next().context("--free needs a version")?);
+            free = Some(
+                it.next()
+                    .ok_or_else(|| RunError::Config("--free needs a version".into()))?,
+            );
         } else {
             rest.push(a);
         }
@@ -95,13 +98,13 @@ pub async fn command(args: Vec<String>) -> anyhow::Result<i32> {
         &settings.taskhub,
         settings.connection_string.as_deref(),
     )
-    .context("`endpoint` / `taskhub` / `connection_string`")?;
+    .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
     let conn = durabletask::Connection::connect(options)
         .await
-        .context("connecting to the scheduler")?;
+        .map_err(RunError::Connect)?;
     let unfinished = Unfinished::read(&Client::new(&conn))
         .await
-        .context("reading the unfinished operations")?;
+        .map_err(|e| RunError::failed("reading the unfinished operations", e))?;
     print!("{}", unfinished.table());
     Ok(match free {
         None => 0,

@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use crate::AppState;
 use crate::extract::OperationPath;
-use crate::model::{OperationState, operation_status};
+use crate::model::OperationState;
 use crate::problem::Problem;
 use crate::respond::accepted;
 use crate::scheduler::{fetch, with_deadline};
@@ -42,7 +42,7 @@ pub(crate) async fn cancel(
             "Conflict",
             format!(
                 "the operation already ended as {}",
-                operation_status(m.runtime_status)
+                OperationState::of(m.runtime_status)
             ),
         ));
     }

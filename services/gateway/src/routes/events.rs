@@ -15,13 +15,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use durabletask::OrchestrationMetadata;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::extract::OperationPath;
 use crate::links::links;
-use crate::model::{OperationStatusBody, error_of, operation_status, rfc3339};
+use crate::model::{OperationError, OperationState, OperationStatusBody, StatusDocument};
 use crate::problem::Problem;
 use crate::scheduler::fetch;
 
@@ -152,7 +151,7 @@ fn version(m: &OrchestrationMetadata) -> i64 {
 struct Watch {
     last_id: Option<i64>,
     /// Status, custom status and error of the last event.
-    last_sent: Option<(String, Option<String>, Option<String>)>,
+    last_sent: Option<(OperationState, Option<String>, Option<OperationError>)>,
 }
 
 impl Watch {
@@ -167,23 +166,17 @@ impl Watch {
         if self.last_id.is_some_and(|seen| v <= seen) {
             return None;
         }
-        let error = error_of(m);
+        let document = StatusDocument::of(id, m);
         let key = (
-            operation_status(m.runtime_status).to_string(),
+            document.status,
             m.serialized_custom_status.clone(),
-            error.as_ref().map(|e| format!("{e:?}")),
+            document.error.clone(),
         );
         if self.last_sent.as_ref() == Some(&key) {
             return None;
         }
         let body = OperationStatusBody {
-            id: id.to_string(),
-            status: operation_status(m.runtime_status),
-            runtime_status: m.runtime_status.as_str(),
-            created_at: rfc3339(m.created_at),
-            last_updated_at: rfc3339(m.last_updated_at),
-            custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
-            error,
+            document,
             callback: None,
             links: links.clone(),
         };

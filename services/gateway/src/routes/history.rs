@@ -11,9 +11,9 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::extract::{OperationPath, valid_id};
+use crate::json::{JSON, json_response};
 use crate::model::{OperationError, rfc3339};
 use crate::problem::{Problem, operation_not_found};
-use crate::respond::{JSON, json_response};
 use crate::scheduler::{record_operation, with_deadline};
 
 /// An operation's history: every event of its orchestration's current execution, in order.

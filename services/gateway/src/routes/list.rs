@@ -10,21 +10,19 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::auth::{Caller, Role, forbidden};
 use crate::extract::ApiQuery;
+use crate::json::{JSON, json_response};
 use crate::links::{base, encode, links};
-use crate::model::{OperationPage, OperationSummary, operation_status, rfc3339, runtime_statuses};
+use crate::model::{OperationPage, OperationState, OperationSummary, rfc3339};
 use crate::problem::{Problem, bad_query};
-use crate::respond::{JSON, json_response};
 use crate::scheduler::{dts_call, dts_problem, timed_out};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
-    /// Comma-separated statuses: NotStarted, Running, Suspended, Succeeded, Failed, Canceled.
-    #[param(
-        example = "Running,NotStarted",
-        pattern = "^(NotStarted|Running|Suspended|Succeeded|Failed|Canceled)(,(NotStarted|Running|Suspended|Succeeded|Failed|Canceled))*$"
-    )]
+    /// Comma-separated statuses, as the status document spells them (the pattern lists them).
+    // The pattern is filled in from `contract::status` (`openapi::status_filter`).
+    #[param(example = "Running,NotStarted")]
     status: Option<String>,
     /// Only operations created at or after this RFC 3339 time.
     #[param(format = DateTime)]
@@ -93,9 +91,13 @@ pub(crate) async fn list(
         Some(list) => {
             let mut out = Vec::new();
             for s in list.split(',') {
-                out.extend(runtime_statuses(s).ok_or_else(|| {
-                    bad_query(format!("unknown status '{s}'; use NotStarted, Running, Suspended, Succeeded, Failed or Canceled"))
-                })?);
+                let state = OperationState::listable(s).ok_or_else(|| {
+                    bad_query(format!(
+                        "unknown status '{s}'; use {}",
+                        OperationState::listable_names()
+                    ))
+                })?;
+                out.extend_from_slice(state.runtime_statuses());
             }
             out
         }
@@ -139,7 +141,7 @@ pub(crate) async fn list(
         .map(|m| OperationSummary {
             id: m.instance_id.clone(),
             name: m.name.clone(),
-            status: operation_status(m.runtime_status),
+            status: OperationState::of(m.runtime_status),
             runtime_status: m.runtime_status.as_str(),
             created_at: rfc3339(m.created_at),
             last_updated_at: rfc3339(m.last_updated_at),

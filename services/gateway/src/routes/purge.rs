@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::extract::OperationPath;
-use crate::model::operation_status;
+use crate::model::OperationState;
 use crate::problem::{Problem, operation_not_found};
 use crate::scheduler::{fetch, with_deadline};
 
@@ -36,7 +36,7 @@ pub(crate) async fn purge(
             "Conflict",
             format!(
                 "the operation is {}; cancel it first, or wait until it ends",
-                operation_status(m.runtime_status)
+                OperationState::of(m.runtime_status)
             ),
         ));
     }

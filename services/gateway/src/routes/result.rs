@@ -8,9 +8,10 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::extract::OperationPath;
-use crate::model::{error_of, operation_status};
+use crate::json::{JSON, json_response};
+use crate::model::{OperationError, OperationState};
 use crate::problem::Problem;
-use crate::respond::{JSON, accepted, json_response};
+use crate::respond::accepted;
 use crate::scheduler::fetch;
 
 /// The result of an operation.
@@ -51,14 +52,14 @@ pub(crate) async fn result(
             "Operation Failed",
             "the operation failed; see `error`",
         )
-        .about(&id, error_of(&m))),
+        .about(&id, OperationError::of(&m))),
         OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => Err(Problem::new(
             StatusCode::CONFLICT,
             "operation-canceled",
             "Operation Canceled",
             "the operation was canceled before it produced a result",
         )
-        .about(&id, error_of(&m))),
-        other => accepted(&state, &headers, id, operation_status(other)),
+        .about(&id, OperationError::of(&m))),
+        other => accepted(&state, &headers, id, OperationState::of(other)),
     }
 }

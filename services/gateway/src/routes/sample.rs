@@ -12,10 +12,11 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::{FieldRules, OperationPath, OptionalJsonBody};
+use crate::json::{JSON, json_response};
 use crate::links::base;
-use crate::model::{error_of, rfc3339};
+use crate::model::{OperationError, rfc3339};
 use crate::problem::{Problem, invalid};
-use crate::respond::{JSON, json_response, location, retry_after};
+use crate::respond::{location, retry_after};
 use crate::scheduler::{fetch, start_orchestration};
 use crate::{AppState, GatewayConfig};
 
@@ -165,15 +166,18 @@ pub(crate) async fn sample_status(
         error: None,
         last_updated: None,
     };
+    // The sample names its two endings as an operator does (`contract::status`), the rest as
+    // the scheduler does.
     match m.runtime_status {
         OrchestrationStatus::Completed => {
-            body.status = "Completed".into();
+            body.status = contract::status::runtime_name(m.runtime_status).into();
             body.result = Some(m.output::<Value>().unwrap_or(Value::Null));
         }
         OrchestrationStatus::Failed => {
-            body.status = "Failed".into();
+            body.status = contract::status::runtime_name(m.runtime_status).into();
             body.error = Some(
-                error_of(&m).map_or_else(|| "the operation failed".to_string(), |e| e.message),
+                OperationError::of(&m)
+                    .map_or_else(|| "the operation failed".to_string(), |e| e.message),
             );
         }
         _ => body.last_updated = rfc3339(m.last_updated_at),

@@ -7,15 +7,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use durabletask::Error as DtsError;
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::extract::{ApiQuery, OperationPath};
+use crate::json::{JSON, json_response};
 use crate::links::links;
-use crate::model::{OperationStatusBody, error_of, operation_status, rfc3339};
+use crate::model::{OperationStatusBody, StatusDocument};
 use crate::problem::{Problem, bad_query, operation_not_found};
-use crate::respond::{JSON, json_response, retry_after};
+use crate::respond::retry_after;
 use crate::scheduler::{dts_call, dts_problem, fetch};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -84,13 +84,7 @@ pub(crate) async fn status(
         }
     }
     let body = OperationStatusBody {
-        id: id.clone(),
-        status: operation_status(m.runtime_status),
-        runtime_status: m.runtime_status.as_str(),
-        created_at: rfc3339(m.created_at),
-        last_updated_at: rfc3339(m.last_updated_at),
-        custom_status: m.custom_status::<Value>().ok().filter(|v| !v.is_null()),
-        error: error_of(&m),
+        document: StatusDocument::of(&id, &m),
         callback: crate::callback::state_of(&state, &m).await?,
         links: links(&state, &headers, &id),
     };

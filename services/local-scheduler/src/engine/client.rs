@@ -1,9 +1,18 @@
 //! Client operations: start, read, raise events, terminate, rewind, suspend, resume, restart,
 //! purge and query.
 
-use std::sync::Arc;
+use chrono::{DateTime, Utc};
+use durabletask_proto as pb;
+use pb::history_event::EventType;
 
-use super::*;
+use super::{
+    CreateSpec, Engine, EngineError, MAX_EXECUTION_ID_BYTES, MAX_VERSION_BYTES, instances,
+    mark_ready, owner_of, validate_instance_id, validate_len, validate_name, validate_payload,
+    validate_tags, validate_trace,
+};
+use crate::model::{Change, Instance, event, from_ts, is_terminal, status_i32};
+
+use std::sync::Arc;
 
 impl Engine {
     pub fn start_instance(

@@ -6,7 +6,16 @@
 //! worker stopped, its connection broke, or it stopped answering the server's HTTP/2 pings, see
 //! `lease_seconds`). There is no clock in it, so a clock step cannot expire anything.
 
-use super::*;
+use durabletask_proto as pb;
+use pb::history_event::EventType;
+use pb::orchestrator_action::OrchestratorActionType as Action;
+
+use super::{
+    Engine, EngineError, Lease, LeaseKind, MAX_CHUNKED_COMPLETION_BYTES, MAX_EVENTS_PER_EPISODE,
+    PartialCompletion, StreamFilter, Verdict, execution_started, exemplar, is_orchestrator_started,
+    mark_ready, owner_of, undispatched, validate_failure, validate_payload,
+};
+use crate::model::{Change, event, status_i32};
 
 /// What a stream that went away left behind.
 #[derive(Debug, Default)]
@@ -471,6 +480,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Limits;
 
     fn engine(max_dispatches: u32) -> Engine {
         Engine::new(&["h".to_string()]).with_limits(Limits {

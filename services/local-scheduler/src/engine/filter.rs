@@ -1,6 +1,7 @@
 //! Work-item filters: which orchestrations and activities a stream takes.
 
-use super::*;
+use durabletask_proto as pb;
+use std::collections::{HashMap, HashSet};
 
 /// What a work-item stream asks for. `None`: everything. `Some(map)`: only those names (an
 /// empty map means nothing of that kind), each with its accepted versions (empty: any version).

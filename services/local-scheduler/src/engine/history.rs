@@ -1,7 +1,10 @@
 //! Reading histories: the current execution's, from memory or (a finished instance with a store)
 //! from disk through the server, and loading on-disk histories back before a rewind.
 
-use super::*;
+use durabletask_proto as pb;
+use std::collections::HashSet;
+
+use super::{Engine, EngineError, HistoryView};
 
 impl Engine {
     /// The history of an instance's current execution, in order. `None` when there is no such

@@ -1,6 +1,7 @@
 //! Dispatch latency: the histograms `/metrics` exposes and the exemplars they carry.
 
-use super::*;
+use durabletask_proto as pb;
+use pb::history_event::EventType;
 
 /// Exemplar labels: the trace of the operation a work item belongs to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]

@@ -5,12 +5,11 @@
 //! Semantics follow the DTS protocol as its SDKs speak it: history `eventId`s equal action ids, results refer back by `taskScheduledId`/`timerId`, `OrchestratorStarted`
 //! opens every episode, completions are keyed by an opaque per-dispatch token.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use durabletask_proto as pb;
 use pb::history_event::EventType;
-use pb::orchestrator_action::OrchestratorActionType as Action;
 
 mod client;
 mod dispatch;
@@ -38,8 +37,7 @@ pub use validate::{
 };
 
 use crate::model::{
-    ActivityItem, Change, Instance, InstanceRow, children_of, event, from_ts, is_terminal, now_ts,
-    status_i32, ts,
+    ActivityItem, Change, Instance, InstanceRow, children_of, event, is_terminal, status_i32, ts,
 };
 
 /// Why the engine refused an operation. The gRPC service maps each kind to its status code;

@@ -1,6 +1,9 @@
 //! Durable timers and scheduled starts.
 
-use super::*;
+use chrono::{DateTime, Utc};
+
+use super::Engine;
+use crate::model::{Change, now_ts};
 
 impl Engine {
     /// Moves timers that are due into inboxes; returns the next due time.

@@ -4,7 +4,11 @@
 //! DTS documents no limit, the limit is ours; each refusal is `INVALID_ARGUMENT` naming the field
 //! and its limit.
 
-use super::*;
+use durabletask_proto as pb;
+use pb::history_event::EventType;
+use pb::orchestrator_action::OrchestratorActionType as Action;
+
+use super::EngineError;
 
 /// Payload limit per input, output or event, as DTS.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;

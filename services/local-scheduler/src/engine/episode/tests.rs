@@ -1,9 +1,13 @@
 //! `plan_episode` from canned histories.
 
+use std::collections::{HashMap, VecDeque};
+
 use durabletask::testing::HistoryBuilder;
 use pb::orchestrator_action::OrchestratorActionType as A;
 
 use super::*;
+use crate::engine::activity_key;
+use crate::model::{InstanceRow, ts};
 
 const RUNNING: i32 = pb::OrchestrationStatus::Running as i32;
 
