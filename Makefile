@@ -66,15 +66,7 @@ chart-check: venv tools $(CHECKOV_VENV)/.installed .ci/crd-check/node_modules/.p
 SMOKE_PORT ?= 18800
 smoke: ## The smoke script against local processes (in-memory scheduler, worker, gateway)
 	@cargo build --locked -q -p local-scheduler -p worker -p gateway
-	@set -e; \
-	  LOCAL_SCHEDULER__STORE=memory LOCAL_SCHEDULER__LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+1)) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+2)) RUST_LOG=warn ./target/debug/local-scheduler & s=$$!; \
-	  trap 'kill $$g $$w $$s 2>/dev/null; wait 2>/dev/null' EXIT; \
-	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$$(($(SMOKE_PORT)+1))) 2>/dev/null && break; sleep 0.1; done; \
-	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) WORKER__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+3)) RUST_LOG=warn ./target/debug/worker & w=$$!; \
-	  ENDPOINT=http://127.0.0.1:$$(($(SMOKE_PORT)+1)) GATEWAY__LISTEN=127.0.0.1:$(SMOKE_PORT) GATEWAY__ADMIN_LISTEN=127.0.0.1:$$(($(SMOKE_PORT)+4)) \
-	    GATEWAY__AUTH=none GATEWAY__DRAIN_DELAY_SECONDS=0 RUST_LOG=warn ./target/debug/gateway & g=$$!; \
-	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(SMOKE_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	  ./.ci/smoke http://127.0.0.1:$(SMOKE_PORT)
+	@SMOKE_PORT=$(SMOKE_PORT) ./.ci/up smoke
 
 # kind: the same smoke script against the chart in a local cluster (needs Docker and kind).
 KIND_CLUSTER ?= async-http-api
@@ -163,39 +155,12 @@ screenshots: deps ## The dashboard's screenshots in docs/screenshots, taken by i
 
 run: deps-run ## The whole system on a laptop: local scheduler (SQLite in .data/), one worker, the gateway on :$(GATEWAY_PORT), the dashboard on :$(DASHBOARD_PORT)
 	@cargo build --locked -p local-scheduler -p worker -p gateway -p dashboard
-	@set -e; \
-	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) ./target/debug/local-scheduler & s=$$!; \
-	  trap 'kill $$g $$w $$d $$s 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
-	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	  hook_secret=$$(python3 -c 'import base64,secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())'); \
-	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default WORKER__CALLBACK_SECRET=$$hook_secret \
-	    WORKER__CALLBACK_ALLOW_HTTP=true WORKER__CALLBACK_ALLOWED_NETWORKS=127.0.0.1/32 ./target/debug/worker & w=$$!; \
-	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default DASHBOARD__LISTEN=127.0.0.1:$(DASHBOARD_PORT) ./target/debug/dashboard & d=$$!; \
-	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default GATEWAY__LISTEN=127.0.0.1:$(GATEWAY_PORT) \
-	    GATEWAY__ADMIN_LISTEN=127.0.0.1:$(GATEWAY_ADMIN_PORT) GATEWAY__DRAIN_DELAY_SECONDS=0 GATEWAY__AUTH=none \
-	    GATEWAY__PUBLIC_BASE_URL=http://localhost:$(GATEWAY_PORT) GATEWAY__CALLBACK_ALLOW_HTTP=true \
-	    GATEWAY__CALLBACK_ALLOWED_NETWORKS=127.0.0.1/32 ./target/debug/gateway & g=$$!; \
-	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(GATEWAY_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	  echo; echo "Running. Try:"; \
-	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/process -H 'content-type: application/json' -d '{\"name\":\"Ada\",\"delay_seconds\":5}'"; \
-	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/status/<id>"; \
-	  echo "  curl -s localhost:$(GATEWAY_PORT)/api/result/<id>"; \
-	  echo "  curl -si -X POST localhost:$(GATEWAY_PORT)/api/operations/<id>/cancel"; \
-	  echo "  curl -N localhost:$(GATEWAY_PORT)/api/status/<id>/events      (live status, server-sent events)"; \
-	  echo "Callbacks (add -H 'Callback-Url: http://127.0.0.1:<port>/hook' to a start; loopback and http allowed here only)"; \
-	  echo "  are signed with this run's secret: $$hook_secret"; \
-	  echo "Dashboard: http://localhost:$(DASHBOARD_PORT)/"; \
-	  echo "Metrics: curl -s localhost:$(GATEWAY_ADMIN_PORT)/metrics (gateway), localhost:$(ADMIN_PORT)/metrics (scheduler)    Ctrl-C stops everything."; \
-	  wait $$g
+	@RUN_PORT=$(RUN_PORT) ADMIN_PORT=$(ADMIN_PORT) GATEWAY_PORT=$(GATEWAY_PORT) \
+	  GATEWAY_ADMIN_PORT=$(GATEWAY_ADMIN_PORT) DASHBOARD_PORT=$(DASHBOARD_PORT) ./.ci/up run
 
 demo: ## A Rust worker + client example against the local scheduler (prints one orchestration's result)
 	@cargo build --locked -p local-scheduler -p durabletask --example hello_sequence
-	@set -e; \
-	  LOCAL_SCHEDULER__LISTEN=127.0.0.1:$(RUN_PORT) LOCAL_SCHEDULER__ADMIN_LISTEN=127.0.0.1:$(ADMIN_PORT) \
-	    ./target/debug/local-scheduler & server=$$!; \
-	  trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT INT TERM; \
-	  for i in $$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$(RUN_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	  ENDPOINT=http://localhost:$(RUN_PORT) TASKHUB=default ./target/debug/examples/hello_sequence
+	@RUN_PORT=$(RUN_PORT) ADMIN_PORT=$(ADMIN_PORT) ./.ci/up demo
 
 scheduler: ## Only the local scheduler, in the foreground (Ctrl-C stops it)
 	cargo run --locked -p local-scheduler

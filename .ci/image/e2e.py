@@ -467,12 +467,28 @@ def main():
 
 
 def run(docker: Engine, work: Path):
+    """Every scenario, in order, against one set of pods."""
     for b in BINARIES + ["service-proxy"]:
         check((BIN_DIR / b).exists(), f"{BIN_DIR / b} missing: cargo build --profile image first")
     docker.start()
+    image = build_images(docker, work)
+    docs, helm_test = render_chart(docker, image)
+    network = "e2e-internal"
+    docker("network", "create", "--internal", "--label", LABEL, network)
+    system = System(docker, Cluster(docker, work, docs, network))
+    a_misconfigured_scheduler_exits_naming_the_key(system)
+    system.start_all()
+    smoke_through_the_gateway_service(system)
+    the_helm_test_pod_passes(system, helm_test)
+    a_killed_worker_leaves_its_operations_to_the_other(system)
+    a_scheduler_restart_loses_nothing(system)
+    memory_stays_under_the_limits_under_load(system)
+    log("all passed")
 
-    # The images: the offline base, the image from the Dockerfile's `prebuilt` target on it, the
-    # curl stand-in for the helm test pod, the Service proxy.
+
+def build_images(docker, work):
+    """The offline base, the image from the Dockerfile's `prebuilt` target on it, the Service
+    proxy. Returns the image's name."""
     t0 = time.monotonic()
     base_env = dict(docker.env, DOCKER=DOCKER)
     subprocess.run([str(ROOT / ".ci/image/offline-base"), BASE_IMAGE], env=base_env, check=True)
@@ -481,8 +497,8 @@ def run(docker: Engine, work: Path):
     for b in BINARIES:
         shutil.copy2(BIN_DIR / b, context / "bin" / b)
     image = f"{IMAGE_REPO}:{IMAGE_TAG}"
-    r = docker("build", "-f", str(ROOT / "Dockerfile"), "--target", "prebuilt",
-               "--build-arg", f"RUNTIME_IMAGE={BASE_IMAGE}", "-t", image, str(context))
+    docker("build", "-f", str(ROOT / "Dockerfile"), "--target", "prebuilt",
+           "--build-arg", f"RUNTIME_IMAGE={BASE_IMAGE}", "-t", image, str(context))
     log(f"image {image} built in {time.monotonic() - t0:.1f} s")
     proxy_ctx = work / "proxy"
     proxy_ctx.mkdir()
@@ -490,8 +506,12 @@ def run(docker: Engine, work: Path):
     docker("build", "-t", PROXY_IMAGE, "-f", "-", str(proxy_ctx),
            input=f"FROM {BASE_IMAGE}\nCOPY service-proxy /usr/local/bin/service-proxy\n")
     image_facts(docker, image)
+    return image
 
-    # The chart, rendered as `helm install` would, with this image.
+
+def render_chart(docker, image):
+    """The chart, rendered as `helm install` would, with this image; and its helm test pod,
+    whose curl image is built too."""
     extra = [a for item in os.environ.get("E2E_HELM_SET", "").split() for a in ("--set", item)]
     rendered = subprocess.run(
         [HELM, "template", RELEASE, str(CHART), "-f", str(CHART / "ci/local-scheduler-values.yaml"),
@@ -502,24 +522,49 @@ def run(docker: Engine, work: Path):
              and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
     check(tests, "no helm test pod rendered")
     test_image = tests[0]["spec"]["containers"][0]["image"]
+    base_env = dict(docker.env, DOCKER=DOCKER)
     subprocess.run([str(ROOT / ".ci/image/offline-base"), "--with-curl", test_image], env=base_env, check=True)
+    return docs, tests[0]
 
-    network = "e2e-internal"
-    docker("network", "create", "--internal", "--label", LABEL, network)
-    cluster = Cluster(docker, work, docs, network)
 
-    def pods_of(component):
-        d = cluster.deployment(component)
+class System:
+    """The chart's pods on the engine, and where the gateway's Service answers."""
+
+    def __init__(self, docker, cluster):
+        self.docker = docker
+        self.cluster = cluster
+        scheduler = self.pods_of("local-scheduler")
+        check(len(scheduler) == 1, "one local scheduler")
+        self.sched_name, self.sched_spec, self.sched_labels = scheduler[0]
+        self.gw_host = self.gw_port = self.base = None
+
+    def pods_of(self, component):
+        d = self.cluster.deployment(component)
         tpl = d["spec"]["template"]
         return [(f"{d['metadata']['name']}-{i}", tpl["spec"], tpl["metadata"]["labels"])
                 for i in range(d["spec"].get("replicas", 1))]
 
-    scheduler = pods_of("local-scheduler")
-    check(len(scheduler) == 1, "one local scheduler")
-    sched_name, sched_spec, sched_labels = scheduler[0]
+    def start_all(self):
+        """The pods, all at once (they wait for each other through their probes), then the
+        Services."""
+        everything = [(self.sched_name, self.sched_spec, self.sched_labels)] + self.pods_of("worker") \
+            + self.pods_of("gateway") + self.pods_of("dashboard")
+        for name, spec, labels in everything:
+            self.cluster.run_pod(name, spec, labels, wait=False)
+        self.cluster.services()
+        for name, _, _ in everything:
+            self.cluster.wait_ready(name)
+        gw_svc = next(s for s in self.cluster.of_kind("Service") if s["metadata"]["name"].endswith("-gateway"))
+        self.gw_host = self.cluster.ip(gw_svc["metadata"]["name"])
+        self.gw_port = gw_svc["spec"]["ports"][0]["port"]
+        self.base = f"http://{self.gw_host}:{self.gw_port}"
 
-    # A wrong setting fails: the store moved off the volume, under the read-only root, exits.
-    bad = cluster.run_pod(f"{sched_name}-misconfigured", sched_spec, sched_labels,
+
+def a_misconfigured_scheduler_exits_naming_the_key(system):
+    """The store moved off the volume, under the read-only root: the scheduler exits, naming
+    the key and the path."""
+    cluster = system.cluster
+    bad = cluster.run_pod(f"{system.sched_name}-misconfigured", system.sched_spec, system.sched_labels,
                           env_override={"LOCAL_SCHEDULER__SQLITE_PATH": "/var/lib/local-scheduler.db"},
                           wait=False)
     for _ in range(100):
@@ -533,28 +578,18 @@ def run(docker: Engine, work: Path):
     check("`sqlite_path`: cannot open /var/lib/local-scheduler.db" in bad_log,
           f"the misconfigured scheduler's error does not name the key and the path:\n{bad_log[-2000:]}")
     log(f"store outside the volume: exited {st['ExitCode']}: {bad_log.strip().splitlines()[-1][:200]}")
-    docker("rm", "-f", bad)
+    system.docker("rm", "-f", bad)
     cluster.pods.pop(bad)
 
-    # The pods, all at once (they wait for each other through their probes), then the Services.
-    everything = scheduler + pods_of("worker") + pods_of("gateway") + pods_of("dashboard")
-    for name, spec, labels in everything:
-        cluster.run_pod(name, spec, labels, wait=False)
-    cluster.services()
-    for name, _, _ in everything:
-        cluster.wait_ready(name)
 
-    gw_svc = next(s for s in cluster.of_kind("Service") if s["metadata"]["name"].endswith("-gateway"))
-    gw_host = cluster.ip(gw_svc["metadata"]["name"])
-    gw_port = gw_svc["spec"]["ports"][0]["port"]
-    base = f"http://{gw_host}:{gw_port}"
-
-    # 1. The smoke test through the gateway's Service.
-    subprocess.run([str(ROOT / ".ci/smoke"), base], check=True)
+def smoke_through_the_gateway_service(system):
+    subprocess.run([str(ROOT / ".ci/smoke"), system.base], check=True)
     log("smoke through the gateway's Service: ok")
 
-    # 2. The chart's helm test pod, as rendered.
-    t = tests[0]
+
+def the_helm_test_pod_passes(system, t):
+    """The chart's helm test pod, as rendered."""
+    cluster = system.cluster
     name = cluster.run_pod(t["metadata"]["name"], t["spec"], t["metadata"].get("labels", {}), wait=False)
     deadline = time.monotonic() + 120
     while cluster.state(name)["Running"]:
@@ -564,8 +599,11 @@ def run(docker: Engine, work: Path):
     check(st["ExitCode"] == 0, f"helm test pod failed ({st['ExitCode']}):\n{cluster.logs(name)}")
     log(f"helm test pod: exit 0: {cluster.logs(name).strip().splitlines()[-1][:160]}")
 
-    # 3. A worker SIGKILLed mid-operation: its operations complete on the other one.
-    workers = [n for n, _, _ in pods_of("worker")]
+
+def a_killed_worker_leaves_its_operations_to_the_other(system):
+    """A worker SIGKILLed mid-operation: its operations complete on the other one."""
+    cluster, base = system.cluster, system.base
+    workers = [n for n, _, _ in system.pods_of("worker")]
     check(len(workers) >= 2, "two workers")
     ops = [start(base, f"kill-{i}", 6) for i in range(6)]
     # The scheduler hands the work to either worker: the victim is one that holds some.
@@ -577,27 +615,31 @@ def run(docker: Engine, work: Path):
             break
         check(time.monotonic() < deadline, "no worker took an operation")
         time.sleep(0.2)
-    docker("kill", "--signal", "KILL", victim)
+    system.docker("kill", "--signal", "KILL", victim)
     taken = set(re.findall(r'"name":"(kill-\d+)"', cluster.logs(victim))) | \
         set(re.findall(r'name=(kill-\d+)', cluster.logs(victim)))
     for op in ops:
         doc = wait_done(base, op, 120)
         check(doc["status"] == "Succeeded", f"{op} after the worker was killed: {doc}")
     log(f"worker {victim} SIGKILLed holding {sorted(taken)}: all {len(ops)} operations succeeded")
-    docker("rm", "-f", victim)
+    system.docker("rm", "-f", victim)
     spec, labels = cluster.pods.pop(victim)
     cluster.run_pod(victim, spec, labels)
 
-    # 4. The scheduler restarted on its volume: nothing lost.
+
+def a_scheduler_restart_loses_nothing(system):
+    """The scheduler replaced on its volume: the finished operation is kept, the running one
+    completes."""
+    cluster, base, docker = system.cluster, system.base, system.docker
     before = start(base, "before-restart", 0)
     wait_done(base, before)
     during = start(base, "across-restart", 8)
     time.sleep(1)
     t0 = time.monotonic()
-    docker("stop", sched_name)
-    docker("rm", sched_name)
-    cluster.pods.pop(sched_name)
-    cluster.run_pod(sched_name, sched_spec, sched_labels)
+    docker("stop", system.sched_name)
+    docker("rm", system.sched_name)
+    cluster.pods.pop(system.sched_name)
+    cluster.run_pod(system.sched_name, system.sched_spec, system.sched_labels)
     log(f"scheduler replaced on its volume in {time.monotonic() - t0:.1f} s")
     doc = wait_done(base, during, 120)
     check(doc["status"] == "Succeeded", f"the operation across the restart: {doc}")
@@ -606,8 +648,11 @@ def run(docker: Engine, work: Path):
           f"the operation finished before the restart: {code} {text}")
     log("scheduler restart: the finished operation is kept, the running one completed")
 
-    # 5. A short load; every container's peak memory against its limit.
-    ids, refused, seconds = load(gw_host, gw_port, LOAD)
+
+def memory_stays_under_the_limits_under_load(system):
+    """A short load; every container's peak memory against its limit."""
+    cluster, base = system.cluster, system.base
+    ids, refused, seconds = load(system.gw_host, system.gw_port, LOAD)
     log(f"load: {len(ids)} starts accepted in {seconds:.1f} s ({len(ids) / seconds:.0f}/s), "
         f"refused with Retry-After and retried: {refused or 'none'}")
     deadline = time.monotonic() + 300
@@ -621,14 +666,13 @@ def run(docker: Engine, work: Path):
         if name.endswith("-smoke"):
             continue
         check(st["Running"] and not st["OOMKilled"], f"{name}: {st}")
-        peak, hwm = peak_memory(docker, name)
+        peak, hwm = peak_memory(system.docker, name)
         limit = memory_bytes(limits["memory"]) if "memory" in limits else None
         report.append((name, peak, hwm, limit))
         check(limit is None or max(peak, hwm) < limit, f"{name}: peak {max(peak, hwm)} reached its limit {limit}")
     for name, peak, hwm, limit in report:
         log(f"peak memory {name}: cgroup {peak / 2**20:.1f} MiB, process RSS {hwm / 2**20:.1f} MiB, "
             f"limit {limit / 2**20:.0f} MiB")
-    log("all passed")
 
 
 def image_facts(docker, image):

@@ -92,7 +92,7 @@ impl ServerLimits {
 /// A listener on `addr` whose accept queue holds `backlog` connections (the kernel caps it at
 /// `net.core.somaxconn`): a burst of connections larger than the default queue of 1,024 would
 /// otherwise wait for SYN retransmissions, seconds each.
-pub async fn bind(addr: &str, backlog: u32) -> io::Result<TcpListener> {
+pub async fn bind(addr: impl tokio::net::ToSocketAddrs, backlog: u32) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
     for a in tokio::net::lookup_host(addr).await? {
         let socket = if a.is_ipv4() {

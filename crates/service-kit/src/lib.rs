@@ -13,6 +13,9 @@ pub mod telemetry;
 use durabletask::{ConfigError, ConnectionOptions};
 pub use run::RunError;
 
+#[doc(hidden)]
+pub use serde as __serde;
+
 /// Resolves when the process is asked to stop (SIGTERM, or Ctrl-C on a terminal).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -75,7 +75,10 @@ impl RunError {
 }
 
 /// Binds `addr` for the setting `key`, or says which setting could not be bound.
-pub async fn bind(key: &'static str, addr: &str) -> Result<tokio::net::TcpListener, RunError> {
+pub async fn bind(
+    key: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, RunError> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind {

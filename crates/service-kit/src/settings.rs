@@ -153,20 +153,12 @@ fn help(source: &Source<'_>) -> String {
          Configuration, each layer over the one before: built-in defaults; the TOML file\n\
          (--config, or {file_var}); {prefix}__<KEY> environment variables.\n\
          {also}\n\
-         Every key, with its default, is in the README.",
+         Every key, with its default, is in docs/configuration.md.",
         service = source.service,
         file_var = source.file_var,
         prefix = source.env_prefix,
         also = source.help,
     )
-}
-
-/// The check every service makes of a socket address setting.
-pub fn socket_addr(key: &str, value: &str, example: &str) -> Result<(), String> {
-    value
-        .parse::<std::net::SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| format!("`{key}`: '{value}' is not an address like {example}"))
 }
 
 /// The check of an orchestration version (`orchestration_version`, `replays_versions`): 1 to
@@ -185,11 +177,140 @@ pub fn orchestration_version(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// The check every service makes of `log_format`.
-pub fn log_format(value: &str) -> Result<(), String> {
-    if matches!(value, "auto" | "text" | "json") {
-        Ok(())
-    } else {
-        Err("`log_format` must be `auto`, `text` or `json`".into())
+/// A setting that takes one of a few words: an enum parsed once, whose error lists the words
+/// (the loader adds the key), and written back as its word (the configuration tables).
+///
+/// ```ignore
+/// service_kit::choice! {
+///     /// Which work items a worker takes.
+///     pub enum Runs { All = "all", Orchestrations = "orchestrations", Activities = "activities" }
+/// }
+/// ```
+#[macro_export]
+macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every word, in order.
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word),+
+                }
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($word => Ok(Self::$variant),)+
+                    other => Err(format!("'{other}' is not one of {}", Self::WORDS.join(", "))),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl $crate::__serde::Serialize for $name {
+            fn serialize<S: $crate::__serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> $crate::__serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let word = <String as $crate::__serde::Deserialize>::deserialize(d)?;
+                word.parse().map_err(<D::Error as $crate::__serde::de::Error>::custom)
+            }
+        }
+    };
+}
+
+choice! {
+    /// How logs are written: `auto` (text on a terminal, else JSON lines), `text` or `json`.
+    #[derive(Default)]
+    pub enum LogFormat {
+        #[default]
+        Auto = "auto",
+        Text = "text",
+        Json = "json",
+    }
+}
+
+#[cfg(test)]
+mod choice_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Probe {
+        log_format: LogFormat,
+        listen: std::net::SocketAddr,
+    }
+
+    impl Default for Probe {
+        fn default() -> Self {
+            Self {
+                log_format: LogFormat::Auto,
+                listen: ([127, 0, 0, 1], 1).into(),
+            }
+        }
+    }
+
+    impl Validate for Probe {
+        fn validate(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn load(var: &str, value: &str) -> Result<Probe, String> {
+        let source = Source {
+            service: "probe",
+            file_var: "PROBE_CONFIG",
+            env_prefix: "PROBE",
+            list_keys: &[],
+            seed_variables: false,
+            help: "",
+        };
+        load_from::<Probe>(&source, None, [(var.to_string(), value.to_string())])
+            .map_err(|e| crate::run::one_line(&e))
+    }
+
+    #[test]
+    fn a_word_or_an_address_is_parsed_once_and_a_bad_one_is_refused_naming_the_key() {
+        assert_eq!(
+            load("PROBE__LOG_FORMAT", "json").expect("json").log_format,
+            LogFormat::Json
+        );
+        let e = load("PROBE__LOG_FORMAT", "yaml").expect_err("not a word");
+        assert!(e.contains("'yaml' is not one of auto, text, json"), "{e}");
+        assert!(e.contains("`log_format`"), "{e}");
+        let e = load("PROBE__LISTEN", "localhost").expect_err("not an address");
+        assert!(e.contains("`listen`"), "{e}");
+        assert_eq!(
+            load("PROBE__LISTEN", "0.0.0.0:80").expect("address").listen,
+            std::net::SocketAddr::from(([0, 0, 0, 0], 80))
+        );
+        assert_eq!(
+            serde_json::to_value(Probe::default()).expect("json"),
+            serde_json::json!({"log_format": "auto", "listen": "127.0.0.1:1"}),
+            "written back as the words and addresses the configuration page shows"
+        );
     }
 }

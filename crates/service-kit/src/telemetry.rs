@@ -47,7 +47,7 @@ fn otlp_configured() -> bool {
 
 /// Sets up logging and, when configured, span export. `service` is the default
 /// `service.name` (`OTEL_SERVICE_NAME` wins).
-pub fn init(service: &str, log_format: &str) -> Telemetry {
+pub fn init(service: &str, log_format: crate::settings::LogFormat) -> Telemetry {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -91,10 +91,11 @@ pub fn init(service: &str, log_format: &str) -> Telemetry {
         }),
     );
     // `auto`: readable text on a terminal, JSON lines otherwise (containers, files).
+    use crate::settings::LogFormat;
     let json = match log_format {
-        "json" => true,
-        "text" => false,
-        _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     layers.push(if json {

@@ -12,7 +12,7 @@
 //! - [`exposition`]: reading a `/metrics` page.
 //! - [`scenarios`]: orchestration scenarios run against every server we test.
 //! - [`oidc`]: an identity provider (keys, hand-signed tokens, discovery and JWKS over HTTP).
-//! - [`readme`]: the README's configuration tables, checked against the settings' defaults.
+//! - [`readme`]: the configuration tables of `docs/configuration.md`, checked against the settings' defaults.
 
 pub mod browser;
 pub mod clients;

@@ -1,16 +1,17 @@
-//! The README's configuration tables, so a test can hold them to the settings' defaults.
+//! The configuration tables of `docs/configuration.md`, so a test can hold them to the settings'
+//! defaults.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// The project's README.
+/// The configuration page (`docs/configuration.md`).
 pub fn text() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
-    std::fs::read_to_string(path).expect("README.md")
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+    std::fs::read_to_string(path).expect("docs/configuration.md")
 }
 
-/// The rows `| `PREFIX__KEY` | `default` | meaning |` of the README, as `key -> default`
+/// The rows `| `PREFIX__KEY` | `default` | meaning |` of that page, as `key -> default`
 /// (`key` in lower case, as in a TOML file; the default as written, `unset` included).
 pub fn defaults(readme: &str, prefix: &str) -> BTreeMap<String, String> {
     let start = format!("| `{prefix}__");
@@ -25,7 +26,7 @@ pub fn defaults(readme: &str, prefix: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A default as the README writes it: strings bare, lists comma-separated, `None` and empty
+/// A default as the page writes it: strings bare, lists comma-separated, `None` and empty
 /// lists as `unset`.
 pub fn shown(v: &Value) -> String {
     match v {
@@ -37,7 +38,7 @@ pub fn shown(v: &Value) -> String {
     }
 }
 
-/// Asserts that the README documents every setting of `defaults` (a settings struct serialized
+/// Asserts that the configuration page documents every setting of `defaults` (a settings struct serialized
 /// with its defaults) under `prefix`, with the same default, and no setting that does not exist.
 pub fn assert_documented(prefix: &str, defaults_json: &Value) {
     let documented = defaults(&text(), prefix);
@@ -49,6 +50,6 @@ pub fn assert_documented(prefix: &str, defaults_json: &Value) {
         .collect();
     assert_eq!(
         documented, actual,
-        "the README's `{prefix}__*` table (left) and the settings' defaults (right) differ"
+        "docs/configuration.md's `{prefix}__*` table (left) and the settings' defaults (right) differ"
     );
 }

@@ -15,7 +15,7 @@ pub async fn run(s: Settings) -> Result<(), RunError> {
     let options =
         service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
             .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
-    let telemetry = service_kit::telemetry::init("dashboard", &s.log_format);
+    let telemetry = service_kit::telemetry::init("dashboard", s.log_format);
     let conn = Connection::connect(options)
         .await
         .map_err(RunError::Connect)?;
@@ -37,7 +37,7 @@ pub async fn run(s: Settings) -> Result<(), RunError> {
         admin_keys,
         s.allowed_hosts(),
     );
-    let listener = service_kit::run::bind("listen", &s.listen).await?;
+    let listener = service_kit::run::bind("listen", s.listen).await?;
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         actions = s.actions_enabled(),

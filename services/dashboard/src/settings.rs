@@ -1,6 +1,9 @@
 //! The dashboard's settings: [`Settings::default`] is the single source of every default.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
+use service_kit::settings::LogFormat;
 
 /// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
 /// `DASHBOARD__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
@@ -8,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where the dashboard listens: loopback by default (the emulator's port).
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The scheduler's gRPC endpoint.
     pub endpoint: String,
     pub taskhub: String,
@@ -27,13 +30,13 @@ pub struct Settings {
     /// cannot read the dashboard or act through it).
     pub hosts: Vec<String>,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8082".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             endpoint: "http://localhost:8080".into(),
             taskhub: "default".into(),
             connection_string: None,
@@ -41,7 +44,7 @@ impl Default for Settings {
             admin_keys_file: None,
             page_size: 50,
             hosts: Vec::new(),
-            log_format: "auto".into(),
+            log_format: LogFormat::Auto,
         }
     }
 }
@@ -58,7 +61,6 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
 
 impl service_kit::settings::Validate for Settings {
     fn validate(&self) -> Result<(), String> {
-        service_kit::settings::socket_addr("listen", &self.listen, "127.0.0.1:8082")?;
         if !(1..=500).contains(&self.page_size) {
             return Err("`page_size` must be between 1 and 500".into());
         }
@@ -71,7 +73,7 @@ impl service_kit::settings::Validate for Settings {
         }) {
             return Err(format!("`hosts`: '{h}' is not a host name"));
         }
-        service_kit::settings::log_format(&self.log_format)
+        Ok(())
     }
 }
 
@@ -82,10 +84,9 @@ impl Settings {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        if let Ok(addr) = self.listen.parse::<std::net::SocketAddr>()
-            && !addr.ip().is_unspecified()
-        {
-            names.push(match addr.ip() {
+        let ip = self.listen.ip();
+        if !ip.is_unspecified() {
+            names.push(match ip {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             });
@@ -96,14 +97,8 @@ impl Settings {
 
     /// Whether actions are on: as configured, else only when bound to loopback.
     pub fn actions_enabled(&self) -> bool {
-        self.actions.unwrap_or_else(|| {
-            self.admin_keys_file.is_some()
-                || self
-                    .listen
-                    .parse::<std::net::SocketAddr>()
-                    .map(|a| a.ip().is_loopback())
-                    .unwrap_or(false)
-        })
+        self.actions
+            .unwrap_or_else(|| self.admin_keys_file.is_some() || self.listen.ip().is_loopback())
     }
 }
 
@@ -112,7 +107,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_documents_every_setting_with_its_default() {
+    fn the_configuration_page_documents_every_setting_with_its_default() {
         let defaults = serde_json::to_value(Settings::default()).expect("serialize");
         test_support::readme::assert_documented("DASHBOARD", &defaults);
     }
@@ -122,7 +117,7 @@ mod tests {
         let loopback = Settings::default();
         assert!(loopback.actions_enabled());
         let exposed = Settings {
-            listen: "0.0.0.0:8082".into(),
+            listen: "0.0.0.0:8082".parse().expect("address"),
             ..Default::default()
         };
         assert!(!exposed.actions_enabled());

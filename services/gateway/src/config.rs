@@ -1,9 +1,11 @@
 //! The gateway's configuration: [`Settings`] is what an operator sets (its `Default` is the
 //! single source of every default), [`GatewayConfig`] the part the HTTP handlers read.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use service_kit::settings::LogFormat;
 
 /// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
 /// `GATEWAY__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
@@ -11,9 +13,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Address the HTTP API listens on.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz` (not the public API's).
-    pub admin_listen: String,
+    pub admin_listen: SocketAddr,
     /// The scheduler's gRPC endpoint.
     pub endpoint: String,
     pub taskhub: String,
@@ -53,7 +55,7 @@ pub struct Settings {
     pub answer_timeout_seconds: u64,
     /// Where the Swagger UI (`/docs`, 1.5 MB of script) is served: `public` (with the API),
     /// `admin` (the admin listener only) or `off`. `/openapi.json` stays with the API.
-    pub docs: String,
+    pub docs: Docs,
     /// Largest request head (request line and headers) answered other than `431`.
     pub max_header_bytes: usize,
     /// A whole request, body and answer included, past which the client gets `408`.
@@ -96,10 +98,10 @@ pub struct Settings {
     pub auth_failures_per_second: u32,
     pub auth_failures_burst: u32,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// How callers authenticate: `jwt`, `api_key`, `jwt,api_key`, or `none` (anyone may do
     /// anything: for a laptop). No default: a deployment says which.
-    pub auth: Option<String>,
+    pub auth: Option<Auth>,
     /// Keys the operation ids derived from owners and idempotency keys (HMAC-SHA256); at least
     /// 32 characters, the same on every replica, kept across restarts. Required with `jwt` or
     /// `api_key`.
@@ -122,7 +124,7 @@ pub struct Settings {
     pub jwt_jwks_refresh_seconds: u64,
     /// A token with an unknown key id fetches the JWKS again, at most this often.
     pub jwt_jwks_min_refetch_seconds: u64,
-    /// The API keys file (JSON, hashed keys; see the README).
+    /// The API keys file (JSON, hashed keys; see docs/authentication.md).
     pub api_keys_file: Option<String>,
     /// How often the API keys file is read again.
     pub api_keys_reload_seconds: u64,
@@ -139,8 +141,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8000".into(),
-            admin_listen: "127.0.0.1:9092".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             endpoint: "http://localhost:8080".into(),
             taskhub: "default".into(),
             connection_string: None,
@@ -159,7 +161,7 @@ impl Default for Settings {
             idle_timeout_seconds: 75,
             write_stall_timeout_seconds: 10,
             answer_timeout_seconds: 60,
-            docs: "public".into(),
+            docs: Docs::Public,
             max_header_bytes: 16 * 1024,
             request_timeout_seconds: 60,
             max_connections: 4096,
@@ -175,7 +177,7 @@ impl Default for Settings {
             rate_limit_burst: 200,
             auth_failures_per_second: 10,
             auth_failures_burst: 50,
-            log_format: "auto".into(),
+            log_format: LogFormat::Auto,
             auth: None,
             id_secret: None,
             jwt_issuer: None,
@@ -214,19 +216,11 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
 
 impl service_kit::settings::Validate for Settings {
     fn validate(&self) -> Result<(), String> {
-        service_kit::settings::socket_addr("listen", &self.listen, "127.0.0.1:8000")?;
-        service_kit::settings::socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:9092")?;
         if self.admin_listen == self.listen {
             return Err("`admin_listen` must differ from `listen`: metrics and probes are not part of the public API".into());
         }
         if let Some(v) = &self.orchestration_version {
             service_kit::settings::orchestration_version("orchestration_version", v)?;
-        }
-        if !matches!(self.docs.as_str(), "public" | "admin" | "off") {
-            return Err(format!(
-                "`docs` must be `public`, `admin` or `off`, not '{}'",
-                self.docs
-            ));
         }
         for (key, value) in [
             (
@@ -296,7 +290,6 @@ impl service_kit::settings::Validate for Settings {
         if self.max_stream_seconds < 1 {
             return Err("`max_stream_seconds` must be at least 1".into());
         }
-        service_kit::settings::log_format(&self.log_format)?;
         self.callback_policy()?;
         let modes = self.auth_modes()?;
         if !modes.is_empty() && self.id_secret.as_deref().is_none_or(|s| s.len() < 32) {
@@ -346,38 +339,68 @@ impl service_kit::settings::Validate for Settings {
     }
 }
 
-/// One way of authenticating callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    Jwt,
-    ApiKey,
+service_kit::choice! {
+    /// One way of authenticating callers.
+    pub enum AuthMode { Jwt = "jwt", ApiKey = "api_key" }
+}
+
+/// The `auth` setting: the ways callers authenticate, comma-separated (`jwt`, `api_key`, both),
+/// or `none` (no authentication); parsed once, at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth(Vec<AuthMode>);
+
+impl std::str::FromStr for Auth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "none" {
+            return Ok(Self(Vec::new()));
+        }
+        let mut modes = Vec::new();
+        for word in s.split(',').map(str::trim) {
+            let mode: AuthMode = word.parse().map_err(|_| {
+                format!(
+                    "unknown mode '{word}'; use `jwt`, `api_key`, both comma-separated, or `none`"
+                )
+            })?;
+            if !modes.contains(&mode) {
+                modes.push(mode);
+            }
+        }
+        Ok(Self(modes))
+    }
+}
+
+impl std::fmt::Display for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let words: Vec<&str> = self.0.iter().map(|m| m.as_str()).collect();
+        f.write_str(&words.join(","))
+    }
+}
+
+impl Serialize for Auth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Auth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Settings {
     /// The authentication modes `auth` names; empty for `none`.
     pub fn auth_modes(&self) -> Result<Vec<AuthMode>, String> {
-        let Some(auth) = self.auth.as_deref() else {
-            return Err("`auth` must be set: `jwt`, `api_key`, `jwt,api_key`, or `none` (no authentication: anyone who reaches the gateway may do anything)".into());
-        };
-        if auth.trim() == "none" {
-            return Ok(Vec::new());
+        match &self.auth {
+            Some(Auth(modes)) => Ok(modes.clone()),
+            None => Err("`auth` must be set: `jwt`, `api_key`, `jwt,api_key`, or `none` (no authentication: anyone who reaches the gateway may do anything)".into()),
         }
-        let mut modes = Vec::new();
-        for m in auth.split(',').map(str::trim) {
-            let mode = match m {
-                "jwt" => AuthMode::Jwt,
-                "api_key" => AuthMode::ApiKey,
-                other => {
-                    return Err(format!(
-                        "`auth`: unknown mode '{other}'; use `jwt`, `api_key`, both comma-separated, or `none`"
-                    ));
-                }
-            };
-            if !modes.contains(&mode) {
-                modes.push(mode);
-            }
-        }
-        Ok(modes)
     }
 
     /// The JWT settings, when `auth` includes `jwt`.
@@ -412,11 +435,7 @@ impl Settings {
             max_name_chars: self.max_name_chars,
             max_body_bytes: self.max_body_bytes,
             orchestration_version: self.orchestration_version.clone(),
-            docs: match self.docs.as_str() {
-                "admin" => Docs::Admin,
-                "off" => Docs::Off,
-                _ => Docs::Public,
-            },
+            docs: self.docs,
             dts_timeout: Duration::from_millis(self.dts_timeout_ms),
             retry_after_seconds: self.retry_after_seconds,
             max_wait_seconds: self.max_wait_seconds,
@@ -470,14 +489,15 @@ impl Settings {
     }
 }
 
-/// Where the Swagger UI (`/docs`) is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Docs {
-    /// With the API.
-    Public,
-    /// On the admin listener only (with its own copy of `/openapi.json`).
-    Admin,
-    Off,
+service_kit::choice! {
+    /// Where the Swagger UI (`/docs`) is served.
+    pub enum Docs {
+        /// With the API.
+        Public = "public",
+        /// On the admin listener only (with its own copy of `/openapi.json`).
+        Admin = "admin",
+        Off = "off",
+    }
 }
 
 /// What the handlers read, derived from [`Settings`].
@@ -539,7 +559,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_documents_every_setting_with_its_default() {
+    fn the_configuration_page_documents_every_setting_with_its_default() {
         let defaults = serde_json::to_value(Settings::default()).expect("serialize");
         test_support::readme::assert_documented("GATEWAY", &defaults);
     }

@@ -19,7 +19,7 @@ pub async fn run(s: Settings) -> Result<(), RunError> {
     let conn_options =
         service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
             .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
-    let telemetry = service_kit::telemetry::init("gateway", &s.log_format);
+    let telemetry = service_kit::telemetry::init("gateway", s.log_format);
     raise_open_file_limit(s.max_connections);
     let conn = Connection::connect(conn_options)
         .await
@@ -32,16 +32,17 @@ pub async fn run(s: Settings) -> Result<(), RunError> {
     );
     prune_limiters(&state);
     let backlog = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
-    let bind = |key: &'static str, addr: &str, backlog: u32| {
-        let addr = addr.to_string();
-        async move {
-            crate::serve::bind(&addr, backlog)
-                .await
-                .map_err(|source| RunError::Bind { key, addr, source })
-        }
+    let bind = |key: &'static str, addr: std::net::SocketAddr, backlog: u32| async move {
+        crate::serve::bind(addr, backlog)
+            .await
+            .map_err(|source| RunError::Bind {
+                key,
+                addr: addr.to_string(),
+                source,
+            })
     };
-    let public = bind("listen", &s.listen, backlog).await?;
-    let admin = bind("admin_listen", &s.admin_listen, 128).await?;
+    let public = bind("listen", s.listen, backlog).await?;
+    let admin = bind("admin_listen", s.admin_listen, 128).await?;
     let addr =
         |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(addr = %addr(&public), admin = %addr(&admin), "gateway listening");

@@ -87,9 +87,9 @@ pub async fn run(settings: Settings) -> Result<(), service_kit::RunError> {
     settings
         .validate()
         .map_err(|m| RunError::Config(format!("invalid local-scheduler configuration: {m}")))?;
-    let telemetry = service_kit::telemetry::init("local-scheduler", &settings.log_format);
-    let grpc = service_kit::run::bind("listen", &settings.listen).await?;
-    let admin = service_kit::run::bind("admin_listen", &settings.admin_listen).await?;
+    let telemetry = service_kit::telemetry::init("local-scheduler", settings.log_format);
+    let grpc = service_kit::run::bind("listen", settings.listen).await?;
+    let admin = service_kit::run::bind("admin_listen", settings.admin_listen).await?;
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(grpc_addr = %addr(&grpc), admin_addr = %addr(&admin), hubs = ?settings.task_hubs, store = %settings.store, "local scheduler listening");
     let shutdown = CancellationToken::new();
@@ -119,7 +119,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut engine = Engine::new(&settings.task_hubs).with_limits(settings.limits());
-    let store = if settings.store == "sqlite" {
+    let store = if settings.store == settings::Store::Sqlite {
         let store = SqliteStore::open(&settings.sqlite_path, &settings.store_options()).map_err(
             |source| ServeError::OpenStore {
                 path: settings.sqlite_path.display().to_string(),

@@ -1,8 +1,30 @@
 //! The scheduler's settings: [`Settings::default`] is the single source of every default.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use service_kit::settings::LogFormat;
+
+service_kit::choice! {
+    /// Where instances are kept.
+    pub enum Store {
+        /// A SQLite file: durable.
+        Sqlite = "sqlite",
+        /// Memory only: gone with the process.
+        Memory = "memory",
+    }
+}
+
+service_kit::choice! {
+    /// How SQLite commits (WAL either way: a commit survives a killed process).
+    pub enum Synchronous {
+        /// Power loss may lose the last commits.
+        Normal = "normal",
+        /// Every commit is on disk before the answer.
+        Full = "full",
+    }
+}
 
 /// Everything configurable, with its default in [`Default`]. Loaded by
 /// `service_kit::settings::load` (defaults, TOML file, `LOCAL_SCHEDULER__<KEY>`), plus
@@ -11,16 +33,16 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// gRPC address (plaintext HTTP/2).
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Address of `/healthz`, `/readyz`, `/metrics`.
-    pub admin_listen: String,
+    pub admin_listen: SocketAddr,
     pub task_hubs: Vec<String>,
     /// `sqlite` (file, durable) or `memory`.
-    pub store: String,
+    pub store: Store,
     pub sqlite_path: PathBuf,
     /// `normal` (a commit survives a killed process; power loss may lose the last ones) or
     /// `full` (commits survive power loss; each write waits for the disk).
-    pub sqlite_synchronous: String,
+    pub sqlite_synchronous: Synchronous,
     /// A cap on the SQLite file, in bytes (0: none). Past it, writes fail as on a full disk,
     /// and the scheduler stops (fail-stop).
     pub sqlite_max_bytes: u64,
@@ -54,18 +76,18 @@ pub struct Settings {
     pub health_ping_seconds: u64,
     pub max_message_bytes: usize,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
-            admin_listen: "127.0.0.1:8081".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             task_hubs: vec!["default".into()],
-            store: "sqlite".into(),
+            store: Store::Sqlite,
             sqlite_path: ".data/local-scheduler.db".into(),
-            sqlite_synchronous: "normal".into(),
+            sqlite_synchronous: Synchronous::Normal,
             sqlite_max_bytes: 0,
             lease_seconds: 120,
             max_dispatches: 5,
@@ -79,16 +101,13 @@ impl Default for Settings {
             max_connections: 1024,
             handshake_timeout_seconds: 10,
             max_message_bytes: 16 * 1024 * 1024,
-            log_format: "auto".into(),
+            log_format: LogFormat::Auto,
         }
     }
 }
 
 impl service_kit::settings::Validate for Settings {
     fn validate(&self) -> Result<(), String> {
-        use service_kit::settings::{log_format, socket_addr};
-        socket_addr("listen", &self.listen, "127.0.0.1:8080")?;
-        socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:8081")?;
         if self.task_hubs.is_empty() {
             return Err("`task_hubs` must name at least one task hub".into());
         }
@@ -98,18 +117,6 @@ impl service_kit::settings::Validate for Settings {
             .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(format!("`task_hubs`: '{h}' is not a valid task hub name"));
-        }
-        if !matches!(self.store.as_str(), "sqlite" | "memory") {
-            return Err(format!(
-                "`store` must be `sqlite` or `memory`, not '{}'",
-                self.store
-            ));
-        }
-        if !matches!(self.sqlite_synchronous.as_str(), "normal" | "full") {
-            return Err(format!(
-                "`sqlite_synchronous` must be `normal` or `full`, not '{}'",
-                self.sqlite_synchronous
-            ));
         }
         if self.lease_seconds < 1 {
             return Err("`lease_seconds` must be at least 1".into());
@@ -126,7 +133,7 @@ impl service_kit::settings::Validate for Settings {
         if self.max_message_bytes < 4 * 1024 * 1024 {
             return Err("`max_message_bytes` must be at least 4 MiB (4194304)".into());
         }
-        log_format(&self.log_format)
+        Ok(())
     }
 }
 
@@ -165,7 +172,7 @@ impl Settings {
     /// How the SQLite store writes.
     pub(crate) fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
-            synchronous: self.sqlite_synchronous.clone(),
+            synchronous: self.sqlite_synchronous,
             max_bytes: self.sqlite_max_bytes,
             busy_timeout: std::time::Duration::from_secs(5),
         }
@@ -185,7 +192,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_documents_every_setting_with_its_default() {
+    fn the_configuration_page_documents_every_setting_with_its_default() {
         let defaults = serde_json::to_value(Settings::default()).expect("serialize");
         test_support::readme::assert_documented("LOCAL_SCHEDULER", &defaults);
     }

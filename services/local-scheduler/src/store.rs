@@ -56,9 +56,7 @@ fn decode_opt<M: Message + Default>(b: Option<Vec<u8>>) -> Result<Option<M>, Sto
 /// How the SQLite file is written.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// `normal` (WAL: a commit survives a killed process; power loss may lose the last ones) or
-    /// `full` (every commit is on disk before the answer).
-    pub synchronous: String,
+    pub synchronous: crate::settings::Synchronous,
     /// A cap on the database file (0: none). Past it, writes fail as on a full disk.
     pub max_bytes: u64,
     /// How long a write waits for a lock held by another connection.
@@ -81,7 +79,7 @@ impl SqliteStore {
         conn.pragma_update(
             None,
             "synchronous",
-            options.synchronous.to_ascii_uppercase(),
+            options.synchronous.as_str().to_ascii_uppercase(),
         )?;
         if options.max_bytes > 0 {
             let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;

@@ -21,7 +21,7 @@ async fn serve_runs_in_process_and_stops_on_its_token() {
         admin.local_addr().expect("addr").port(),
     );
     let settings = Settings {
-        store: "memory".into(),
+        store: local_scheduler::settings::Store::Memory,
         ..Settings::default()
     };
     let shutdown = CancellationToken::new();

@@ -20,7 +20,7 @@ use service_kit::RunError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::Settings;
+use crate::settings::{Runs, Settings};
 
 /// Runs the worker with `settings` until SIGTERM (or Ctrl-C) and the drain that follows.
 pub async fn run(settings: Settings) -> Result<(), RunError> {
@@ -30,7 +30,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         settings.connection_string.as_deref(),
     )
     .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
-    let telemetry = service_kit::telemetry::init("worker", &settings.log_format);
+    let telemetry = service_kit::telemetry::init("worker", settings.log_format);
     tracing::info!(endpoint = %conn_options.endpoint, taskhub = %conn_options.taskhub, "connecting");
     let conn = Connection::connect(conn_options)
         .await
@@ -46,10 +46,10 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         durabletask::Client::new(&conn),
         callback_metrics.clone(),
     );
-    let registry = match settings.runs.as_str() {
-        "orchestrations" => registry.without_activities(),
-        "activities" => registry.without_orchestrators(),
-        _ => registry,
+    let registry = match settings.runs {
+        Runs::Orchestrations => registry.without_activities(),
+        Runs::Activities => registry.without_orchestrators(),
+        Runs::All => registry,
     };
     let runs_kind = |names: usize, limit: usize| if names > 0 { limit } else { 0 };
     let metrics = Arc::new(
@@ -73,7 +73,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         drain_timeout: Duration::from_secs(settings.drain_timeout_seconds),
         observer: Some(metrics.clone()),
         // A worker that runs one kind asks the scheduler for its names only.
-        use_work_item_filters: settings.runs != "all",
+        use_work_item_filters: settings.runs != Runs::All,
         versions: settings.versions().map_err(RunError::Config)?,
         ..Default::default()
     };
@@ -81,7 +81,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let ready = worker.readiness();
 
     let shutdown = CancellationToken::new();
-    let listener = service_kit::run::bind("admin_listen", &settings.admin_listen).await?;
+    let listener = service_kit::run::bind("admin_listen", settings.admin_listen).await?;
     let admin_addr = listener
         .local_addr()
         .map(|a| a.to_string())

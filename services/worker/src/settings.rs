@@ -1,6 +1,18 @@
 //! The worker's settings: [`Settings::default`] is the single source of every default.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
+use service_kit::settings::LogFormat;
+
+service_kit::choice! {
+    /// Which work items a worker takes: split the two kinds across deployments.
+    pub enum Runs {
+        All = "all",
+        Orchestrations = "orchestrations",
+        Activities = "activities",
+    }
+}
 
 /// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
 /// `WORKER__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
@@ -17,11 +29,11 @@ pub struct Settings {
     /// After SIGTERM: time for running work items to finish before they are abandoned.
     pub drain_timeout_seconds: u64,
     /// Address of `/healthz`, `/readyz`, `/metrics`.
-    pub admin_listen: String,
+    pub admin_listen: SocketAddr,
     /// `auto` (text on a terminal, else JSON), `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// `all`, `orchestrations` or `activities`: split the two kinds across deployments.
-    pub runs: String,
+    pub runs: Runs,
     /// The version of the orchestration code this worker runs (the gateway starts new operations
     /// at its own `orchestration_version`). Set: the worker takes only work of that version (and
     /// of `replays_versions`), so old and new code run side by side during a rollout. Empty: any
@@ -68,9 +80,9 @@ impl Default for Settings {
             max_concurrent_orchestrations: sdk.max_concurrent_orchestrations,
             max_concurrent_activities: sdk.max_concurrent_activities,
             drain_timeout_seconds: 25,
-            admin_listen: "127.0.0.1:9091".into(),
-            log_format: "auto".into(),
-            runs: "all".into(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            log_format: LogFormat::Auto,
+            runs: Runs::All,
             orchestration_version: None,
             replays_versions: Vec::new(),
             callback_secret: None,
@@ -110,13 +122,6 @@ impl service_kit::settings::Validate for Settings {
         if self.max_concurrent_activities < 1 {
             return Err("`max_concurrent_activities` must be at least 1".into());
         }
-        service_kit::settings::log_format(&self.log_format)?;
-        if !matches!(self.runs.as_str(), "all" | "orchestrations" | "activities") {
-            return Err(format!(
-                "`runs` must be `all`, `orchestrations` or `activities` (got '{}')",
-                self.runs
-            ));
-        }
         self.versions()?;
         self.callback_policy()?;
         if let Some(secret) = &self.callback_secret {
@@ -149,7 +154,7 @@ impl service_kit::settings::Validate for Settings {
                 "`callback_max_retry_ms` must be at least `callback_first_retry_ms`".into(),
             );
         }
-        service_kit::settings::socket_addr("admin_listen", &self.admin_listen, "127.0.0.1:9091")
+        Ok(())
     }
 }
 
@@ -199,7 +204,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_documents_every_setting_with_its_default() {
+    fn the_configuration_page_documents_every_setting_with_its_default() {
         let defaults = serde_json::to_value(Settings::default()).expect("serialize");
         test_support::readme::assert_documented("WORKER", &defaults);
     }

@@ -72,7 +72,8 @@ fn registry(worker: String, code: u32) -> Registry {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = service_kit::telemetry::init("test-worker", "json");
+    let telemetry =
+        service_kit::telemetry::init("test-worker", service_kit::settings::LogFormat::Json);
     let code: u32 = env("TEST_WORKER_CODE", "1").parse()?;
     let name = env("HOSTNAME", "test-worker");
     let conn = Connection::connect(ConnectionOptions::new(
