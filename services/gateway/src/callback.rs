@@ -56,13 +56,12 @@ pub(crate) fn tags(callback: Option<&String>, operation_id: &str) -> Vec<(String
 /// start finds it there).
 pub(crate) async fn start_delivery(
     state: &AppState,
-    headers: &HeaderMap,
+    edge: &crate::edge::Edge,
     caller: &Caller,
     operation_id: &str,
     url: String,
 ) -> Result<(), Problem> {
-    let links =
-        serde_json::to_value(crate::links::links(state, headers, operation_id)).unwrap_or_default();
+    let links = serde_json::to_value(edge.links(operation_id)).unwrap_or_default();
     let job = CallbackJob {
         operation_id: operation_id.to_string(),
         url,
@@ -73,7 +72,7 @@ pub(crate) async fn start_delivery(
     };
     let id = callback_instance_id(operation_id);
     // In the operation's trace: the delivery attempts are spans of the same trace.
-    let (span, trace) = create_span(CALLBACK_ORCHESTRATION, operation_id, headers);
+    let (span, trace) = create_span(CALLBACK_ORCHESTRATION, operation_id, edge.trace.as_ref());
     let opts = StartOptions {
         instance_id: Some(id),
         parent_trace_context: trace,

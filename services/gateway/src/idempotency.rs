@@ -67,7 +67,7 @@ pub(crate) async fn already_started(
 
 pub(crate) async fn start_idempotent(
     state: &AppState,
-    headers: &HeaderMap,
+    edge: &crate::edge::Edge,
     caller: &Caller,
     key: &str,
     input: &ProcessRequest,
@@ -84,7 +84,7 @@ pub(crate) async fn start_idempotent(
     let fingerprint = uuid::Uuid::new_v5(&FINGERPRINT_NAMESPACE, canonical.as_bytes())
         .simple()
         .to_string();
-    let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, headers);
+    let (span, trace) = create_span(PROCESS_ORCHESTRATION, &id, edge.trace.as_ref());
     let opts = StartOptions {
         instance_id: Some(id.clone()),
         tags: owner_tags(caller)

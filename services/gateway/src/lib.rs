@@ -14,6 +14,7 @@
 pub mod auth;
 mod callback;
 pub mod config;
+mod edge;
 mod extract;
 mod idempotency;
 mod json;

@@ -18,11 +18,11 @@ pub struct OperationLinks {
     pub cancel: String,
 }
 
-pub(crate) fn links(state: &AppState, headers: &HeaderMap, id: &str) -> OperationLinks {
-    let b = base(state, headers);
+/// The links of operation `id` under `base` (scheme and authority; empty: relative links).
+pub(crate) fn links_at(base: &str, id: &str) -> OperationLinks {
     let link = |parts: &[&str]| {
-        let mut url = String::with_capacity(b.len() + 40 + id.len());
-        url.push_str(&b);
+        let mut url = String::with_capacity(base.len() + 40 + id.len());
+        url.push_str(base);
         parts.iter().for_each(|p| url.push_str(p));
         url
     };

@@ -1,11 +1,10 @@
 //! Building successful responses: the headers of the async pattern (JSON bodies are `json.rs`).
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use crate::AppState;
 use crate::json::{JSON, json_response};
-use crate::links::links;
 use crate::model::{OperationAccepted, OperationState};
 use crate::problem::{Problem, internal};
 
@@ -25,11 +24,11 @@ pub(crate) fn location(resp: &mut Response, url: &str) -> Result<(), Problem> {
 /// `202 Accepted` pointing at the status monitor.
 pub(crate) fn accepted(
     state: &AppState,
-    headers: &HeaderMap,
+    edge: &crate::edge::Edge,
     id: String,
     status: OperationState,
 ) -> Result<Response, Problem> {
-    let links = links(state, headers, &id);
+    let links = edge.links(&id);
     let status_url = links.status.clone();
     let mut resp = json_response(
         StatusCode::ACCEPTED,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use durabletask::{Error as DtsError, OrchestrationMetadata, StartOptions};
 use tracing::Instrument;
 
@@ -158,29 +158,37 @@ pub(crate) async fn check_unfinished(
     })
 }
 
-/// Starts `name` as instance `id`, in a `create_orchestration` span whose trace context the
-/// orchestration continues; counted in `gateway_operations_started`.
+/// An operation to start: its orchestration, id, input and the tags beside the owner's.
+pub(crate) struct NewOperation<'a, I: ?Sized> {
+    pub name: &'a str,
+    pub id: &'a str,
+    pub input: &'a I,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Starts `op` in a `create_orchestration` span whose trace context the orchestration
+/// continues (the caller's, `edge.trace`, when spans are not exported); counted in
+/// `gateway_operations_started`.
 pub(crate) async fn start_orchestration<I: serde::Serialize + ?Sized>(
     state: &AppState,
-    headers: &HeaderMap,
+    edge: &crate::edge::Edge,
     caller: &Caller,
-    name: &str,
-    id: &str,
-    input: &I,
-    extra_tags: Vec<(String, String)>,
+    op: NewOperation<'_, I>,
 ) -> Result<(), Problem> {
-    let (span, trace) = create_span(name, id, headers);
+    let (span, trace) = create_span(op.name, op.id, edge.trace.as_ref());
     let opts = StartOptions {
-        instance_id: Some(id.to_string()),
+        instance_id: Some(op.id.to_string()),
         version: state.config.orchestration_version.clone(),
         parent_trace_context: trace,
-        tags: owner_tags(caller).into_iter().chain(extra_tags).collect(),
+        tags: owner_tags(caller).into_iter().chain(op.tags).collect(),
         ..Default::default()
     };
     with_deadline(
         state,
         "StartInstance",
-        state.client.schedule_new_orchestration(name, input, opts),
+        state
+            .client
+            .schedule_new_orchestration(op.name, op.input, opts),
     )
     .instrument(span)
     .await?;
@@ -255,7 +263,7 @@ pub(crate) fn record_operation(id: &str) {
 pub(crate) fn create_span(
     name: &str,
     id: &str,
-    headers: &HeaderMap,
+    caller_trace: Option<&durabletask::TraceContext>,
 ) -> (tracing::Span, Option<durabletask::TraceContext>) {
     record_operation(id);
     let span = tracing::info_span!(
@@ -267,22 +275,12 @@ pub(crate) fn create_span(
         durabletask.task.instance_id = %id,
         operation.id = %id,
     );
-    let header = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let context = service_kit::telemetry::traceparent(&span)
-        .map(|traceparent| durabletask::TraceContext {
+    let context = match service_kit::telemetry::traceparent(&span) {
+        Some(traceparent) => Some(durabletask::TraceContext {
             traceparent,
-            tracestate: header("tracestate"),
-        })
-        .or_else(|| {
-            header("traceparent").map(|traceparent| durabletask::TraceContext {
-                traceparent,
-                tracestate: header("tracestate"),
-            })
-        });
+            tracestate: caller_trace.and_then(|t| t.tracestate.clone()),
+        }),
+        None => caller_trace.cloned(),
+    };
     (span, context)
 }

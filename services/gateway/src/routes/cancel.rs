@@ -1,10 +1,11 @@
 //! `POST /api/operations/{id}/cancel`: terminates an operation's orchestration.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use crate::AppState;
+use crate::edge::Edge;
 use crate::extract::OperationPath;
 use crate::model::OperationState;
 use crate::problem::Problem;
@@ -31,7 +32,7 @@ use crate::scheduler::{fetch, with_deadline};
 )]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
     OperationPath(id): OperationPath,
 ) -> Result<Response, Problem> {
     let m = fetch(&state, &id, false).await?;
@@ -53,5 +54,5 @@ pub(crate) async fn cancel(
     )
     .await?;
     state.metrics.canceled.inc();
-    accepted(&state, &headers, id, OperationState::Canceling)
+    accepted(&state, &edge, id, OperationState::Canceling)
 }

@@ -11,15 +11,15 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use durabletask::OrchestrationMetadata;
 use tokio::sync::mpsc;
 
 use crate::AppState;
+use crate::edge::{Edge, LastEventId};
 use crate::extract::OperationPath;
-use crate::links::links;
 use crate::model::{OperationError, OperationState, OperationStatusBody, StatusDocument};
 use crate::problem::Problem;
 use crate::scheduler::fetch;
@@ -64,14 +64,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 )]
 pub(crate) async fn events(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
+    LastEventId(last_seen): LastEventId,
     caller: Option<axum::Extension<crate::shares::CallerKey>>,
     OperationPath(id): OperationPath,
 ) -> Result<Response, Problem> {
-    let last_seen = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
     // An unknown (or another caller's) id is a 404 before any stream opens.
     let first = fetch(&state, &id, true).await?;
     if first.runtime_status.is_terminal() && last_seen.is_some_and(|seen| seen >= version(&first)) {
@@ -99,7 +96,7 @@ pub(crate) async fn events(
             return Err(problem.retry_after(state.config.retry_after_seconds));
         }
     };
-    let links = links(&state, &headers, &id);
+    let links = edge.links(&id);
     // A task reads and sends; the response streams what it sends. When the client goes, the
     // channel closes and the task ends with it.
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(4);

@@ -1,7 +1,7 @@
 //! `GET /api/operations`: operations filtered by status and creation time, one page at a time.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use durabletask::Error as DtsError;
 use serde::Deserialize;
@@ -9,9 +9,10 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::auth::{Caller, Role, forbidden};
+use crate::edge::Edge;
 use crate::extract::ApiQuery;
 use crate::json::{JSON, json_response};
-use crate::links::{base, encode, links};
+use crate::links::encode;
 use crate::model::{OperationPage, OperationState, OperationSummary, rfc3339};
 use crate::problem::{Problem, bad_query};
 use crate::scheduler::{dts_call, dts_problem, timed_out};
@@ -71,7 +72,7 @@ fn parse_time(
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
@@ -145,7 +146,7 @@ pub(crate) async fn list(
             runtime_status: m.runtime_status.as_str(),
             created_at: rfc3339(m.created_at),
             last_updated_at: rfc3339(m.last_updated_at),
-            links: links(&state, &headers, &m.instance_id),
+            links: edge.links(&m.instance_id),
         })
         .collect();
     let next_link = page.continuation_token.map(|t| {
@@ -163,11 +164,7 @@ pub(crate) async fn list(
                 params.push(format!("{k}={}", encode(v)));
             }
         }
-        format!(
-            "{}/api/operations?{}",
-            base(&state, &headers),
-            params.join("&")
-        )
+        format!("{}/api/operations?{}", edge.base, params.join("&"))
     });
     Ok(json_response(
         StatusCode::OK,

@@ -1,17 +1,17 @@
 //! `POST /api/process`: starts `process_request` and answers `202` at once.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use contract::{PROCESS_ORCHESTRATION, ProcessRequest};
 
 use crate::auth::Caller;
+use crate::edge::{CallbackUrl, Edge, IdempotencyKey};
 use crate::extract::{FieldRules, JsonBody};
-use crate::idempotency::{already_started, idempotency_key, start_idempotent};
+use crate::idempotency::{already_started, start_idempotent};
 use crate::model::OperationState;
 use crate::problem::{Problem, invalid};
 use crate::respond::accepted;
-use crate::scheduler::start_orchestration;
+use crate::scheduler::{NewOperation, start_orchestration};
 use crate::{AppState, GatewayConfig};
 
 impl FieldRules for ProcessRequest {
@@ -58,8 +58,10 @@ impl FieldRules for ProcessRequest {
 )]
 pub(crate) async fn start_process(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
     caller: Caller,
+    IdempotencyKey(key): IdempotencyKey,
+    CallbackUrl(callback): CallbackUrl,
     JsonBody(req): JsonBody<ProcessRequest>,
 ) -> Result<Response, Problem> {
     let name = req.name.trim();
@@ -82,8 +84,6 @@ pub(crate) async fn start_process(
         name: name.to_string(),
         delay_seconds: req.delay_seconds,
     };
-    let callback = crate::callback::requested(&state, &headers).await?;
-    let key = idempotency_key(&headers)?;
     // The operation's id: from the key (a retry finds the same one), else random and
     // unguessable, under the caller's prefix.
     let id = match &key {
@@ -107,26 +107,21 @@ pub(crate) async fn start_process(
     match key {
         Some(key) => {
             let started =
-                start_idempotent(&state, &headers, &caller, &key, &input, callback.as_deref())
-                    .await?;
+                start_idempotent(&state, &edge, &caller, &key, &input, callback.as_deref()).await?;
             debug_assert_eq!(started, id);
         }
         None => {
-            let tags = crate::callback::tags(callback.as_ref(), &id);
-            start_orchestration(
-                &state,
-                &headers,
-                &caller,
-                PROCESS_ORCHESTRATION,
-                &id,
-                &input,
-                tags,
-            )
-            .await?;
+            let op = NewOperation {
+                name: PROCESS_ORCHESTRATION,
+                id: &id,
+                input: &input,
+                tags: crate::callback::tags(callback.as_ref(), &id),
+            };
+            start_orchestration(&state, &edge, &caller, op).await?;
         }
     }
     if let Some(url) = callback {
-        crate::callback::start_delivery(&state, &headers, &caller, &id, url).await?;
+        crate::callback::start_delivery(&state, &edge, &caller, &id, url).await?;
     }
-    accepted(&state, &headers, id, OperationState::NotStarted)
+    accepted(&state, &edge, id, OperationState::NotStarted)
 }

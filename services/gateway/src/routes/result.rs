@@ -1,12 +1,13 @@
 //! `GET /api/result/{id}`: the output of a finished operation.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use durabletask::OrchestrationStatus;
 use serde_json::Value;
 
 use crate::AppState;
+use crate::edge::Edge;
 use crate::extract::OperationPath;
 use crate::json::{JSON, json_response};
 use crate::model::{OperationError, OperationState};
@@ -36,7 +37,7 @@ use crate::scheduler::fetch;
 )]
 pub(crate) async fn result(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
     OperationPath(id): OperationPath,
 ) -> Result<Response, Problem> {
     let m = fetch(&state, &id, true).await?;
@@ -60,6 +61,6 @@ pub(crate) async fn result(
             "the operation was canceled before it produced a result",
         )
         .about(&id, OperationError::of(&m))),
-        other => accepted(&state, &headers, id, OperationState::of(other)),
+        other => accepted(&state, &edge, id, OperationState::of(other)),
     }
 }

@@ -2,7 +2,7 @@
 //! `GET /api/operations/{id}`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use contract::{SAMPLE_DEFAULT_SECONDS, SAMPLE_ORCHESTRATION, SampleInput};
 use durabletask::OrchestrationStatus;
@@ -11,13 +11,13 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use crate::edge::{CallbackUrl, Edge};
 use crate::extract::{FieldRules, OperationPath, OptionalJsonBody};
 use crate::json::{JSON, json_response};
-use crate::links::base;
 use crate::model::{OperationError, rfc3339};
 use crate::problem::{Problem, invalid};
 use crate::respond::{location, retry_after};
-use crate::scheduler::{fetch, start_orchestration};
+use crate::scheduler::{NewOperation, fetch, start_orchestration};
 use crate::{AppState, GatewayConfig};
 
 /// The original sample's start request.
@@ -89,8 +89,9 @@ pub struct SampleStatus {
 )]
 pub(crate) async fn sample_start(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
     caller: Caller,
+    CallbackUrl(callback): CallbackUrl,
     OptionalJsonBody(body): OptionalJsonBody<SampleStartRequest>,
 ) -> Result<Response, Problem> {
     let max = i64::try_from(state.config.max_delay_seconds).unwrap_or(i64::MAX);
@@ -109,25 +110,20 @@ pub(crate) async fn sample_start(
         operation_id: Some(id.clone()),
         processing_time: Some(processing_time),
     };
-    let callback = crate::callback::requested(&state, &headers).await?;
     // Held until the start is made: the caller's next start counts this one.
     let _turn = crate::scheduler::check_unfinished(&state, &caller, &id).await?;
-    let tags = crate::callback::tags(callback.as_ref(), &id);
-    start_orchestration(
-        &state,
-        &headers,
-        &caller,
-        SAMPLE_ORCHESTRATION,
-        &id,
-        &input,
-        tags,
-    )
-    .await?;
+    let op = NewOperation {
+        name: SAMPLE_ORCHESTRATION,
+        id: &id,
+        input: &input,
+        tags: crate::callback::tags(callback.as_ref(), &id),
+    };
+    start_orchestration(&state, &edge, &caller, op).await?;
     if let Some(url) = callback {
-        crate::callback::start_delivery(&state, &headers, &caller, &id, url).await?;
+        crate::callback::start_delivery(&state, &edge, &caller, &id, url).await?;
     }
     let status_url = format!("/api/operations/{id}");
-    let absolute = format!("{}{status_url}", base(&state, &headers));
+    let absolute = format!("{}{status_url}", edge.base);
     let mut resp = json_response(
         StatusCode::ACCEPTED,
         &SampleAccepted {

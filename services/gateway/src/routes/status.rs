@@ -3,16 +3,16 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use durabletask::Error as DtsError;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::AppState;
+use crate::edge::Edge;
 use crate::extract::{ApiQuery, OperationPath};
 use crate::json::{JSON, json_response};
-use crate::links::links;
 use crate::model::{OperationStatusBody, StatusDocument};
 use crate::problem::{Problem, bad_query, operation_not_found};
 use crate::respond::retry_after;
@@ -45,7 +45,7 @@ pub(crate) struct StatusQuery {
 )]
 pub(crate) async fn status(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    edge: Edge,
     caller: Option<axum::Extension<crate::shares::CallerKey>>,
     ApiQuery(q): ApiQuery<StatusQuery>,
     OperationPath(id): OperationPath,
@@ -86,7 +86,7 @@ pub(crate) async fn status(
     let body = OperationStatusBody {
         document: StatusDocument::of(&id, &m),
         callback: crate::callback::state_of(&state, &m).await?,
-        links: links(&state, &headers, &id),
+        links: edge.links(&id),
     };
     let mut resp = json_response(StatusCode::OK, &body, JSON);
     if !m.runtime_status.is_terminal() {
