@@ -89,6 +89,26 @@ impl ServerLimits {
     }
 }
 
+/// The next connection on `listener`, or `None` once `stop` is cancelled. A failed accept (out
+/// of file descriptors and the like) is logged and tried again shortly: the listener stays.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// A listener on `addr` whose accept queue holds `backlog` connections (the kernel caps it at
 /// `net.core.somaxconn`): a burst of connections larger than the default queue of 1,024 would
 /// otherwise wait for SYN retransmissions, seconds each.
@@ -135,19 +155,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusal = Arc::new(refusal(limits.service, limits.retry_after_seconds));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: the listener stays; try again shortly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &stop).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.refused.inc();
             tokio::spawn(refuse(stream, refusal.clone()));

@@ -40,18 +40,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, _)) = service_kit::http_server::accept(&listener, &stop).await {
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 // Dropped: closed at once.
                 counts.refused.fetch_add(1, Ordering::Relaxed);
