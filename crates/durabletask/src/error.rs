@@ -58,17 +58,20 @@ impl Error {
 /// by the gateway's mapping to `503` (anything else it answers `502`):
 /// - the codes a server uses for "try again": `UNAVAILABLE`, `DEADLINE_EXCEEDED`,
 ///   `RESOURCE_EXHAUSTED` (overload, or a limit such as a full backlog), `ABORTED`;
-/// - `UNKNOWN` and `INTERNAL` only when made on this side by the transport (a broken
-///   connection or an HTTP/2 protocol error: tonic then keeps the cause as the status's
+/// - `UNKNOWN`, `INTERNAL` and `CANCELLED` only when made on this side by the transport (a
+///   broken connection, an HTTP/2 protocol error, or a call still queued on a connection that
+///   closed, which hyper reports as canceled: tonic then keeps the cause as the status's
 ///   source), never when the server answered them, since retrying a server's internal error
-///   would repeat it.
+///   or a cancellation it chose would repeat it.
 pub fn is_transient_status(status: &tonic::Status) -> bool {
     use tonic::Code;
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
             true
         }
-        Code::Unknown | Code::Internal => std::error::Error::source(status).is_some(),
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some()
+        }
         _ => false,
     }
 }
@@ -85,6 +88,8 @@ impl From<tonic::Status> for Error {
             Code::DeadlineExceeded => Self::DeadlineExceeded(s),
             // tonic reports a client-side timeout as Cancelled with this message.
             Code::Cancelled if s.message().contains("Timeout expired") => Self::DeadlineExceeded(s),
+            // A connection that closed under a call: the scheduler went away, not the caller.
+            Code::Cancelled if std::error::Error::source(&s).is_some() => Self::Unavailable(s),
             Code::Unauthenticated | Code::PermissionDenied => Self::Unauthorized(s),
             _ => Self::Rpc(s),
         }
@@ -95,6 +100,40 @@ impl From<tonic::Status> for Error {
 mod tests {
     use super::*;
 
+    /// What tonic makes of a call whose connection closed before it was answered: the status is
+    /// found in the error's chain and the error is kept as its source.
+    fn cancelled_by_transport() -> tonic::Status {
+        #[derive(Debug)]
+        struct ConnectionClosed(tonic::Status);
+        impl std::fmt::Display for ConnectionClosed {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("operation was canceled: connection closed")
+            }
+        }
+        impl std::error::Error for ConnectionClosed {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let status = tonic::Status::from_error(Box::new(ConnectionClosed(
+            tonic::Status::cancelled("connection closed"),
+        )));
+        assert_eq!(status.code(), tonic::Code::Cancelled);
+        status
+    }
+
+    #[test]
+    fn a_call_cut_by_a_closed_connection_is_the_scheduler_being_unavailable() {
+        assert!(matches!(
+            Error::from(cancelled_by_transport()),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            Error::from(tonic::Status::cancelled("the server chose to cancel")),
+            Error::Rpc(_)
+        ));
+    }
+
     #[test]
     fn one_rule_for_what_is_transient() {
         for s in [
@@ -104,6 +143,8 @@ mod tests {
             tonic::Status::aborted("conflict"),
             // Made by the transport on this side: the cause is kept as the source.
             tonic::Status::from_error(Box::new(std::io::Error::other("connection reset"))),
+            // A call cut by a connection that closed (hyper: "operation was canceled").
+            cancelled_by_transport(),
         ] {
             assert!(is_transient_status(&s), "{s:?}");
             assert!(Error::from(s).is_transient());
@@ -116,6 +157,7 @@ mod tests {
             tonic::Status::invalid_argument("bad"),
             tonic::Status::not_found("gone"),
             tonic::Status::permission_denied("no"),
+            tonic::Status::cancelled("the server chose to cancel"),
         ] {
             assert!(!is_transient_status(&s), "{s:?}");
             assert!(!Error::from(s).is_transient());
