@@ -10,7 +10,6 @@ pub mod run;
 pub mod settings;
 pub mod telemetry;
 
-use durabletask::{ConfigError, ConnectionOptions};
 pub use run::RunError;
 
 #[doc(hidden)]
@@ -73,18 +72,6 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         }
     }
     Ok(Args::Run { config })
-}
-
-/// Where the scheduler is: the connection string when given, else endpoint + task hub.
-pub fn connection_options(
-    endpoint: &str,
-    taskhub: &str,
-    connection_string: Option<&str>,
-) -> Result<ConnectionOptions, ConfigError> {
-    match connection_string {
-        Some(cs) => ConnectionOptions::from_connection_string(cs),
-        None => ConnectionOptions::new(endpoint, taskhub),
-    }
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ pub fn exit<E: std::error::Error + 'static>(service: &str, outcome: Result<(), E
 /// `--help` and `--version`, else runs `run(settings)` and exits (see [`exit`]).
 pub fn main<S, F, Fut>(source: &Source<'_>, run: F) -> !
 where
-    S: DeserializeOwned + Validate,
+    S: DeserializeOwned + serde::Serialize + Default + Validate,
     F: FnOnce(S) -> Fut,
     Fut: Future<Output = Result<(), RunError>>,
 {

@@ -2,7 +2,15 @@
 //! defaults (`#[serde(default)]` on the struct), then an optional TOML file, then
 //! `<PREFIX>__<KEY>` environment variables; then the struct validates itself. Every error names
 //! the key.
+//!
+//! Keys are flat for operators (`GATEWAY__JWT_ISSUER`, `jwt_issuer = ..` in a file) while the
+//! program groups them in sections, one struct per concern with its own `Default`
+//! (`settings.jwt.issuer`): a [`Section`] says which field holds a group and the prefix its keys
+//! carry; a file may also write a group as a table (`[jwt]`, `issuer = ..`).
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Where a service's settings come from.
@@ -21,6 +29,149 @@ pub struct Source<'a> {
     pub seed_variables: bool,
     /// A line added to `--help`.
     pub help: &'a str,
+    /// The groups of keys the settings keep in structs of their own.
+    pub sections: &'a [Section<'a>],
+}
+
+/// A group of settings held in a struct of its own, the settings' field `field`, whose keys are
+/// written flat as `prefix` followed by the struct's field name (`jwt_` + `issuer`). Several
+/// sections may share a prefix, the empty one included, as long as no flat key is claimed twice.
+#[derive(Debug, Clone, Copy)]
+pub struct Section<'a> {
+    pub field: &'a str,
+    pub prefix: &'a str,
+}
+
+/// Where each flat key lives in the sectioned settings, read from their defaults.
+#[derive(Debug)]
+struct Layout {
+    /// Flat key -> the path in the settings (`jwt_issuer` -> `jwt.issuer`).
+    nested: BTreeMap<String, String>,
+    /// The sections' fields, which a file may write as tables.
+    tables: BTreeSet<String>,
+}
+
+impl Layout {
+    fn of<T: Serialize + Default>(sections: &[Section<'_>]) -> Result<Self, String> {
+        let defaults = serde_json::to_value(T::default()).map_err(|e| e.to_string())?;
+        let serde_json::Value::Object(fields) = defaults else {
+            return Err("settings must be a struct".into());
+        };
+        let mut nested = BTreeMap::new();
+        let mut tables = BTreeSet::new();
+        let mut claim = |flat: String, path: String| match nested.insert(flat.clone(), path) {
+            None => Ok(()),
+            Some(_) => Err(format!("the key `{flat}` is claimed twice")),
+        };
+        for (field, value) in &fields {
+            match sections.iter().find(|s| s.field == field) {
+                None => claim(field.clone(), field.clone())?,
+                Some(section) => {
+                    let serde_json::Value::Object(inner) = value else {
+                        return Err(format!("section `{field}` is not a struct"));
+                    };
+                    for name in inner.keys() {
+                        claim(
+                            format!("{}{name}", section.prefix),
+                            format!("{field}.{name}"),
+                        )?;
+                    }
+                    tables.insert(field.clone());
+                }
+            }
+        }
+        Ok(Self { nested, tables })
+    }
+
+    fn flat_key(&self, path: &str) -> String {
+        self.nested
+            .iter()
+            .find(|(_, p)| *p == path)
+            .map_or_else(|| path.to_string(), |(flat, _)| flat.clone())
+    }
+
+    /// A read error names the key as the operator wrote it.
+    fn flat_error(&self, e: config::ConfigError) -> config::ConfigError {
+        use config::ConfigError as E;
+        match e {
+            E::Type {
+                origin,
+                unexpected,
+                expected,
+                key,
+            } => E::Type {
+                origin,
+                unexpected,
+                expected,
+                key: key.map(|k| self.flat_key(&k)),
+            },
+            E::At { error, origin, key } => E::At {
+                error,
+                origin,
+                key: key.map(|k| self.flat_key(&k)),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The settings' defaults as an operator writes them: one flat object, keyed as in files and
+/// variables (what the configuration page's tables list).
+pub fn flat_defaults<T: Serialize + Default>(source: &Source<'_>) -> serde_json::Value {
+    let layout = Layout::of::<T>(source.sections).expect("a valid layout");
+    let defaults = serde_json::to_value(T::default()).expect("settings serialize");
+    let flat = layout
+        .nested
+        .iter()
+        .map(|(flat, path)| {
+            let value = path.split('.').fold(&defaults, |v, part| &v[part]).clone();
+            (flat.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(flat)
+}
+
+/// Where the scheduler is: the section every service that talks to it has, under the flat keys
+/// `endpoint`, `taskhub` and `connection_string` (and the original sample's variables).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// The scheduler's gRPC endpoint.
+    pub endpoint: String,
+    pub taskhub: String,
+    /// A DTS connection string; wins over `endpoint` and `taskhub`.
+    pub connection_string: Option<String>,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://localhost:8080".into(),
+            taskhub: "default".into(),
+            connection_string: None,
+        }
+    }
+}
+
+impl SchedulerSettings {
+    /// The section, as it sits in a service's settings (the field `scheduler`, flat keys).
+    pub const SECTION: Section<'static> = Section {
+        field: "scheduler",
+        prefix: "",
+    };
+
+    /// The connection string when given, else endpoint + task hub.
+    pub fn connection_options(
+        &self,
+    ) -> Result<durabletask::ConnectionOptions, crate::run::RunError> {
+        match &self.connection_string {
+            Some(cs) => durabletask::ConnectionOptions::from_connection_string(cs),
+            None => durabletask::ConnectionOptions::new(&self.endpoint, &self.taskhub),
+        }
+        .map_err(|e| {
+            crate::run::RunError::config("`endpoint` / `taskhub` / `connection_string`", e)
+        })
+    }
 }
 
 /// What the command line asked for.
@@ -56,7 +207,7 @@ pub enum SettingsError {
 }
 
 /// Reads the process's arguments and environment into `T`.
-pub fn load<T: DeserializeOwned + Validate>(
+pub fn load<T: DeserializeOwned + Serialize + Default + Validate>(
     source: &Source<'_>,
 ) -> Result<Startup<T>, SettingsError> {
     load_args(source, std::env::args().skip(1).collect())
@@ -64,7 +215,7 @@ pub fn load<T: DeserializeOwned + Validate>(
 
 /// [`load`] with the arguments given (a subcommand's, after its name) and the process's
 /// environment.
-pub fn load_args<T: DeserializeOwned + Validate>(
+pub fn load_args<T: DeserializeOwned + Serialize + Default + Validate>(
     source: &Source<'_>,
     args: Vec<String>,
 ) -> Result<Startup<T>, SettingsError> {
@@ -86,7 +237,7 @@ pub fn load_args<T: DeserializeOwned + Validate>(
 }
 
 /// [`load`] from an explicit file and environment (name, value pairs): what tests call.
-pub fn load_from<T: DeserializeOwned + Validate>(
+pub fn load_from<T: DeserializeOwned + Serialize + Default + Validate>(
     source: &Source<'_>,
     file: Option<&str>,
     vars: impl IntoIterator<Item = (String, String)>,
@@ -133,17 +284,42 @@ pub fn load_from<T: DeserializeOwned + Validate>(
             environment = environment.with_list_parse_key(key);
         }
     }
-    let settings: T = b
-        .add_source(environment)
-        .build()
-        .and_then(config::Config::try_deserialize)
-        .map_err(read)?;
-    settings
-        .validate()
-        .map_err(|message| SettingsError::Invalid {
-            service: source.service.to_string(),
-            message,
-        })?;
+    let invalid = |message| SettingsError::Invalid {
+        service: source.service.to_string(),
+        message,
+    };
+    let flat = b.add_source(environment).build().map_err(read)?;
+    let settings: T = if source.sections.is_empty() {
+        flat.try_deserialize().map_err(read)?
+    } else {
+        let layout = Layout::of::<T>(source.sections).map_err(invalid)?;
+        let mut entries: Vec<(String, config::Value)> = flat
+            .try_deserialize::<config::Map<String, config::Value>>()
+            .map_err(read)?
+            .into_iter()
+            .collect();
+        // A section written as a table goes first, so that a variable naming one of its keys
+        // still wins.
+        entries.sort_by_key(|(key, _)| !layout.tables.contains(key));
+        let mut nested = config::Config::builder();
+        for (key, value) in entries {
+            let path = if layout.tables.contains(&key) {
+                key
+            } else {
+                layout.nested.get(&key).cloned().ok_or_else(|| {
+                    invalid(format!(
+                        "unknown key `{key}` (docs/configuration.md lists every key)"
+                    ))
+                })?
+            };
+            nested = nested.set_override(path, value).map_err(read)?;
+        }
+        nested
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| read(layout.flat_error(e)))?
+    };
+    settings.validate().map_err(invalid)?;
     Ok(settings)
 }
 
@@ -254,6 +430,120 @@ choice! {
 }
 
 #[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Probe {
+        log_format: LogFormat,
+        scheduler: SchedulerSettings,
+        limits: Limits,
+    }
+
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Limits {
+        max_body_bytes: usize,
+        hosts: Vec<String>,
+    }
+
+    impl Default for Limits {
+        fn default() -> Self {
+            Self {
+                max_body_bytes: 100,
+                hosts: vec!["*".into()],
+            }
+        }
+    }
+
+    impl Validate for Probe {
+        fn validate(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    const SOURCE: Source<'static> = Source {
+        service: "probe",
+        file_var: "PROBE_CONFIG",
+        env_prefix: "PROBE",
+        list_keys: &["limit_hosts"],
+        seed_variables: true,
+        help: "",
+        sections: &[
+            SchedulerSettings::SECTION,
+            Section {
+                field: "limits",
+                prefix: "limit_",
+            },
+        ],
+    };
+
+    fn load(file: Option<&str>, vars: &[(&str, &str)]) -> Result<Probe, String> {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        load_from::<Probe>(&SOURCE, file, vars).map_err(|e| crate::run::one_line(&e))
+    }
+
+    #[test]
+    fn flat_keys_fill_sections_and_errors_name_the_flat_key() {
+        let p = load(
+            None,
+            &[
+                ("PROBE__ENDPOINT", "http://s:1"),
+                ("PROBE__LIMIT_MAX_BODY_BYTES", "2048"),
+                ("PROBE__LIMIT_HOSTS", "a.example,b.example"),
+                ("TASKHUB", "hub"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(p.scheduler.endpoint, "http://s:1");
+        assert_eq!(p.scheduler.taskhub, "hub", "the sample's variable");
+        assert_eq!(p.limits.max_body_bytes, 2048);
+        assert_eq!(p.limits.hosts, ["a.example", "b.example"]);
+
+        let e = load(None, &[("PROBE__LIMIT_MAX_BODY_BYTES", "lots")]).expect_err("not a number");
+        assert!(e.contains("`limit_max_body_bytes`"), "{e}");
+        let e = load(None, &[("PROBE__MAX_BODY_BYTES", "1")]).expect_err("no such key");
+        assert!(e.contains("unknown key `max_body_bytes`"), "{e}");
+        let e = load(None, &[("PROBE__LIMITS", "1")]).expect_err("a section is no value");
+        assert!(e.contains("`limits`"), "{e}");
+
+        assert_eq!(
+            flat_defaults::<Probe>(&SOURCE),
+            serde_json::json!({
+                "log_format": "auto",
+                "endpoint": "http://localhost:8080",
+                "taskhub": "default",
+                "connection_string": null,
+                "limit_max_body_bytes": 100,
+                "limit_hosts": ["*"],
+            })
+        );
+    }
+
+    #[test]
+    fn a_file_may_write_a_section_as_a_table_and_a_variable_still_wins() {
+        let dir = std::env::temp_dir().join(format!("sections-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("probe.toml");
+        std::fs::write(
+            &file,
+            "limit_hosts = [\"x.example\"]\n[limits]\nmax_body_bytes = 7\n",
+        )
+        .expect("write");
+        let file = file.display().to_string();
+        let p = load(Some(&file), &[]).expect("loads");
+        assert_eq!(
+            (p.limits.max_body_bytes, p.limits.hosts.clone()),
+            (7, vec!["x.example".into()])
+        );
+        let p = load(Some(&file), &[("PROBE__LIMIT_MAX_BODY_BYTES", "9")]).expect("loads");
+        assert_eq!(p.limits.max_body_bytes, 9);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
 mod choice_tests {
     use super::*;
 
@@ -287,6 +577,7 @@ mod choice_tests {
             list_keys: &[],
             seed_variables: false,
             help: "",
+            sections: &[],
         };
         load_from::<Probe>(&source, None, [(var.to_string(), value.to_string())])
             .map_err(|e| crate::run::one_line(&e))

@@ -12,9 +12,7 @@ use crate::{DashState, app, server_limits};
 
 /// Runs the dashboard with `s` until SIGTERM (or Ctrl-C).
 pub async fn run(s: Settings) -> Result<(), RunError> {
-    let options =
-        service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
-            .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
+    let options = s.scheduler.connection_options()?;
     let telemetry = service_kit::telemetry::init("dashboard", s.log_format);
     let conn = Connection::connect(options)
         .await

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use service_kit::settings::LogFormat;
+use service_kit::settings::{LogFormat, SchedulerSettings};
 
 /// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
 /// `DASHBOARD__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
@@ -12,11 +12,8 @@ use service_kit::settings::LogFormat;
 pub struct Settings {
     /// Where the dashboard listens: loopback by default (the emulator's port).
     pub listen: SocketAddr,
-    /// The scheduler's gRPC endpoint.
-    pub endpoint: String,
-    pub taskhub: String,
-    /// A DTS connection string; wins over `endpoint` and `taskhub`.
-    pub connection_string: Option<String>,
+    /// Where the scheduler is (`endpoint`, `taskhub`, `connection_string`).
+    pub scheduler: SchedulerSettings,
     /// Whether the dashboard may act on instances (terminate, suspend, ...). Unset: yes on a
     /// loopback address or with `admin_keys_file`, no (read-only) otherwise.
     pub actions: Option<bool>,
@@ -37,9 +34,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
-            endpoint: "http://localhost:8080".into(),
-            taskhub: "default".into(),
-            connection_string: None,
+            scheduler: SchedulerSettings::default(),
             actions: None,
             admin_keys_file: None,
             page_size: 50,
@@ -56,6 +51,7 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     env_prefix: "DASHBOARD",
     list_keys: &["hosts"],
     seed_variables: true,
+    sections: &[SchedulerSettings::SECTION],
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as for the worker.",
 };
 
@@ -108,7 +104,7 @@ mod tests {
 
     #[test]
     fn the_configuration_page_documents_every_setting_with_its_default() {
-        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        let defaults = service_kit::settings::flat_defaults::<Settings>(&SOURCE);
         test_support::readme::assert_documented("DASHBOARD", &defaults);
     }
 

@@ -29,7 +29,7 @@ pub(crate) async fn requested(
         .to_str()
         .map_err(|_| refused("the callback URL is not ASCII"))?
         .trim();
-    let policy = &state.config.callback_policy;
+    let policy = &state.callback_policy;
     let url = policy.check_url(raw).map_err(|r| refused(&r.0))?;
     policy.resolve(&url).await.map_err(|r| refused(&r.0))?;
     Ok(Some(url.to_string()))

@@ -1,14 +1,15 @@
-//! The gateway's configuration: [`Settings`] is what an operator sets (its `Default` is the
-//! single source of every default), [`GatewayConfig`] the part the HTTP handlers read.
+//! The gateway's configuration: [`Settings`], what an operator sets, in one section per concern,
+//! each section's `Default` the single source of its defaults. The handlers read it as it is.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use service_kit::settings::LogFormat;
+use service_kit::settings::{LogFormat, SchedulerSettings, Section};
 
 /// Everything configurable. Loaded by `service_kit::settings::load` (defaults, TOML file,
-/// `GATEWAY__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables).
+/// `GATEWAY__<KEY>`; the sample's `ENDPOINT`, `TASKHUB` and connection-string variables). Keys
+/// are flat for operators; the program keeps them in one section per concern ([`SOURCE`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -16,16 +17,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz` (not the public API's).
     pub admin_listen: SocketAddr,
-    /// The scheduler's gRPC endpoint.
-    pub endpoint: String,
-    pub taskhub: String,
-    /// A DTS connection string; wins over `endpoint` and `taskhub`.
-    pub connection_string: Option<String>,
     /// Absolute base for links, e.g. `https://api.example.com`; else from the request.
     pub public_base_url: Option<String>,
-    pub max_delay_seconds: u64,
-    pub max_name_chars: usize,
-    pub max_body_bytes: usize,
+    /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
+    pub trust_forwarded: bool,
     /// The version of the orchestration code new operations start at (the workers that run it
     /// declare the same `orchestration_version`); unset: none. See docs/worker-fleet.md.
     pub orchestration_version: Option<String>,
@@ -33,15 +28,70 @@ pub struct Settings {
     pub dts_timeout_ms: u64,
     /// `Retry-After` on 202s, unfinished statuses and 503s.
     pub retry_after_seconds: u64,
-    /// Cap of `?wait=` on the status monitor.
-    pub max_wait_seconds: u64,
-    /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
-    pub trust_forwarded: bool,
     /// After SIGTERM: how long the gateway keeps serving with readiness failing (so that load
     /// balancers stop sending it requests) before it stops accepting connections.
     pub drain_delay_seconds: u64,
     /// Then: how long open requests get to finish (long polls are answered at once).
     pub shutdown_timeout_seconds: u64,
+    /// Where the Swagger UI (`/docs`, 1.5 MB of script) is served: `public` (with the API),
+    /// `admin` (the admin listener only) or `off`. `/openapi.json` stays with the API.
+    pub docs: Docs,
+    /// `auto` (text on a terminal, else JSON), `text` or `json`.
+    pub log_format: LogFormat,
+    /// How callers authenticate: `jwt`, `api_key`, `jwt,api_key`, or `none` (anyone may do
+    /// anything: for a laptop). No default: a deployment says which.
+    pub auth: Option<Auth>,
+    /// Keys the operation ids derived from owners and idempotency keys (HMAC-SHA256); at least
+    /// 32 characters, the same on every replica, kept across restarts. Required with `jwt` or
+    /// `api_key`.
+    pub id_secret: Option<String>,
+    /// The API keys file (JSON, hashed keys; see docs/authentication.md).
+    pub api_keys_file: Option<String>,
+    /// How often the API keys file is read again.
+    pub api_keys_reload_seconds: u64,
+    /// Where the scheduler is (`endpoint`, `taskhub`, `connection_string`).
+    pub scheduler: SchedulerSettings,
+    /// The public listener's connections (deadlines, head size, connection cap).
+    pub server: ServerSettings,
+    /// What a request may ask for and how much each caller may hold.
+    pub limits: Limits,
+    /// Bearer tokens (`jwt_*`).
+    pub jwt: JwtSettings,
+    /// Where completion callbacks may go (`callback_*`).
+    pub callbacks: CallbackTargets,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            public_base_url: None,
+            trust_forwarded: false,
+            orchestration_version: None,
+            dts_timeout_ms: 5000,
+            retry_after_seconds: 1,
+            drain_delay_seconds: 5,
+            shutdown_timeout_seconds: 20,
+            docs: Docs::Public,
+            log_format: LogFormat::Auto,
+            auth: None,
+            id_secret: None,
+            api_keys_file: None,
+            api_keys_reload_seconds: 5,
+            scheduler: SchedulerSettings::default(),
+            server: ServerSettings::default(),
+            limits: Limits::default(),
+            jwt: JwtSettings::default(),
+            callbacks: CallbackTargets::default(),
+        }
+    }
+}
+
+/// The public listener's connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
     /// A request head must arrive within this time of the connection's opening or of its own
     /// first byte; slower clients are disconnected.
     pub header_read_timeout_seconds: u64,
@@ -53,15 +103,36 @@ pub struct Settings {
     /// An answer (not a status stream) must be sent whole within this long of its head, however
     /// slowly the client reads; past it the connection closes.
     pub answer_timeout_seconds: u64,
-    /// Where the Swagger UI (`/docs`, 1.5 MB of script) is served: `public` (with the API),
-    /// `admin` (the admin listener only) or `off`. `/openapi.json` stays with the API.
-    pub docs: Docs,
     /// Largest request head (request line and headers) answered other than `431`.
     pub max_header_bytes: usize,
-    /// A whole request, body and answer included, past which the client gets `408`.
-    pub request_timeout_seconds: u64,
     /// Open connections; past it new ones get a `503` problem and are closed.
     pub max_connections: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 75,
+            write_stall_timeout_seconds: 10,
+            answer_timeout_seconds: 60,
+            max_header_bytes: 16 * 1024,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// What a request may ask for, and each caller's share of what the gateway holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_delay_seconds: u64,
+    pub max_name_chars: usize,
+    pub max_body_bytes: usize,
+    /// Cap of `?wait=` on the status monitor.
+    pub max_wait_seconds: u64,
+    /// A whole request, body and answer included, past which the client gets `408`.
+    pub request_timeout_seconds: u64,
     /// Requests in progress; past it requests get a `503` problem with `Retry-After`.
     pub max_concurrent_requests: usize,
     /// Long polls (`?wait=`) and status streams open at once; past it `?wait=` answers at once
@@ -97,74 +168,16 @@ pub struct Settings {
     /// `Retry-After`, before any check, until it is back under the rate. 0: no limit.
     pub auth_failures_per_second: u32,
     pub auth_failures_burst: u32,
-    /// `auto` (text on a terminal, else JSON), `text` or `json`.
-    pub log_format: LogFormat,
-    /// How callers authenticate: `jwt`, `api_key`, `jwt,api_key`, or `none` (anyone may do
-    /// anything: for a laptop). No default: a deployment says which.
-    pub auth: Option<Auth>,
-    /// Keys the operation ids derived from owners and idempotency keys (HMAC-SHA256); at least
-    /// 32 characters, the same on every replica, kept across restarts. Required with `jwt` or
-    /// `api_key`.
-    pub id_secret: Option<String>,
-    /// OIDC issuer (`iss`), e.g. `https://login.microsoftonline.com/<tenant>/v2.0`.
-    pub jwt_issuer: Option<String>,
-    /// Accepted audiences (`aud`), comma-separated.
-    pub jwt_audiences: Vec<String>,
-    /// The JWKS URL; unset: from the issuer's discovery document.
-    pub jwt_jwks_url: Option<String>,
-    /// Claims that identify the caller, comma-separated (`sub`; Entra ID: `tid,oid`).
-    pub jwt_identity_claims: Vec<String>,
-    pub jwt_roles_claim: String,
-    /// The role that sees and acts on every operation.
-    pub jwt_admin_role: String,
-    /// A role every caller must have (else `403`); unset: any valid token.
-    pub jwt_required_role: Option<String>,
-    pub jwt_leeway_seconds: u64,
-    /// The JWKS is fetched again after this long.
-    pub jwt_jwks_refresh_seconds: u64,
-    /// A token with an unknown key id fetches the JWKS again, at most this often.
-    pub jwt_jwks_min_refetch_seconds: u64,
-    /// The API keys file (JSON, hashed keys; see docs/authentication.md).
-    pub api_keys_file: Option<String>,
-    /// How often the API keys file is read again.
-    pub api_keys_reload_seconds: u64,
-    /// Completion callbacks (`Callback-Url` on a start): `http://` allowed too (never for
-    /// production).
-    pub callback_allow_http: bool,
-    /// Host patterns a callback URL may name: `*`, `example.com`, `*.example.com`.
-    pub callback_hosts: Vec<String>,
-    /// Networks a callback may reach although not public (loopback, private, link-local and
-    /// reserved addresses are refused otherwise). Keep these three equal to the worker's.
-    pub callback_allowed_networks: Vec<String>,
 }
 
-impl Default for Settings {
+impl Default for Limits {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
-            endpoint: "http://localhost:8080".into(),
-            taskhub: "default".into(),
-            connection_string: None,
-            public_base_url: None,
             max_delay_seconds: 3600,
             max_name_chars: 200,
             max_body_bytes: 16 * 1024,
-            orchestration_version: None,
-            dts_timeout_ms: 5000,
-            retry_after_seconds: 1,
             max_wait_seconds: 30,
-            trust_forwarded: false,
-            drain_delay_seconds: 5,
-            shutdown_timeout_seconds: 20,
-            header_read_timeout_seconds: 10,
-            idle_timeout_seconds: 75,
-            write_stall_timeout_seconds: 10,
-            answer_timeout_seconds: 60,
-            docs: Docs::Public,
-            max_header_bytes: 16 * 1024,
             request_timeout_seconds: 60,
-            max_connections: 4096,
             max_concurrent_requests: 2048,
             max_long_polls: 1000,
             max_requests_per_caller: 256,
@@ -177,25 +190,97 @@ impl Default for Settings {
             rate_limit_burst: 200,
             auth_failures_per_second: 10,
             auth_failures_burst: 50,
-            log_format: LogFormat::Auto,
-            auth: None,
-            id_secret: None,
-            jwt_issuer: None,
-            jwt_audiences: Vec::new(),
-            jwt_jwks_url: None,
-            jwt_identity_claims: vec!["sub".into()],
-            jwt_roles_claim: "roles".into(),
-            jwt_admin_role: "Operations.Admin".into(),
-            jwt_required_role: None,
-            jwt_leeway_seconds: 60,
-            jwt_jwks_refresh_seconds: 3600,
-            jwt_jwks_min_refetch_seconds: 30,
-            api_keys_file: None,
-            api_keys_reload_seconds: 5,
-            callback_allow_http: false,
-            callback_hosts: vec!["*".into()],
-            callback_allowed_networks: Vec::new(),
         }
+    }
+}
+
+impl Limits {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+
+    pub fn stream_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.stream_poll_interval_ms)
+    }
+
+    pub fn max_stream(&self) -> Duration {
+        Duration::from_secs(self.max_stream_seconds)
+    }
+}
+
+/// Bearer tokens: the keys `jwt_<field>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSettings {
+    /// OIDC issuer (`iss`), e.g. `https://login.microsoftonline.com/<tenant>/v2.0`.
+    pub issuer: Option<String>,
+    /// Accepted audiences (`aud`), comma-separated.
+    pub audiences: Vec<String>,
+    /// The JWKS URL; unset: from the issuer's discovery document.
+    pub jwks_url: Option<String>,
+    /// Claims that identify the caller, comma-separated (`sub`; Entra ID: `tid,oid`).
+    pub identity_claims: Vec<String>,
+    pub roles_claim: String,
+    /// The role that sees and acts on every operation.
+    pub admin_role: String,
+    /// A role every caller must have (else `403`); unset: any valid token.
+    pub required_role: Option<String>,
+    pub leeway_seconds: u64,
+    /// The JWKS is fetched again after this long.
+    pub jwks_refresh_seconds: u64,
+    /// A token with an unknown key id fetches the JWKS again, at most this often.
+    pub jwks_min_refetch_seconds: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audiences: Vec::new(),
+            jwks_url: None,
+            identity_claims: vec!["sub".into()],
+            roles_claim: "roles".into(),
+            admin_role: "Operations.Admin".into(),
+            required_role: None,
+            leeway_seconds: 60,
+            jwks_refresh_seconds: 3600,
+            jwks_min_refetch_seconds: 30,
+        }
+    }
+}
+
+/// Where completion callbacks (`Callback-Url` on a start) may go: the keys `callback_<field>`.
+/// Keep them equal to the worker's, which delivers the callbacks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackTargets {
+    /// `http://` allowed too (never for production).
+    pub allow_http: bool,
+    /// Host patterns a callback URL may name: `*`, `example.com`, `*.example.com`.
+    pub hosts: Vec<String>,
+    /// Networks a callback may reach although not public (loopback, private, link-local and
+    /// reserved addresses are refused otherwise).
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for CallbackTargets {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            hosts: vec!["*".into()],
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+impl CallbackTargets {
+    pub fn policy(&self) -> Result<service_kit::callbacks::Policy, String> {
+        service_kit::callbacks::Policy::new(
+            self.allow_http,
+            &self.hosts,
+            &self.allowed_networks,
+            "callback_",
+        )
     }
 }
 
@@ -212,6 +297,25 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     ],
     seed_variables: true,
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.",
+    sections: &[
+        SchedulerSettings::SECTION,
+        Section {
+            field: "server",
+            prefix: "",
+        },
+        Section {
+            field: "limits",
+            prefix: "",
+        },
+        Section {
+            field: "jwt",
+            prefix: "jwt_",
+        },
+        Section {
+            field: "callbacks",
+            prefix: "callback_",
+        },
+    ],
 };
 
 impl service_kit::settings::Validate for Settings {
@@ -225,78 +329,84 @@ impl service_kit::settings::Validate for Settings {
         for (key, value) in [
             (
                 "write_stall_timeout_seconds",
-                self.write_stall_timeout_seconds,
+                self.server.write_stall_timeout_seconds,
             ),
-            ("answer_timeout_seconds", self.answer_timeout_seconds),
+            ("answer_timeout_seconds", self.server.answer_timeout_seconds),
             (
                 "header_read_timeout_seconds",
-                self.header_read_timeout_seconds,
+                self.server.header_read_timeout_seconds,
             ),
-            ("idle_timeout_seconds", self.idle_timeout_seconds),
-            ("max_connections", self.max_connections as u64),
+            ("idle_timeout_seconds", self.server.idle_timeout_seconds),
+            ("max_connections", self.server.max_connections as u64),
             (
                 "max_concurrent_requests",
-                self.max_concurrent_requests as u64,
+                self.limits.max_concurrent_requests as u64,
             ),
         ] {
             if value == 0 {
                 return Err(format!("`{key}` must be at least 1"));
             }
         }
-        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+        if self.limits.rate_limit_per_second > 0 && self.limits.rate_limit_burst == 0 {
             return Err(
                 "`rate_limit_burst` must be at least 1 when `rate_limit_per_second` is set".into(),
             );
         }
         for (key, share) in [
-            ("max_requests_per_caller", self.max_requests_per_caller),
-            ("max_long_polls_per_caller", self.max_long_polls_per_caller),
+            (
+                "max_requests_per_caller",
+                self.limits.max_requests_per_caller,
+            ),
+            (
+                "max_long_polls_per_caller",
+                self.limits.max_long_polls_per_caller,
+            ),
             (
                 "max_starts_in_flight_per_caller",
-                self.max_starts_in_flight_per_caller,
+                self.limits.max_starts_in_flight_per_caller,
             ),
         ] {
             if share == 0 {
                 return Err(format!("`{key}` must be at least 1"));
             }
         }
-        if self.auth_failures_per_second > 0 && self.auth_failures_burst == 0 {
+        if self.limits.auth_failures_per_second > 0 && self.limits.auth_failures_burst == 0 {
             return Err(
                 "`auth_failures_burst` must be at least 1 when `auth_failures_per_second` is set"
                     .into(),
             );
         }
-        if self.max_header_bytes < 1024 {
+        if self.server.max_header_bytes < 1024 {
             return Err("`max_header_bytes` must be at least 1024".into());
         }
-        let longest = self.max_wait_seconds + self.dts_timeout_ms.div_ceil(1000) * 2;
-        if self.request_timeout_seconds <= longest {
+        let longest = self.limits.max_wait_seconds + self.dts_timeout_ms.div_ceil(1000) * 2;
+        if self.limits.request_timeout_seconds <= longest {
             return Err(format!(
                 "`request_timeout_seconds` must be over {longest}: a long poll may last `max_wait_seconds` plus two scheduler calls (`dts_timeout_ms`)"
             ));
         }
-        if self.max_body_bytes < 256 {
+        if self.limits.max_body_bytes < 256 {
             return Err("`max_body_bytes` must be at least 256".into());
         }
-        if self.max_name_chars < 1 {
+        if self.limits.max_name_chars < 1 {
             return Err("`max_name_chars` must be at least 1".into());
         }
         if self.dts_timeout_ms < 100 {
             return Err("`dts_timeout_ms` must be at least 100".into());
         }
-        if self.stream_poll_interval_ms < 100 {
+        if self.limits.stream_poll_interval_ms < 100 {
             return Err("`stream_poll_interval_ms` must be at least 100".into());
         }
-        if self.max_stream_seconds < 1 {
+        if self.limits.max_stream_seconds < 1 {
             return Err("`max_stream_seconds` must be at least 1".into());
         }
-        self.callback_policy()?;
+        self.callbacks.policy()?;
         let modes = self.auth_modes()?;
         if !modes.is_empty() && self.id_secret.as_deref().is_none_or(|s| s.len() < 32) {
             return Err("`id_secret` must be set, at least 32 characters, when `auth` is not `none`: it keys the operation ids of each caller".into());
         }
         if modes.contains(&AuthMode::Jwt) {
-            match &self.jwt_issuer {
+            match &self.jwt.issuer {
                 Some(i) if i.starts_with("https://") || i.starts_with("http://") => {}
                 _ => {
                     return Err(
@@ -305,20 +415,20 @@ impl service_kit::settings::Validate for Settings {
                     );
                 }
             }
-            if self.jwt_audiences.iter().all(|a| a.trim().is_empty()) {
+            if self.jwt.audiences.iter().all(|a| a.trim().is_empty()) {
                 return Err(
                     "`jwt_audiences` must name at least one audience when `auth` includes `jwt`"
                         .into(),
                 );
             }
-            if self.jwt_identity_claims.iter().any(|c| c.trim().is_empty())
-                || self.jwt_identity_claims.is_empty()
+            if self.jwt.identity_claims.iter().any(|c| c.trim().is_empty())
+                || self.jwt.identity_claims.is_empty()
             {
                 return Err(
                     "`jwt_identity_claims` must name at least one claim, e.g. `sub`".into(),
                 );
             }
-            if self.jwt_jwks_refresh_seconds == 0 || self.jwt_jwks_min_refetch_seconds == 0 {
+            if self.jwt.jwks_refresh_seconds == 0 || self.jwt.jwks_min_refetch_seconds == 0 {
                 return Err("`jwt_jwks_refresh_seconds` and `jwt_jwks_min_refetch_seconds` must be at least 1".into());
             }
         }
@@ -403,85 +513,42 @@ impl Settings {
         }
     }
 
+    /// Deadline of each scheduler call.
+    pub fn dts_timeout(&self) -> Duration {
+        Duration::from_millis(self.dts_timeout_ms)
+    }
+
     /// The JWT settings, when `auth` includes `jwt`.
     pub fn jwt_config(&self) -> Option<crate::auth::JwtConfig> {
+        let jwt = &self.jwt;
         Some(crate::auth::JwtConfig {
-            issuer: self.jwt_issuer.clone()?,
-            audiences: self
-                .jwt_audiences
-                .iter()
-                .map(|a| a.trim().to_string())
-                .collect(),
-            jwks_url: self.jwt_jwks_url.clone(),
-            identity_claims: self
-                .jwt_identity_claims
+            issuer: jwt.issuer.clone()?,
+            audiences: jwt.audiences.iter().map(|a| a.trim().to_string()).collect(),
+            jwks_url: jwt.jwks_url.clone(),
+            identity_claims: jwt
+                .identity_claims
                 .iter()
                 .map(|c| c.trim().to_string())
                 .collect(),
-            roles_claim: self.jwt_roles_claim.clone(),
-            admin_role: self.jwt_admin_role.clone(),
-            required_role: self.jwt_required_role.clone(),
-            leeway_seconds: self.jwt_leeway_seconds,
-            refresh: Duration::from_secs(self.jwt_jwks_refresh_seconds),
-            min_refetch: Duration::from_secs(self.jwt_jwks_min_refetch_seconds),
+            roles_claim: jwt.roles_claim.clone(),
+            admin_role: jwt.admin_role.clone(),
+            required_role: jwt.required_role.clone(),
+            leeway_seconds: jwt.leeway_seconds,
+            refresh: Duration::from_secs(jwt.jwks_refresh_seconds),
+            min_refetch: Duration::from_secs(jwt.jwks_min_refetch_seconds),
         })
-    }
-
-    /// The part of the settings the HTTP handlers read.
-    pub fn gateway_config(&self) -> GatewayConfig {
-        GatewayConfig {
-            public_base_url: self.public_base_url.clone(),
-            max_delay_seconds: self.max_delay_seconds,
-            max_name_chars: self.max_name_chars,
-            max_body_bytes: self.max_body_bytes,
-            orchestration_version: self.orchestration_version.clone(),
-            docs: self.docs,
-            dts_timeout: Duration::from_millis(self.dts_timeout_ms),
-            retry_after_seconds: self.retry_after_seconds,
-            max_wait_seconds: self.max_wait_seconds,
-            trust_forwarded: self.trust_forwarded,
-            max_header_bytes: self.max_header_bytes,
-            request_timeout: Duration::from_secs(self.request_timeout_seconds),
-            max_concurrent_requests: self.max_concurrent_requests,
-            max_long_polls: self.max_long_polls,
-            max_requests_per_caller: self.max_requests_per_caller,
-            max_long_polls_per_caller: self.max_long_polls_per_caller,
-            max_unfinished_per_caller: self.max_unfinished_per_caller,
-            max_starts_in_flight_per_caller: self.max_starts_in_flight_per_caller,
-            stream_poll_interval: Duration::from_millis(self.stream_poll_interval_ms),
-            max_stream: Duration::from_secs(self.max_stream_seconds),
-            rate_limit_per_second: self.rate_limit_per_second,
-            rate_limit_burst: self.rate_limit_burst,
-            auth_failures_per_second: self.auth_failures_per_second,
-            auth_failures_burst: self.auth_failures_burst,
-            auth_modes: self.auth_modes().unwrap_or_default(),
-            // Validated at start-up; the defaults are valid.
-            callback_policy: self.callback_policy().unwrap_or_else(|_| {
-                service_kit::callbacks::Policy::new(false, &[], &[], "callback_")
-                    .expect("an empty policy")
-            }),
-        }
-    }
-
-    /// Where completion callbacks may go.
-    pub fn callback_policy(&self) -> Result<service_kit::callbacks::Policy, String> {
-        service_kit::callbacks::Policy::new(
-            self.callback_allow_http,
-            &self.callback_hosts,
-            &self.callback_allowed_networks,
-            "callback_",
-        )
     }
 
     /// The limits of the public listener.
     pub fn server_limits(&self) -> crate::serve::ServerLimits {
+        let server = &self.server;
         crate::serve::ServerLimits {
-            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
-            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
-            write_stall_timeout: Duration::from_secs(self.write_stall_timeout_seconds),
-            answer_timeout: Duration::from_secs(self.answer_timeout_seconds),
-            max_header_bytes: self.max_header_bytes,
-            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
+            write_stall_timeout: Duration::from_secs(server.write_stall_timeout_seconds),
+            answer_timeout: Duration::from_secs(server.answer_timeout_seconds),
+            max_header_bytes: server.max_header_bytes,
+            max_connections: server.max_connections,
             send_buffer_bytes: 128 * 1024,
             retry_after_seconds: self.retry_after_seconds,
             service: "gateway",
@@ -500,67 +567,13 @@ service_kit::choice! {
     }
 }
 
-/// What the handlers read, derived from [`Settings`].
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// Absolute base for links, e.g. `https://api.example.com`; relative links when `None`.
-    pub public_base_url: Option<String>,
-    pub max_delay_seconds: u64,
-    pub max_name_chars: usize,
-    pub max_body_bytes: usize,
-    /// The version new operations start at; `None`: unversioned.
-    pub orchestration_version: Option<String>,
-    /// Where the Swagger UI is served.
-    pub docs: Docs,
-    /// Deadline for each call to the scheduler; past it the client gets 503.
-    pub dts_timeout: Duration,
-    /// `Retry-After` on `202`s and unfinished statuses, and on `503`s.
-    pub retry_after_seconds: u64,
-    /// Cap of `?wait=` on the status monitor.
-    pub max_wait_seconds: u64,
-    /// Build links from `Forwarded` / `X-Forwarded-*` (only behind a proxy that sets them).
-    pub trust_forwarded: bool,
-    /// Largest request head answered other than `431`.
-    pub max_header_bytes: usize,
-    /// A whole request; past it `408`.
-    pub request_timeout: Duration,
-    /// Requests in progress; past it `503` with `Retry-After`.
-    pub max_concurrent_requests: usize,
-    /// Long polls waiting and status streams open at once.
-    pub max_long_polls: usize,
-    /// Each caller's shares of the two caps above, and its unfinished operations (0: no cap).
-    pub max_requests_per_caller: usize,
-    pub max_long_polls_per_caller: usize,
-    pub max_unfinished_per_caller: usize,
-    pub max_starts_in_flight_per_caller: usize,
-    /// How often a status stream reads the status, and how long it stays open.
-    pub stream_poll_interval: Duration,
-    pub max_stream: Duration,
-    /// Per-caller requests per second (0: no limit) and burst.
-    pub rate_limit_per_second: u32,
-    pub rate_limit_burst: u32,
-    /// Refused authentications per second (and burst) per client address; 0: no limit.
-    pub auth_failures_per_second: u32,
-    pub auth_failures_burst: u32,
-    /// How callers authenticate (for the OpenAPI document); empty: not at all.
-    pub auth_modes: Vec<AuthMode>,
-    /// Where completion callbacks may go.
-    pub callback_policy: service_kit::callbacks::Policy,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Settings::default().gateway_config()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_configuration_page_documents_every_setting_with_its_default() {
-        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        let defaults = service_kit::settings::flat_defaults::<Settings>(&SOURCE);
         test_support::readme::assert_documented("GATEWAY", &defaults);
     }
 }

@@ -12,13 +12,13 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::problem::{Problem, bad_query, invalid, operation_not_found};
-use crate::{AppState, GatewayConfig};
+use crate::{AppState, Settings};
 
 /// What a body type says about its fields, so that a wrong value is answered with the field's
 /// name and its allowed range, not only serde's `expected u64`.
 pub(crate) trait FieldRules {
     /// The rule for `field` (a path such as `delay_seconds`) under this configuration.
-    fn rule(field: &str, config: &GatewayConfig) -> Option<String>;
+    fn rule(field: &str, config: &Settings) -> Option<String>;
 }
 
 /// A JSON object body: 415 for another media type, 413 when too large, 400 when not JSON,
@@ -53,7 +53,7 @@ impl<T: DeserializeOwned + FieldRules> FromRequest<AppState> for OptionalJsonBod
 }
 
 impl<T: FieldRules> FieldRules for Option<T> {
-    fn rule(field: &str, config: &GatewayConfig) -> Option<String> {
+    fn rule(field: &str, config: &Settings) -> Option<String> {
         T::rule(field, config)
     }
 }
@@ -103,7 +103,7 @@ pub(crate) fn valid_id(id: &str) -> Result<(), Problem> {
 fn parse_json<T: DeserializeOwned + FieldRules>(
     content_type: Option<&HeaderValue>,
     body: Result<Bytes, BytesRejection>,
-    config: &GatewayConfig,
+    config: &Settings,
 ) -> Result<T, Problem> {
     let ct = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = ct

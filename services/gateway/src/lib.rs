@@ -40,7 +40,7 @@ use axum::routing::{get, post};
 use tracing::Instrument;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use config::GatewayConfig;
+pub use config::Settings;
 pub use contract::{
     PROCESS_ORCHESTRATION, ProcessRequest, ProcessResult, SAMPLE_ORCHESTRATION, SampleResult,
 };
@@ -61,7 +61,7 @@ pub use state::{AppState, Shared};
 /// handlers.
 pub fn app(state: AppState) -> Router {
     use routes::{cancel, events, history, list, process, purge, result, sample, status};
-    let limit = state.config.max_body_bytes;
+    let limit = state.config.limits.max_body_bytes;
     let api = Router::new()
         .route(
             "/api/process",

@@ -16,12 +16,12 @@ use tower::{BoxError, ServiceBuilder};
 
 use crate::auth::Caller;
 use crate::problem::Problem;
-use crate::{AppState, GatewayConfig};
+use crate::{AppState, Settings};
 
 /// Wraps the routes in the request limits of `config`.
-pub(crate) fn apply(router: Router<AppState>, config: &GatewayConfig) -> Router<AppState> {
+pub(crate) fn apply(router: Router<AppState>, config: &Settings) -> Router<AppState> {
     let retry = config.retry_after_seconds;
-    let timeout = config.request_timeout;
+    let timeout = config.limits.request_timeout();
     router
         .layer(
             ServiceBuilder::new()
@@ -32,11 +32,14 @@ pub(crate) fn apply(router: Router<AppState>, config: &GatewayConfig) -> Router<
                 // Global: `Router::layer` wraps each route on its own, and the limit is one
                 // for the whole gateway.
                 .layer(GlobalConcurrencyLimitLayer::new(
-                    config.max_concurrent_requests,
+                    config.limits.max_concurrent_requests,
                 ))
                 .timeout(timeout),
         )
-        .layer(from_fn_with_state(config.max_header_bytes, inspect_head))
+        .layer(from_fn_with_state(
+            config.server.max_header_bytes,
+            inspect_head,
+        ))
 }
 
 fn refused(e: BoxError, retry_after_seconds: u64, timeout: Duration) -> Response {
@@ -80,9 +83,9 @@ pub type CallerLimiter = governor::RateLimiter<
 >;
 
 /// The limiter of `config`, `None` without a rate.
-pub fn caller_limiter(config: &GatewayConfig) -> Option<CallerLimiter> {
-    let rate = std::num::NonZeroU32::new(config.rate_limit_per_second)?;
-    let burst = std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+pub fn caller_limiter(config: &Settings) -> Option<CallerLimiter> {
+    let rate = std::num::NonZeroU32::new(config.limits.rate_limit_per_second)?;
+    let burst = std::num::NonZeroU32::new(config.limits.rate_limit_burst).unwrap_or(rate);
     Some(
         governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
             .with_middleware::<governor::middleware::StateInformationMiddleware>(),
@@ -134,8 +137,8 @@ pub(crate) async fn per_caller(
     let Some(limiter) = &state.rate_limiter else {
         return next.run(request).await;
     };
-    let rate = f64::from(state.config.rate_limit_per_second);
-    let burst = state.config.rate_limit_burst;
+    let rate = f64::from(state.config.limits.rate_limit_per_second);
+    let burst = state.config.limits.rate_limit_burst;
     let policy = format!(
         r#""per-caller";q={burst};w={}"#,
         (f64::from(burst) / rate).ceil().max(1.0)
@@ -155,7 +158,7 @@ pub(crate) async fn per_caller(
                 "Too Many Requests",
                 format!(
                     "over {} requests a second (burst {burst}) for this caller; try again in {seconds} s",
-                    state.config.rate_limit_per_second
+                    state.config.limits.rate_limit_per_second
                 ),
             )
             .retry_after(seconds)

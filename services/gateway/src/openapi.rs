@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::GatewayConfig;
+use crate::Settings;
 use crate::links::OperationLinks;
 use crate::model::{
     OperationAccepted, OperationError, OperationOutput, OperationPage, OperationState,
@@ -63,14 +63,14 @@ impl ApiDoc {
     /// The document with this deployment's limits filled in (they are configurable, so the
     /// annotations cannot carry them). Patched on the typed document: a round trip through JSON
     /// would silently lose the patch for schemas that do not read back.
-    pub fn for_config(config: &GatewayConfig) -> utoipa::openapi::OpenApi {
+    pub fn for_config(config: &Settings) -> utoipa::openapi::OpenApi {
         use utoipa::openapi::RefOr;
         use utoipa::openapi::schema::{Object, Schema};
         let mut doc = Self::openapi();
         let sample_default = contract::SAMPLE_DEFAULT_SECONDS
             .unsigned_abs()
-            .min(config.max_delay_seconds);
-        let max_delay = usize::try_from(config.max_delay_seconds).unwrap_or(usize::MAX);
+            .min(config.limits.max_delay_seconds);
+        let max_delay = usize::try_from(config.limits.max_delay_seconds).unwrap_or(usize::MAX);
         if let Some(components) = doc.components.as_mut() {
             let mut property = |schema: &str, field: &str, patch: &dyn Fn(&mut Object)| {
                 if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(schema)
@@ -80,7 +80,7 @@ impl ApiDoc {
                 }
             };
             property("ProcessRequest", "name", &|p| {
-                p.max_length = Some(config.max_name_chars);
+                p.max_length = Some(config.limits.max_name_chars);
             });
             property("ProcessRequest", "delay_seconds", &|p| {
                 p.maximum = Some(max_delay.into());
@@ -91,8 +91,8 @@ impl ApiDoc {
             });
         }
         status_filter(&mut doc);
-        limit_responses(&mut doc, config.rate_limit_per_second > 0);
-        security(&mut doc, &config.auth_modes);
+        limit_responses(&mut doc, config.limits.rate_limit_per_second > 0);
+        security(&mut doc, &config.auth_modes().unwrap_or_default());
         doc
     }
 }

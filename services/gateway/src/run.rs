@@ -16,22 +16,20 @@ use crate::{AppState, admin_app, app};
 
 /// Runs the gateway with `s` until SIGTERM (or Ctrl-C) and the hand-over that follows.
 pub async fn run(s: Settings) -> Result<(), RunError> {
-    let conn_options =
-        service_kit::connection_options(&s.endpoint, &s.taskhub, s.connection_string.as_deref())
-            .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
+    let conn_options = s.scheduler.connection_options()?;
     let telemetry = service_kit::telemetry::init("gateway", s.log_format);
-    raise_open_file_limit(s.max_connections);
+    raise_open_file_limit(s.server.max_connections);
     let conn = Connection::connect(conn_options)
         .await
         .map_err(RunError::Connect)?;
     let state = AppState::secured(
         Client::new(&conn),
-        s.gateway_config(),
+        s.clone(),
         authenticator(&s)?,
         Ids::new(s.id_secret.as_deref()),
     );
     prune_limiters(&state);
-    let backlog = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
+    let backlog = u32::try_from(s.server.max_connections).unwrap_or(u32::MAX);
     let bind = |key: &'static str, addr: std::net::SocketAddr, backlog: u32| async move {
         crate::serve::bind(addr, backlog)
             .await

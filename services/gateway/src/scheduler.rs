@@ -49,7 +49,7 @@ pub(crate) fn with_deadline<T>(
     method: &'static str,
     fut: impl Future<Output = Result<T, DtsError>>,
 ) -> impl Future<Output = Result<T, Problem>> {
-    let call = dts_call(state, method, state.config.dts_timeout, fut);
+    let call = dts_call(state, method, state.config.dts_timeout(), fut);
     async move {
         match call.await {
             Ok(r) => r.map_err(|e| dts_problem(state, method, e)),
@@ -109,7 +109,7 @@ pub(crate) async fn check_unfinished(
     id: &str,
 ) -> Result<Option<crate::shares::StartInFlight>, Problem> {
     use durabletask::{InstanceQuery, OrchestrationStatus as S};
-    let cap = state.config.max_unfinished_per_caller;
+    let cap = state.config.limits.max_unfinished_per_caller;
     let prefix = state.ids.prefix_of(caller);
     if cap == 0 || prefix.is_empty() {
         return Ok(None);
@@ -213,7 +213,7 @@ pub(crate) async fn start_once<I: serde::Serialize + ?Sized>(
     let started = dts_call(
         state,
         "StartInstance",
-        state.config.dts_timeout,
+        state.config.dts_timeout(),
         state.client.schedule_new_orchestration(name, input, opts),
     )
     .instrument(span)

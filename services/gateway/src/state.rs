@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Ids};
-use crate::{GatewayConfig, GatewayMetrics};
+use crate::{GatewayMetrics, Settings};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -16,7 +16,9 @@ pub struct AppState(Arc<Shared>);
 /// count, not a copy of the client.
 pub struct Shared {
     pub client: Client,
-    pub config: GatewayConfig,
+    pub config: Settings,
+    /// Where completion callbacks may go, from `config.callbacks`.
+    pub callback_policy: service_kit::callbacks::Policy,
     pub metrics: GatewayMetrics,
     /// One permit per long poll allowed to wait or status stream allowed open
     /// (`max_long_polls`).
@@ -42,29 +44,38 @@ pub struct Shared {
 
 impl AppState {
     /// A state without authentication (every caller sees everything) and without an id secret.
-    pub fn new(client: Client, config: GatewayConfig) -> Self {
+    pub fn new(client: Client, config: Settings) -> Self {
         Self::secured(client, config, Authenticator::default(), Ids::new(None))
     }
 
-    pub fn secured(client: Client, config: GatewayConfig, auth: Authenticator, ids: Ids) -> Self {
+    pub fn secured(client: Client, config: Settings, auth: Authenticator, ids: Ids) -> Self {
         Self(Arc::new(Shared {
             client,
             rate_limiter: crate::limits::caller_limiter(&config),
             auth_failures: crate::auth::FailureLimiter::new(
-                config.auth_failures_per_second,
-                config.auth_failures_burst,
+                config.limits.auth_failures_per_second,
+                config.limits.auth_failures_burst,
             ),
-            long_polls: Arc::new(Semaphore::new(config.max_long_polls)),
+            long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
             request_shares: crate::shares::PerCaller::new(
                 config
+                    .limits
                     .max_requests_per_caller
-                    .min(config.max_concurrent_requests),
+                    .min(config.limits.max_concurrent_requests),
             ),
             long_poll_shares: crate::shares::PerCaller::new(
-                config.max_long_polls_per_caller.min(config.max_long_polls),
+                config
+                    .limits
+                    .max_long_polls_per_caller
+                    .min(config.limits.max_long_polls),
             ),
+            // Validated at start-up (tests may build a state from unchecked settings).
+            callback_policy: config.callbacks.policy().unwrap_or_else(|_| {
+                service_kit::callbacks::Policy::new(false, &[], &[], "callback_")
+                    .expect("an empty policy")
+            }),
             starts_in_flight: crate::shares::StartLedger::new(
-                config.max_starts_in_flight_per_caller,
+                config.limits.max_starts_in_flight_per_caller,
             ),
             config,
             metrics: GatewayMetrics::default(),

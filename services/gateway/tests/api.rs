@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{AppState, GatewayConfig, admin_app, app};
+use gateway::{AppState, Settings, admin_app, app};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -186,8 +186,8 @@ async fn a_start_whose_caller_hangs_up_is_seen_through() {
     });
     let st = state_for(
         &format!("http://127.0.0.1:{port}"),
-        GatewayConfig {
-            dts_timeout: Duration::from_millis(400),
+        Settings {
+            dts_timeout_ms: 400,
             ..Default::default()
         },
     )
@@ -262,7 +262,7 @@ async fn an_operation_from_202_to_result_over_real_processes() {
     let gw_port = free_port();
     let state = state_for(
         &endpoint,
-        GatewayConfig {
+        Settings {
             public_base_url: Some(format!("http://localhost:{gw_port}")),
             ..Default::default()
         },
@@ -463,8 +463,8 @@ async fn idempotent_starts_go_through_the_scheduler_not_gateway_memory() {
         )
     };
     // Two gateway replicas: separate states, one scheduler.
-    let a = state_for(&endpoint, GatewayConfig::default()).await;
-    let b = state_for(&endpoint, GatewayConfig::default()).await;
+    let a = state_for(&endpoint, Settings::default()).await;
+    let b = state_for(&endpoint, Settings::default()).await;
     let body = r#"{"name":"Ada","delay_seconds":5}"#;
     let (s1, v1) = post(a.clone(), "order-42", body).await;
     let (s2, v2) = post(b.clone(), "order-42", body).await;
@@ -513,7 +513,7 @@ async fn bad_list_and_wait_queries_are_400_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_and_long_poll_over_real_processes() {
-    let sys = system(GatewayConfig::default()).await;
+    let sys = system(Settings::default()).await;
     let gw_port = sys.port;
 
     // Long poll: one request, answered when the operation ends (about 1 s), not at once.
@@ -602,10 +602,10 @@ async fn links_come_from_host_or_trusted_forwarded_headers() {
             .unwrap_or_default()
             .to_string()
     };
-    let untrusting = state_for(&endpoint, GatewayConfig::default()).await;
+    let untrusting = state_for(&endpoint, Settings::default()).await;
     let trusting = state_for(
         &endpoint,
-        GatewayConfig {
+        Settings {
             trust_forwarded: true,
             ..Default::default()
         },
@@ -665,11 +665,7 @@ async fn a_refusing_scheduler_is_a_502_that_says_what_happened() {
             ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let st = state_for(
-        &format!("http://127.0.0.1:{port}"),
-        GatewayConfig::default(),
-    )
-    .await;
+    let st = state_for(&format!("http://127.0.0.1:{port}"), Settings::default()).await;
     for (method, uri, body) in [
         ("GET", "/api/status/abc", ""),
         ("POST", "/api/process", r#"{"name":"a","delay_seconds":1}"#),
@@ -720,7 +716,7 @@ async fn wrong_types_name_the_field_and_its_range() {
 /// `204` once finished, and `404` for everything about it afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_in_order_then_purge_over_real_processes() {
-    let sys = system(GatewayConfig::default()).await;
+    let sys = system(Settings::default()).await;
     let gw_port = sys.port;
 
     let (s, _, v) = http(
@@ -830,7 +826,7 @@ async fn history_in_order_then_purge_over_real_processes() {
 async fn a_full_scheduler_is_a_503_with_retry_after() {
     let (_sched, endpoint) =
         local_scheduler_with(&[("LOCAL_SCHEDULER__MAX_INSTANCES", "1".into())]).await;
-    let st = state_for(&endpoint, GatewayConfig::default()).await;
+    let st = state_for(&endpoint, Settings::default()).await;
     let body = r#"{"name":"a","delay_seconds":1}"#;
     let (s, _, v) = call(
         st.clone(),

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{AppState, GatewayConfig, admin_app, app};
+use gateway::{AppState, Settings, admin_app, app};
 use tower::ServiceExt;
 
 mod common;
@@ -57,7 +57,7 @@ async fn send(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_their_events_and_labels_stay_bounded() {
     let (_sched, endpoint) = local_scheduler().await;
-    let st = state_for(&endpoint, GatewayConfig::default()).await;
+    let st = state_for(&endpoint, Settings::default()).await;
     let body = r#"{"name":"Ada","delay_seconds":60}"#;
 
     let (s, _) = send(&st, "GET", "/metrics", None, "").await;

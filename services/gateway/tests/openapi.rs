@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{GatewayConfig, app};
+use gateway::{Settings, app};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -47,9 +47,12 @@ fn refs(v: &Value, out: &mut BTreeSet<String>) {
 
 #[tokio::test]
 async fn openapi_document_covers_every_route_status_and_schema() {
-    let state = offline_state_with(GatewayConfig {
-        max_delay_seconds: 120,
-        max_name_chars: 40,
+    let state = offline_state_with(Settings {
+        limits: gateway::config::Limits {
+            max_delay_seconds: 120,
+            max_name_chars: 40,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await;
@@ -170,9 +173,8 @@ async fn openapi_document_covers_every_route_status_and_schema() {
 
 #[test]
 fn with_authentication_the_document_has_its_schemes_and_401_everywhere() {
-    use gateway::config::AuthMode;
-    let config = GatewayConfig {
-        auth_modes: vec![AuthMode::Jwt, AuthMode::ApiKey],
+    let config = Settings {
+        auth: Some("jwt,api_key".parse().expect("modes")),
         ..Default::default()
     };
     let doc = serde_json::to_value(gateway::ApiDoc::for_config(&config)).expect("json");

@@ -143,6 +143,7 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
     file_var: "LOCAL_SCHEDULER_CONFIG",
     env_prefix: "LOCAL_SCHEDULER",
     list_keys: &["task_hubs"],
+    sections: &[],
     seed_variables: false,
     help: "DTS_TASK_HUB_NAMES=a,b names the task hubs, as for the DTS emulator.",
 };
@@ -193,7 +194,7 @@ mod tests {
 
     #[test]
     fn the_configuration_page_documents_every_setting_with_its_default() {
-        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        let defaults = service_kit::settings::flat_defaults::<Settings>(&SOURCE);
         test_support::readme::assert_documented("LOCAL_SCHEDULER", &defaults);
     }
 

@@ -50,24 +50,25 @@ pub struct CallbackConfig {
 
 impl CallbackConfig {
     pub fn from_settings(s: &Settings) -> Result<Self, String> {
-        let per_caller = match &s.callback_secrets_file {
+        let per_caller = match &s.callbacks.secrets_file {
             Some(path) => Some((path.clone(), RwLock::new(read_secrets(path)?))),
             None => None,
         };
         Ok(Self {
-            policy: s.callback_policy()?,
+            policy: s.callbacks.policy()?,
             signer: s
-                .callback_secret
+                .callbacks
+                .secret
                 .as_deref()
                 .map(|secret| Signer::new(secret, "callback_secret"))
                 .transpose()?,
             per_caller,
-            max_attempts: s.callback_max_attempts,
-            first_retry: Duration::from_millis(s.callback_first_retry_ms),
-            max_retry: Duration::from_millis(s.callback_max_retry_ms),
-            max_total: Duration::from_secs(s.callback_max_total_seconds),
-            attempt_timeout: Duration::from_millis(s.callback_attempt_timeout_ms),
-            poll_max: Duration::from_millis(s.callback_poll_max_ms),
+            max_attempts: s.callbacks.max_attempts,
+            first_retry: Duration::from_millis(s.callbacks.first_retry_ms),
+            max_retry: Duration::from_millis(s.callbacks.max_retry_ms),
+            max_total: Duration::from_secs(s.callbacks.max_total_seconds),
+            attempt_timeout: Duration::from_millis(s.callbacks.attempt_timeout_ms),
+            poll_max: Duration::from_millis(s.callbacks.poll_max_ms),
         })
     }
 
@@ -463,8 +464,11 @@ mod tests {
 
     fn config() -> CallbackConfig {
         let s = Settings {
-            callback_first_retry_ms: 1000,
-            callback_max_retry_ms: 8000,
+            callbacks: crate::settings::CallbackDelivery {
+                first_retry_ms: 1000,
+                max_retry_ms: 8000,
+                ..Default::default()
+            },
             ..Settings::default()
         };
         CallbackConfig::from_settings(&s).expect("config")

@@ -24,12 +24,7 @@ use crate::settings::{Runs, Settings};
 
 /// Runs the worker with `settings` until SIGTERM (or Ctrl-C) and the drain that follows.
 pub async fn run(settings: Settings) -> Result<(), RunError> {
-    let conn_options = service_kit::connection_options(
-        &settings.endpoint,
-        &settings.taskhub,
-        settings.connection_string.as_deref(),
-    )
-    .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
+    let conn_options = settings.scheduler.connection_options()?;
     let telemetry = service_kit::telemetry::init("worker", settings.log_format);
     tracing::info!(endpoint = %conn_options.endpoint, taskhub = %conn_options.taskhub, "connecting");
     let conn = Connection::connect(conn_options)

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use service_kit::settings::LogFormat;
+use service_kit::settings::{LogFormat, SchedulerSettings, Section};
 
 service_kit::choice! {
     /// Which work items a worker takes: split the two kinds across deployments.
@@ -19,11 +19,8 @@ service_kit::choice! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// The scheduler's gRPC endpoint.
-    pub endpoint: String,
-    pub taskhub: String,
-    /// A DTS connection string; wins over `endpoint` and `taskhub`.
-    pub connection_string: Option<String>,
+    /// Where the scheduler is (`endpoint`, `taskhub`, `connection_string`).
+    pub scheduler: SchedulerSettings,
     pub max_concurrent_orchestrations: usize,
     pub max_concurrent_activities: usize,
     /// After SIGTERM: time for running work items to finish before they are abandoned.
@@ -42,40 +39,15 @@ pub struct Settings {
     /// Older versions this code also replays correctly (`unversioned`: instances started without
     /// a version); needs `orchestration_version`.
     pub replays_versions: Vec<String>,
-    /// Completion callbacks: the Standard Webhooks signing secret (`whsec_` and base64 of at
-    /// least 24 random bytes). Without it, callbacks are not delivered (each ends `failed`).
-    pub callback_secret: Option<String>,
-    /// A JSON file of per-caller secrets, `{"<owner>": "whsec_…"}`: a caller's callbacks are
-    /// signed with its own secret when it has one.
-    pub callback_secrets_file: Option<String>,
-    /// Callback URLs may be `http://` too (never for production).
-    pub callback_allow_http: bool,
-    /// Host patterns callbacks may go to: `*`, `example.com`, `*.example.com`.
-    pub callback_hosts: Vec<String>,
-    /// Networks callbacks may reach although not public (e.g. `10.1.0.0/16`); loopback, private,
-    /// link-local (the metadata address) and reserved addresses are refused otherwise.
-    pub callback_allowed_networks: Vec<String>,
-    /// Attempts per delivery, at most.
-    pub callback_max_attempts: u32,
-    /// Wait before the second attempt; doubled for each next one (with jitter), up to
-    /// `callback_max_retry_ms`.
-    pub callback_first_retry_ms: u64,
-    pub callback_max_retry_ms: u64,
-    /// No attempt starts later than this after the first one.
-    pub callback_max_total_seconds: u64,
-    /// Each attempt's time for an answer.
-    pub callback_attempt_timeout_ms: u64,
-    /// While the operation runs, its status is read after 1 s, 2 s, 4 s … up to this interval.
-    pub callback_poll_max_ms: u64,
+    /// Completion callbacks (`callback_*`).
+    pub callbacks: CallbackDelivery,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         let sdk = durabletask::WorkerOptions::default();
         Self {
-            endpoint: "http://localhost:8080".into(),
-            taskhub: "default".into(),
-            connection_string: None,
+            scheduler: SchedulerSettings::default(),
             // The SDK's defaults: one number, in one place.
             max_concurrent_orchestrations: sdk.max_concurrent_orchestrations,
             max_concurrent_activities: sdk.max_concurrent_activities,
@@ -85,17 +57,57 @@ impl Default for Settings {
             runs: Runs::All,
             orchestration_version: None,
             replays_versions: Vec::new(),
-            callback_secret: None,
-            callback_secrets_file: None,
-            callback_allow_http: false,
-            callback_hosts: vec!["*".into()],
-            callback_allowed_networks: Vec::new(),
-            callback_max_attempts: 8,
-            callback_first_retry_ms: 1000,
-            callback_max_retry_ms: 300_000,
-            callback_max_total_seconds: 3600,
-            callback_attempt_timeout_ms: 10_000,
-            callback_poll_max_ms: 30_000,
+            callbacks: CallbackDelivery::default(),
+        }
+    }
+}
+
+/// Completion callbacks: the keys `callback_<field>`. The three that say where callbacks may go
+/// must equal the gateway's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackDelivery {
+    /// The Standard Webhooks signing secret (`whsec_` and base64 of at
+    /// least 24 random bytes). Without it, callbacks are not delivered (each ends `failed`).
+    pub secret: Option<String>,
+    /// A JSON file of per-caller secrets, `{"<owner>": "whsec_…"}`: a caller's callbacks are
+    /// signed with its own secret when it has one.
+    pub secrets_file: Option<String>,
+    /// Callback URLs may be `http://` too (never for production).
+    pub allow_http: bool,
+    /// Host patterns callbacks may go to: `*`, `example.com`, `*.example.com`.
+    pub hosts: Vec<String>,
+    /// Networks callbacks may reach although not public (e.g. `10.1.0.0/16`); loopback, private,
+    /// link-local (the metadata address) and reserved addresses are refused otherwise.
+    pub allowed_networks: Vec<String>,
+    /// Attempts per delivery, at most.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each next one (with jitter), up to
+    /// `callback_max_retry_ms`.
+    pub first_retry_ms: u64,
+    pub max_retry_ms: u64,
+    /// No attempt starts later than this after the first one.
+    pub max_total_seconds: u64,
+    /// Each attempt's time for an answer.
+    pub attempt_timeout_ms: u64,
+    /// While the operation runs, its status is read after 1 s, 2 s, 4 s … up to this interval.
+    pub poll_max_ms: u64,
+}
+
+impl Default for CallbackDelivery {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            secrets_file: None,
+            allow_http: false,
+            hosts: vec!["*".into()],
+            allowed_networks: Vec::new(),
+            max_attempts: 8,
+            first_retry_ms: 1000,
+            max_retry_ms: 300_000,
+            max_total_seconds: 3600,
+            attempt_timeout_ms: 10_000,
+            poll_max_ms: 30_000,
         }
     }
 }
@@ -111,6 +123,13 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
         "replays_versions",
     ],
     seed_variables: true,
+    sections: &[
+        SchedulerSettings::SECTION,
+        Section {
+            field: "callbacks",
+            prefix: "callback_",
+        },
+    ],
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.\n`worker versions [--free <version>]` prints the unfinished operations per orchestration version; with --free, exits 0 when that version has none (its workers can go), 1 otherwise.",
 };
 
@@ -123,25 +142,25 @@ impl service_kit::settings::Validate for Settings {
             return Err("`max_concurrent_activities` must be at least 1".into());
         }
         self.versions()?;
-        self.callback_policy()?;
-        if let Some(secret) = &self.callback_secret {
+        self.callbacks.policy()?;
+        if let Some(secret) = &self.callbacks.secret {
             service_kit::callbacks::Signer::new(secret, "callback_secret")?;
         }
-        if !(1..=100).contains(&self.callback_max_attempts) {
+        if !(1..=100).contains(&self.callbacks.max_attempts) {
             return Err("`callback_max_attempts` must be between 1 and 100".into());
         }
         for (key, value, least) in [
-            ("callback_first_retry_ms", self.callback_first_retry_ms, 10),
-            ("callback_max_retry_ms", self.callback_max_retry_ms, 10),
+            ("callback_first_retry_ms", self.callbacks.first_retry_ms, 10),
+            ("callback_max_retry_ms", self.callbacks.max_retry_ms, 10),
             (
                 "callback_attempt_timeout_ms",
-                self.callback_attempt_timeout_ms,
+                self.callbacks.attempt_timeout_ms,
                 100,
             ),
-            ("callback_poll_max_ms", self.callback_poll_max_ms, 100),
+            ("callback_poll_max_ms", self.callbacks.poll_max_ms, 100),
             (
                 "callback_max_total_seconds",
-                self.callback_max_total_seconds,
+                self.callbacks.max_total_seconds,
                 1,
             ),
         ] {
@@ -149,7 +168,7 @@ impl service_kit::settings::Validate for Settings {
                 return Err(format!("`{key}` must be at least {least}"));
             }
         }
-        if self.callback_max_retry_ms < self.callback_first_retry_ms {
+        if self.callbacks.max_retry_ms < self.callbacks.first_retry_ms {
             return Err(
                 "`callback_max_retry_ms` must be at least `callback_first_retry_ms`".into(),
             );
@@ -187,13 +206,15 @@ impl Settings {
         versions.dedup();
         Ok(Some(versions))
     }
+}
 
+impl CallbackDelivery {
     /// Where callbacks may go.
-    pub fn callback_policy(&self) -> Result<service_kit::callbacks::Policy, String> {
+    pub fn policy(&self) -> Result<service_kit::callbacks::Policy, String> {
         service_kit::callbacks::Policy::new(
-            self.callback_allow_http,
-            &self.callback_hosts,
-            &self.callback_allowed_networks,
+            self.allow_http,
+            &self.hosts,
+            &self.allowed_networks,
             "callback_",
         )
     }
@@ -205,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_configuration_page_documents_every_setting_with_its_default() {
-        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        let defaults = service_kit::settings::flat_defaults::<Settings>(&SOURCE);
         test_support::readme::assert_documented("WORKER", &defaults);
     }
 }

@@ -93,12 +93,7 @@ pub async fn command(args: Vec<String>) -> Result<i32, RunError> {
                 return Ok(0);
             }
         };
-    let options = service_kit::connection_options(
-        &settings.endpoint,
-        &settings.taskhub,
-        settings.connection_string.as_deref(),
-    )
-    .map_err(|e| RunError::config("`endpoint` / `taskhub` / `connection_string`", e))?;
+    let options = settings.scheduler.connection_options()?;
     let conn = durabletask::Connection::connect(options)
         .await
         .map_err(RunError::Connect)?;

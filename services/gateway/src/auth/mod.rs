@@ -257,7 +257,7 @@ fn too_many_refusals(state: &AppState, wait: std::time::Duration) -> Response {
         "Too Many Requests",
         format!(
             "over {} refused credentials a second (burst {}) from this address; try again in {seconds} s",
-            state.config.auth_failures_per_second, state.config.auth_failures_burst
+            state.config.limits.auth_failures_per_second, state.config.limits.auth_failures_burst
         ),
     )
     .retry_after(seconds)

@@ -106,7 +106,7 @@ pub(crate) async fn events(
             last_id: last_seen,
             last_sent: None,
         };
-        let deadline = tokio::time::Instant::now() + state.config.max_stream;
+        let deadline = tokio::time::Instant::now() + state.config.limits.max_stream();
         let mut current = first;
         loop {
             if let Some(event) = watch.event(&current, &id, &links) {
@@ -119,7 +119,7 @@ pub(crate) async fn events(
                 return;
             }
             tokio::select! {
-                _ = tokio::time::sleep(state.config.stream_poll_interval) => {}
+                _ = tokio::time::sleep(state.config.limits.stream_poll_interval()) => {}
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tx.closed() => return,
                 _ = state.releasing.cancelled() => return,

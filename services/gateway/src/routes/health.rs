@@ -10,7 +10,7 @@ pub(crate) async fn readiness(state: AppState) -> Result<(), String> {
     if state.draining.is_cancelled() {
         return Err("shutting down".into());
     }
-    let deadline = state.config.dts_timeout;
+    let deadline = state.config.dts_timeout();
     match dts_call(&state, "Hello", deadline, state.client.hello(deadline)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err("scheduler unreachable".into()),

@@ -119,7 +119,7 @@ pub(crate) async fn list(
     let page = match dts_call(
         &state,
         "QueryInstances",
-        state.config.dts_timeout,
+        state.config.dts_timeout(),
         state.client.query_instances(query),
     )
     .await

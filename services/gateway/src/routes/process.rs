@@ -12,18 +12,18 @@ use crate::model::OperationState;
 use crate::problem::{Problem, invalid};
 use crate::respond::accepted;
 use crate::scheduler::{NewOperation, start_orchestration};
-use crate::{AppState, GatewayConfig};
+use crate::{AppState, Settings};
 
 impl FieldRules for ProcessRequest {
-    fn rule(field: &str, config: &GatewayConfig) -> Option<String> {
+    fn rule(field: &str, config: &Settings) -> Option<String> {
         match field {
             "name" => Some(format!(
                 "must be a string of 1 to {} characters",
-                config.max_name_chars
+                config.limits.max_name_chars
             )),
             "delay_seconds" => Some(format!(
                 "must be an integer between 0 and {}",
-                config.max_delay_seconds
+                config.limits.max_delay_seconds
             )),
             _ => None,
         }
@@ -68,16 +68,16 @@ pub(crate) async fn start_process(
     if name.is_empty() {
         return Err(invalid("`name` must not be empty"));
     }
-    if name.chars().count() > state.config.max_name_chars {
+    if name.chars().count() > state.config.limits.max_name_chars {
         return Err(invalid(format!(
             "`name` must be at most {} characters",
-            state.config.max_name_chars
+            state.config.limits.max_name_chars
         )));
     }
-    if req.delay_seconds > state.config.max_delay_seconds {
+    if req.delay_seconds > state.config.limits.max_delay_seconds {
         return Err(invalid(format!(
             "`delay_seconds` must be between 0 and {}",
-            state.config.max_delay_seconds
+            state.config.limits.max_delay_seconds
         )));
     }
     let input = ProcessRequest {

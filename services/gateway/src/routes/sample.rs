@@ -18,7 +18,7 @@ use crate::model::{OperationError, rfc3339};
 use crate::problem::{Problem, invalid};
 use crate::respond::{location, retry_after};
 use crate::scheduler::{NewOperation, fetch, start_orchestration};
-use crate::{AppState, GatewayConfig};
+use crate::{AppState, Settings};
 
 /// The original sample's start request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -31,11 +31,11 @@ pub struct SampleStartRequest {
 }
 
 impl FieldRules for SampleStartRequest {
-    fn rule(field: &str, config: &GatewayConfig) -> Option<String> {
+    fn rule(field: &str, config: &Settings) -> Option<String> {
         (field == "processing_time").then(|| {
             format!(
                 "must be an integer between 0 and {}",
-                config.max_delay_seconds
+                config.limits.max_delay_seconds
             )
         })
     }
@@ -94,7 +94,7 @@ pub(crate) async fn sample_start(
     CallbackUrl(callback): CallbackUrl,
     OptionalJsonBody(body): OptionalJsonBody<SampleStartRequest>,
 ) -> Result<Response, Problem> {
-    let max = i64::try_from(state.config.max_delay_seconds).unwrap_or(i64::MAX);
+    let max = i64::try_from(state.config.limits.max_delay_seconds).unwrap_or(i64::MAX);
     // The sample's default of 5 s, within this deployment's limit.
     let processing_time = body
         .and_then(|r| r.processing_time)

@@ -55,7 +55,7 @@ pub(crate) async fn status(
             .map_err(|_| bad_query("`wait` must be a number of seconds, 0 or more"))?,
         None => 0,
     }
-    .min(state.config.max_wait_seconds);
+    .min(state.config.limits.max_wait_seconds);
     let mut m = fetch(&state, &id, true).await?;
     // Past `max_long_polls` waiting, or once the gateway is shutting down, `?wait=` answers at
     // once (with `Retry-After` while the operation runs).
@@ -69,7 +69,7 @@ pub(crate) async fn status(
             r = dts_call(
                 &state,
                 "WaitForInstanceCompletion",
-                deadline + state.config.dts_timeout,
+                deadline + state.config.dts_timeout(),
                 state.client.wait_for_instance_completion(&id, true, deadline),
             ) => Some(r),
             _ = state.releasing.cancelled() => None,

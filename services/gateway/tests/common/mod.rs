@@ -2,19 +2,17 @@
 //! processes (local scheduler, worker, gateway) on loopback.
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use durabletask::{Client, Connection, ConnectionOptions};
-use gateway::{AppState, GatewayConfig, app};
+use gateway::{AppState, Settings, app};
 use serde_json::Value;
 use tokio::process::Child;
 use tower::ServiceExt;
 
 pub use test_support::net::{free_port, wait_port};
 
-pub async fn state_for(endpoint: &str, config: GatewayConfig) -> AppState {
+pub async fn state_for(endpoint: &str, config: Settings) -> AppState {
     let conn = Connection::connect(ConnectionOptions::new(endpoint, "default").expect("opts"))
         .await
         .expect("connect");
@@ -23,15 +21,15 @@ pub async fn state_for(endpoint: &str, config: GatewayConfig) -> AppState {
 
 /// A state whose scheduler is unreachable (nothing listens on the port).
 pub async fn offline_state() -> AppState {
-    let cfg = GatewayConfig {
-        dts_timeout: Duration::from_millis(1500),
+    let cfg = Settings {
+        dts_timeout_ms: 1500,
         ..Default::default()
     };
     offline_state_with(cfg).await
 }
 
 /// A state with `config` whose scheduler is unreachable.
-pub async fn offline_state_with(config: GatewayConfig) -> AppState {
+pub async fn offline_state_with(config: Settings) -> AppState {
     state_for(&format!("http://127.0.0.1:{}", free_port()), config).await
 }
 
@@ -153,7 +151,7 @@ pub struct System {
     pub port: u16,
 }
 
-pub async fn system(config: GatewayConfig) -> System {
+pub async fn system(config: Settings) -> System {
     let (scheduler, endpoint) = local_scheduler().await;
     let worker = test_support::process::worker(&endpoint).await;
     let port = free_port();
