@@ -4,6 +4,7 @@
 //! - [`clients`]: clients that misbehave on purpose (never reading, trickling a head).
 //! - [`fake_scheduler`]: an in-process fake DTS server that records what the SDK sends.
 //! - [`fleet`]: worker processes scaled and killed by signal, and what their activities logged.
+//! - [`in_process`]: the local scheduler and the worker as libraries in the test process.
 //! - [`http`]: raw HTTP/1.1 requests with every header under the test's control.
 //! - [`net`]: free ports and waiting for a listener.
 //! - [`process`]: the workspace's binaries.
@@ -20,6 +21,7 @@ pub mod exposition;
 pub mod fake_scheduler;
 pub mod fleet;
 pub mod http;
+pub mod in_process;
 pub mod net;
 pub mod oidc;
 pub mod process;

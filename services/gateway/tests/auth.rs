@@ -33,7 +33,7 @@ fn bearer(token: &str) -> String {
 const START: &str = r#"{"name":"owned","delay_seconds":60}"#;
 
 struct Setup {
-    _scheduler: tokio::process::Child,
+    _scheduler: test_support::in_process::Running,
     _gateway: tokio::process::Child,
     port: u16,
     issuer: Issuer,

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use test_support::in_process::Running;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -109,11 +110,9 @@ impl Receiver {
     }
 }
 
-async fn worker_with(endpoint: &str, extra: &[(&str, &str)]) -> (tokio::process::Child, u16) {
-    let admin = free_port();
+/// What the tests' workers deliver callbacks with: quick retries, loopback receivers.
+fn callback_env<'a>(extra: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
     let mut env = vec![
-        ("ENDPOINT", endpoint.to_string()),
-        ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
         ("WORKER__CALLBACK_SECRET", SECRET.into()),
         ("WORKER__CALLBACK_ALLOW_HTTP", "true".into()),
         ("WORKER__CALLBACK_ALLOWED_NETWORKS", "127.0.0.1/32".into()),
@@ -124,6 +123,24 @@ async fn worker_with(endpoint: &str, extra: &[(&str, &str)]) -> (tokio::process:
         ("WORKER__CALLBACK_POLL_MAX_MS", "300".into()),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    env
+}
+
+/// A worker in this process, and its admin port.
+async fn worker_with(endpoint: &str, extra: &[(&str, &str)]) -> (Running, u16) {
+    let worker = test_support::in_process::worker(endpoint, &callback_env(extra));
+    let admin = worker.admin.port();
+    (worker, admin)
+}
+
+/// A worker process (to be killed), and its admin port.
+async fn worker_process(endpoint: &str) -> (tokio::process::Child, u16) {
+    let admin = free_port();
+    let mut env = vec![
+        ("ENDPOINT", endpoint.to_string()),
+        ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+    ];
+    env.extend(callback_env(&[]));
     (spawn("worker", &env, admin).await, admin)
 }
 
@@ -509,7 +526,7 @@ async fn internal_addresses_and_unlisted_hosts_are_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_delivery_leaves_it_to_another() {
     let (_scheduler, endpoint) = local_scheduler().await;
-    let (mut first, _) = worker_with(&endpoint, &[]).await;
+    let (mut first, _) = worker_process(&endpoint).await;
     let (_gateway, port) = callback_gateway(&endpoint).await;
     let (r, rport) = receiver("127.0.0.1").await;
     let id = started(

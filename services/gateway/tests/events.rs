@@ -19,7 +19,7 @@ async fn start(port: u16, name: &str, delay: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_sends_each_change_until_the_operation_ends_and_resumes_after_the_last_event() {
     let (_scheduler, endpoint) = local_scheduler().await;
-    let _worker = test_support::process::worker(&endpoint).await;
+    let _worker = worker_in_process(&endpoint);
     let (_gateway, port, admin) = gateway(
         &endpoint,
         &[("GATEWAY__STREAM_POLL_INTERVAL_MS", "200".into())],

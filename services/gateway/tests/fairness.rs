@@ -64,19 +64,12 @@ async fn start(port: u16, key: &str, name: &str, delay: u64) -> (u16, Value) {
     (status, v)
 }
 
-/// A worker process with `slots` activity slots.
-async fn worker(endpoint: &str, slots: usize) -> tokio::process::Child {
-    let admin = free_port();
-    spawn(
-        "worker",
-        &[
-            ("ENDPOINT", endpoint.to_string()),
-            ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
-            ("WORKER__MAX_CONCURRENT_ACTIVITIES", slots.to_string()),
-        ],
-        admin,
+/// A worker in this process with `slots` activity slots.
+async fn worker(endpoint: &str, slots: usize) -> test_support::in_process::Running {
+    test_support::in_process::worker(
+        endpoint,
+        &[("WORKER__MAX_CONCURRENT_ACTIVITIES", slots.to_string())],
     )
-    .await
 }
 
 /// Starts one of `key`'s operations of 0 s and waits for it: the time to `Succeeded`.

@@ -234,7 +234,14 @@ const API_KEY: &str = "schemathesis-key-0123456789abcdef";
 
 /// The whole system on loopback: scheduler, worker and gateway (short limits, so that operations
 /// started by the tools finish quickly and long polls stay short).
-async fn system() -> (Vec<tokio::process::Child>, u16) {
+async fn system() -> (
+    (
+        test_support::in_process::Running,
+        test_support::in_process::Running,
+        tokio::process::Child,
+    ),
+    u16,
+) {
     // Authentication on: an API key of the `user` role, which Schemathesis presents.
     let dir = std::env::temp_dir().join(format!("st-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -250,7 +257,7 @@ async fn system() -> (Vec<tokio::process::Child>, u16) {
     )
     .expect("keys");
     let (scheduler, endpoint) = local_scheduler().await;
-    let worker = test_support::process::worker(&endpoint).await;
+    let worker = worker_in_process(&endpoint);
     let (gateway, port, _) = gateway(
         &endpoint,
         &[
@@ -267,7 +274,7 @@ async fn system() -> (Vec<tokio::process::Child>, u16) {
         ],
     )
     .await;
-    (vec![scheduler, worker, gateway], port)
+    ((scheduler, worker, gateway), port)
 }
 
 fn venv_tool(name: &str) -> PathBuf {

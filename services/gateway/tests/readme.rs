@@ -110,7 +110,7 @@ async fn the_walk_through_gives_what_the_readme_shows() {
     let steps = walk_through();
     assert!(steps.len() >= 4, "start, status, wait, result: {steps:?}");
     let (_scheduler, endpoint) = local_scheduler().await;
-    let _worker = test_support::process::worker(&endpoint).await;
+    let _worker = worker_in_process(&endpoint);
     let port = free_port();
     let admin = free_port();
     // `make run`'s gateway, on free ports.

@@ -136,7 +136,8 @@ async fn a_callers_trace_continues_through_the_gateway_into_the_orchestration() 
     // one runs only orchestrations, the other only activities, so the trace has to cross them.
     // The scheduler exports its spans there too.
     let otlp = format!("http://127.0.0.1:{otlp_port}");
-    let (_sched, endpoint) = local_scheduler_with(&[
+    // A process: its telemetry is set up from these variables as in production.
+    let (_sched, endpoint) = test_support::process::local_scheduler(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ])

@@ -24,8 +24,30 @@ use crate::settings::{Runs, Settings};
 
 /// Runs the worker with `settings` until SIGTERM (or Ctrl-C) and the drain that follows.
 pub async fn run(settings: Settings) -> Result<(), RunError> {
-    let conn_options = settings.scheduler.connection_options()?;
     let telemetry = service_kit::telemetry::init("worker", settings.log_format);
+    let listener = service_kit::run::bind("admin_listen", settings.admin_listen).await?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        service_kit::shutdown_signal().await;
+        tracing::info!("shutting down: draining in-flight work items");
+        signal.cancel();
+    });
+    serve(&settings, listener, shutdown).await?;
+    tracing::info!("stopped");
+    telemetry.shutdown();
+    Ok(())
+}
+
+/// Connects, serves the admin routes on `admin` and runs work items until `shutdown` is
+/// cancelled and the drain that follows ends: the worker without the process around it (tests
+/// run it in-process).
+pub async fn serve(
+    settings: &Settings,
+    admin: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let conn_options = settings.scheduler.connection_options()?;
     tracing::info!(endpoint = %conn_options.endpoint, taskhub = %conn_options.taskhub, "connecting");
     let conn = Connection::connect(conn_options)
         .await
@@ -37,7 +59,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let callback_metrics = callbacks::CallbackMetrics::default();
     callbacks::register(
         &mut registry,
-        Arc::new(callbacks::CallbackConfig::from_settings(&settings).map_err(RunError::Config)?),
+        Arc::new(callbacks::CallbackConfig::from_settings(settings).map_err(RunError::Config)?),
         durabletask::Client::new(&conn),
         callback_metrics.clone(),
     );
@@ -75,8 +97,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let worker = Worker::new(&conn, registry, options);
     let ready = worker.readiness();
 
-    let shutdown = CancellationToken::new();
-    let listener = service_kit::run::bind("admin_listen", settings.admin_listen).await?;
+    let listener = admin;
     let admin_addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -98,12 +119,6 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         admin_stopped,
         Duration::from_secs(1),
     ));
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        service_kit::shutdown_signal().await;
-        tracing::info!("shutting down: draining in-flight work items");
-        signal.cancel();
-    });
     tracing::info!(%admin_addr, orchestration_version = settings.orchestration_version.as_deref().unwrap_or(""), "worker running");
     worker
         .run(shutdown.clone())
@@ -112,8 +127,6 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     admin_stop.cancel();
     let _ = admin_task.await;
     conn.close();
-    tracing::info!("stopped");
-    telemetry.shutdown();
     Ok(())
 }
 

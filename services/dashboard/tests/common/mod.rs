@@ -1,5 +1,5 @@
-//! What the dashboard's tests share: the whole system as real processes (local scheduler,
-//! worker, gateway, dashboard) and the gateway's routes.
+//! What the dashboard's tests share: the whole system (the local scheduler and the worker in
+//! this process, the gateway and the dashboard as real processes) and the gateway's routes.
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use test_support::http::request;
+use test_support::in_process::Running;
 use test_support::net::free_port;
 use test_support::process::spawn;
 use tokio::process::Child;
 
 pub struct System {
+    _in_process: (Running, Running),
     _children: Vec<Child>,
     /// The dashboard's process id.
     pub dashboard_pid: u32,
@@ -27,8 +29,9 @@ impl System {
 }
 
 pub async fn system(dashboard_env: &[(&str, String)]) -> System {
-    let (scheduler, endpoint) = test_support::process::local_scheduler(&[]).await;
-    let worker = test_support::process::worker(&endpoint).await;
+    let scheduler = test_support::in_process::scheduler(&[]);
+    let endpoint = scheduler.endpoint();
+    let worker = test_support::in_process::worker(&endpoint, &[]);
     let gateway = free_port();
     let gw = spawn(
         "gateway",
@@ -55,7 +58,8 @@ pub async fn system(dashboard_env: &[(&str, String)]) -> System {
     let dashboard_pid = dash.id().expect("pid");
     System {
         dashboard_pid,
-        _children: vec![scheduler, worker, gw, dash],
+        _in_process: (scheduler, worker),
+        _children: vec![gw, dash],
         endpoint,
         gateway,
         dashboard,

@@ -1,5 +1,5 @@
-//! Helpers shared by the gateway's integration tests: router calls with `oneshot`, and real
-//! processes (local scheduler, worker, gateway) on loopback.
+//! Helpers shared by the gateway's integration tests: router calls with `oneshot`, the local
+//! scheduler and the worker in this process, and the gateway as a real process on loopback.
 #![allow(dead_code, unreachable_pub)]
 
 use axum::body::Body;
@@ -7,6 +7,7 @@ use axum::http::{Request, StatusCode, header};
 use durabletask::{Client, Connection, ConnectionOptions};
 use gateway::{AppState, Settings, app};
 use serde_json::Value;
+use test_support::in_process::Running;
 use tokio::process::Child;
 use tower::ServiceExt;
 
@@ -75,14 +76,21 @@ pub fn is_problem(h: &axum::http::HeaderMap, v: &Value, status: StatusCode) {
 
 pub use test_support::process::spawn;
 
-/// An in-memory local scheduler process and its endpoint.
-pub async fn local_scheduler() -> (Child, String) {
+/// An in-memory local scheduler in this process, and its endpoint.
+pub async fn local_scheduler() -> (Running, String) {
     local_scheduler_with(&[]).await
 }
 
-/// An in-memory local scheduler process with extra environment variables.
-pub async fn local_scheduler_with(extra: &[(&str, String)]) -> (Child, String) {
-    test_support::process::local_scheduler(extra).await
+/// An in-memory local scheduler in this process, configured by `LOCAL_SCHEDULER__*` pairs.
+pub async fn local_scheduler_with(extra: &[(&str, String)]) -> (Running, String) {
+    let scheduler = test_support::in_process::scheduler(extra);
+    let endpoint = scheduler.endpoint();
+    (scheduler, endpoint)
+}
+
+/// A worker in this process on `endpoint`.
+pub fn worker_in_process(endpoint: &str) -> Running {
+    test_support::in_process::worker(endpoint, &[])
 }
 
 /// A gateway process on `endpoint` with extra environment variables: the process, its API port
@@ -143,17 +151,17 @@ pub async fn http_with_headers(
 #[allow(unused_imports)] // not every test binary reads headers
 pub use test_support::http::header as hdr;
 
-/// A whole system on loopback: a local scheduler and a worker as processes, and the gateway in
-/// this process on `port`. The processes stop when it is dropped.
+/// A whole system on loopback, in this process: a local scheduler, a worker, and the gateway on
+/// `port`. The scheduler and the worker stop when it is dropped.
 pub struct System {
-    _scheduler: Child,
-    _worker: Child,
+    _scheduler: Running,
+    _worker: Running,
     pub port: u16,
 }
 
 pub async fn system(config: Settings) -> System {
     let (scheduler, endpoint) = local_scheduler().await;
-    let worker = test_support::process::worker(&endpoint).await;
+    let worker = worker_in_process(&endpoint);
     let port = free_port();
     let state = state_for(&endpoint, config).await;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
