@@ -5,7 +5,7 @@
 //! its answer, so a crash at any point loses nothing that was acknowledged. On start-up the
 //! store is read back into the engine.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -123,26 +123,45 @@ impl SqliteStore {
         .transpose()
     }
 
-    /// Writes the changes in one transaction. Repeated writes of one instance collapse to the last.
+    /// Writes the changes in one transaction (those of many engine operations, in their order:
+    /// group commit). Repeated writes of one instance collapse to what the last ones leave: a
+    /// whole row (or its deletion) replaces everything before it, while a write of everything but
+    /// the history (the history on disk only) replaces only earlier writes of the same kind, so
+    /// a row first inserted in the same batch is still inserted.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut seen = HashSet::new();
+        // Per instance, what a later change already wrote: the whole row, or all but its history.
+        let mut later: HashMap<(String, String), bool> = HashMap::new();
         let mut last_first: Vec<Change> = Vec::with_capacity(changes.len());
         for c in changes.into_iter().rev() {
-            let key = match &c {
-                Change::PutInstance { hub, row, .. } => {
-                    Some(format!("i|{hub}|{}", row.instance_id))
-                }
+            let (key, whole) = match &c {
+                Change::PutInstance {
+                    hub, row, history, ..
+                } => (
+                    Some((hub.clone(), row.instance_id.clone())),
+                    history.is_some(),
+                ),
                 Change::DeleteInstance { hub, instance_id } => {
-                    Some(format!("i|{hub}|{instance_id}"))
+                    (Some((hub.clone(), instance_id.clone())), true)
                 }
-                _ => None,
+                _ => (None, false),
             };
-            if key.is_none_or(|k| seen.insert(k)) {
+            let Some(key) = key else {
                 last_first.push(c);
+                continue;
+            };
+            match later.get(&key) {
+                // A whole row or a deletion comes later: this write is gone either way.
+                Some(true) => continue,
+                // A partial write comes later: it replaces an earlier partial one only.
+                Some(false) if !whole => continue,
+                _ => {}
             }
+            let entry = later.entry(key).or_insert(false);
+            *entry |= whole;
+            last_first.push(c);
         }
         let tx = self.conn.transaction()?;
         for c in last_first.into_iter().rev() {
@@ -309,5 +328,127 @@ impl SqliteStore {
             activities,
             timers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, status: pb::OrchestrationStatus) -> Box<InstanceRow> {
+        let now = Utc::now();
+        Box::new(InstanceRow {
+            instance_id: id.into(),
+            execution_id: "e".into(),
+            name: "n".into(),
+            version: None,
+            status: status as i32,
+            created: now,
+            last_updated: now,
+            completed: None,
+            scheduled_start: None,
+            input: None,
+            output: None,
+            custom_status: None,
+            failure: None,
+            tags: Default::default(),
+            parent: None,
+            trace: None,
+            lost_dispatches: 0,
+        })
+    }
+
+    fn event(id: i32) -> pb::HistoryEvent {
+        pb::HistoryEvent {
+            event_id: id,
+            ..Default::default()
+        }
+    }
+
+    fn open() -> (SqliteStore, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "store-batch-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let store = SqliteStore::open(
+            &dir.join("s.db"),
+            &StoreOptions {
+                synchronous: crate::settings::Synchronous::Normal,
+                max_bytes: 0,
+                busy_timeout: std::time::Duration::from_secs(1),
+            },
+        )
+        .expect("open");
+        (store, dir)
+    }
+
+    #[test]
+    fn a_batch_that_inserts_an_instance_then_writes_it_without_its_history_keeps_both() {
+        use pb::OrchestrationStatus as S;
+        let (mut store, dir) = open();
+        // What group commit puts in one transaction: a start, then that instance finishing with
+        // its history moved to disk (a later write of everything but the history), and another
+        // instance written twice in full.
+        store
+            .apply(vec![
+                Change::PutInstance {
+                    hub: "h".into(),
+                    row: row("a", S::Running),
+                    history: Some(vec![event(1), event(2)]),
+                    inbox: Vec::new(),
+                },
+                Change::PutInstance {
+                    hub: "h".into(),
+                    row: row("b", S::Running),
+                    history: Some(vec![event(1)]),
+                    inbox: Vec::new(),
+                },
+                Change::PutInstance {
+                    hub: "h".into(),
+                    row: row("a", S::Completed),
+                    history: None,
+                    inbox: Vec::new(),
+                },
+                Change::PutInstance {
+                    hub: "h".into(),
+                    row: row("b", S::Completed),
+                    history: Some(vec![event(1), event(2), event(3)]),
+                    inbox: Vec::new(),
+                },
+            ])
+            .expect("apply");
+        let a = store.history("h", "a").expect("read").expect("a was inserted");
+        assert_eq!(a.len(), 2, "the history of the first write");
+        let b = store.history("h", "b").expect("read").expect("b");
+        assert_eq!(b.len(), 3, "the last whole write wins");
+        let loaded = store.load("h").expect("load");
+        let status = |id: &str| {
+            loaded
+                .instances
+                .iter()
+                .find(|i| i.row.instance_id == id)
+                .map(|i| i.row.status)
+        };
+        assert_eq!(status("a"), Some(S::Completed as i32), "the last row wins");
+        assert_eq!(status("b"), Some(S::Completed as i32));
+
+        // A deletion later in the batch removes what came before it.
+        store
+            .apply(vec![
+                Change::PutInstance {
+                    hub: "h".into(),
+                    row: row("a", S::Completed),
+                    history: None,
+                    inbox: Vec::new(),
+                },
+                Change::DeleteInstance {
+                    hub: "h".into(),
+                    instance_id: "a".into(),
+                },
+            ])
+            .expect("apply");
+        assert!(store.history("h", "a").expect("read").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -106,8 +106,9 @@ pub(super) async fn dispatch_loop(
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // Sent only once what they come from is durable (see `Shared::observe`).
         let items = shared
-            .quiet(|e| {
+            .observe(|e| {
                 let mut items = Vec::new();
                 // Read under the engine lock, so nothing is taken after the drain began.
                 if draining.load(Ordering::Relaxed) {
@@ -134,7 +135,11 @@ pub(super) async fn dispatch_loop(
                 }
                 items
             })
-            .unwrap_or_default();
+            .await;
+        let Ok(items) = items else {
+            // Stopped after a failure: the stream ends.
+            return;
+        };
         let sent_any = !items.is_empty();
         let tracing = shared.tracing();
         for (item, waited) in items {

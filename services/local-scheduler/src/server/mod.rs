@@ -29,6 +29,7 @@ use crate::store::SqliteStore;
 
 mod backend;
 mod dispatch;
+mod journal;
 mod rpc;
 
 pub use backend::Backend;
@@ -55,7 +56,8 @@ pub struct Counters {
 
 pub struct Shared {
     engine: Mutex<Engine>,
-    store: Option<Mutex<SqliteStore>>,
+    /// The store's writer (group commit); `None` in memory.
+    journal: Option<Arc<journal::Journal>>,
     /// Woken when new work may be available.
     work: Notify,
     /// The long polls (`WaitForInstance*`) by (hub, instance): a change wakes only its own
@@ -95,7 +97,7 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Self {
             engine: Mutex::new(engine),
-            store: store.map(Mutex::new),
+            journal: store.map(|s| journal::Journal::start(Arc::new(Mutex::new(s)))),
             work: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             timers: Notify::new(),
@@ -118,8 +120,9 @@ impl Shared {
     /// later call is refused, streams end, and `serve` returns an error (the process exits
     /// non-zero, and its restart reloads what was committed).
     fn fail_stop(&self, reason: String) -> Status {
-        tracing::error!(%reason, "stopping: the scheduler's state can no longer be trusted to match its store");
-        let _ = self.failed.set(reason);
+        if self.failed.set(reason.clone()).is_ok() {
+            tracing::error!(%reason, "stopping: the scheduler's state can no longer be trusted to match its store");
+        }
         self.shutdown.cancel();
         self.refusal()
     }
@@ -148,10 +151,11 @@ impl Shared {
         hub: &str,
         id: &str,
     ) -> Result<Option<Vec<pb::HistoryEvent>>, Status> {
-        let Some(store) = &self.store else {
+        let Some(journal) = &self.journal else {
             return Ok(None);
         };
-        let store = store
+        let store = journal
+            .store()
             .lock()
             .map_err(|_| self.fail_stop("the store lock is poisoned".into()))?;
         store
@@ -167,46 +171,75 @@ impl Shared {
         if self.engine.is_poisoned() {
             return Err("the engine lock is poisoned".into());
         }
-        if self.store.as_ref().is_some_and(Mutex::is_poisoned) {
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.store().is_poisoned())
+        {
             return Err("the store lock is poisoned".into());
         }
         Ok(())
     }
 
-    /// Runs one engine operation, writes its changes in one transaction, then wakes whoever waits.
-    pub fn with_engine<T, E: Into<Status>>(
+    /// Runs one engine operation; once its changes (and everything queued before them) are on
+    /// disk, wakes whoever waits and answers.
+    pub async fn with_engine<T, E: Into<Status>>(
         &self,
         f: impl FnOnce(&mut Engine) -> Result<T, E>,
     ) -> Result<T, Status> {
         if self.failed.get().is_some() {
             return Err(self.refusal());
         }
-        let mut engine = self
-            .engine
-            .lock()
-            .map_err(|_| self.fail_stop("the engine lock is poisoned".into()))?;
-        let result = f(&mut engine);
-        let touched = engine.take_touched();
-        let changes = engine.take_changes();
-        let timer_added = changes.iter().any(|c| matches!(c, Change::PutTimer { .. }));
-        if let Some(store) = &self.store
-            && let Err(e) = store
+        let (result, touched, timer_added, seq) = {
+            let mut engine = self
+                .engine
                 .lock()
-                .map_err(|_| "the store lock is poisoned".to_string())
-                .and_then(|mut s| s.apply(changes).map_err(|e| e.to_string()))
-        {
-            // Memory is now ahead of disk. Undoing the change would need every engine operation
-            // to be reversible; stopping is simpler and cannot be wrong.
-            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(self.fail_stop(format!("could not persist a state change: {e}")));
-        }
-        drop(engine);
+                .map_err(|_| self.fail_stop("the engine lock is poisoned".into()))?;
+            let result = f(&mut engine);
+            let touched = engine.take_touched();
+            let changes = engine.take_changes();
+            let timer_added = changes.iter().any(|c| matches!(c, Change::PutTimer { .. }));
+            // Queued under the engine lock: the journal is in engine order.
+            let seq = self.journal.as_ref().map(|j| j.queue(changes));
+            (result, touched, timer_added, seq)
+        };
+        self.committed(seq).await?;
         self.work.notify_waiters();
         self.wake(&touched);
         if timer_added {
             self.timers.notify_one();
         }
         result.map_err(Into::into)
+    }
+
+    /// Reads engine state and answers only once everything that state reflects is on disk, so
+    /// no caller or worker sees a change a crash could take back.
+    pub async fn observe<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> Result<T, Status> {
+        if self.failed.get().is_some() {
+            return Err(self.refusal());
+        }
+        let (value, seq) = {
+            let mut engine = self.engine.lock().map_err(|_| self.no_engine())?;
+            let value = f(&mut engine);
+            (value, self.journal.as_ref().map(|j| j.queue(Vec::new())))
+        };
+        self.committed(seq).await?;
+        Ok(value)
+    }
+
+    /// Waits for `seq` to be durable; a failed write stops the scheduler (memory is ahead of
+    /// disk; undoing the change would need every engine operation to be reversible).
+    async fn committed(&self, seq: Option<u64>) -> Result<(), Status> {
+        let (Some(journal), Some(seq)) = (&self.journal, seq) else {
+            return Ok(());
+        };
+        if journal.is_durable(seq) {
+            return Ok(());
+        }
+        journal.durable(seq).await.map_err(|e| {
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            self.fail_stop(format!("could not persist a state change: {e}"))
+        })
     }
 
     /// Wakes the long polls of the instances that changed (and nobody else).
@@ -299,6 +332,7 @@ impl Shared {
                     }
                     Ok::<_, EngineError>(e.fire_due_timers(now))
                 })
+                .await
                 .unwrap_or(None);
             if sweep_retention {
                 last_purge = std::time::Instant::now();
@@ -418,24 +452,24 @@ type Res<T> = Result<Response<T>, Status>;
 type WorkStream<T = pb::WorkItem> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Service {
-    /// A read-only call: no store write, no wake-ups.
-    fn read<T, R>(
+    /// A read-only call: no store write, no wake-ups; answered once what it read is durable.
+    async fn read<T, R>(
         &self,
         req: &Request<R>,
         f: impl FnOnce(&mut Engine, &str) -> Result<T, EngineError>,
     ) -> Res<T> {
         let hub = hub_of(req)?;
         self.shared
-            .quiet(|e| {
+            .observe(|e| {
                 e.hub(&hub)?;
                 f(e, &hub)
             })
-            .ok_or_else(|| self.shared.no_engine())?
+            .await?
             .map(Response::new)
             .map_err(Into::into)
     }
 
-    fn op<T, R>(
+    async fn op<T, R>(
         &self,
         req: &Request<R>,
         f: impl FnOnce(&mut Engine, &str) -> Result<T, EngineError>,
@@ -446,11 +480,12 @@ impl Service {
                 e.hub(&hub)?;
                 f(e, &hub)
             })
+            .await
             .map(Response::new)
     }
 
     /// Hands a leased work item back to its queue; an unknown token is `NOT_FOUND`.
-    fn abandon<R>(&self, req: &Request<R>, token: &str) -> Result<(), Status> {
+    async fn abandon<R>(&self, req: &Request<R>, token: &str) -> Result<(), Status> {
         self.op(req, |e, _| {
             if e.release(token) {
                 Ok(())
@@ -459,7 +494,8 @@ impl Service {
                     "unknown or expired completion token",
                 ))
             }
-        })?;
+        })
+        .await?;
         self.shared
             .counters
             .abandoned
@@ -480,8 +516,8 @@ impl Service {
             let changed = waiter.notify.notified();
             let state = self
                 .shared
-                .quiet(|e| e.get(&hub, &r.instance_id, r.get_inputs_and_outputs))
-                .ok_or_else(|| self.shared.no_engine())??;
+                .observe(|e| e.get(&hub, &r.instance_id, r.get_inputs_and_outputs))
+                .await??;
             match state {
                 None => {
                     return Ok(Response::new(pb::GetInstanceResponse {

@@ -7,7 +7,7 @@ use crate::engine::HistoryView;
 #[tonic::async_trait]
 impl pb::TaskHubSidecarService for Service {
     async fn hello(&self, req: Request<()>) -> Res<()> {
-        self.read(&req, |_, _| Ok(()))
+        self.read(&req, |_, _| Ok(())).await
     }
 
     async fn start_instance(
@@ -26,7 +26,10 @@ impl pb::TaskHubSidecarService for Service {
             })
             .flatten();
         let started = std::time::SystemTime::now();
-        let instance_id = self.shared.with_engine(|e| e.start_instance(&hub, r))?;
+        let instance_id = self
+            .shared
+            .with_engine(|e| e.start_instance(&hub, r))
+            .await?;
         if let Some((parent, name)) = traced {
             service_kit::telemetry::record_finished_span(
                 SPAN_SCOPE,
@@ -61,6 +64,7 @@ impl pb::TaskHubSidecarService for Service {
                 orchestration_state: state,
             })
         })
+        .await
     }
 
     async fn wait_for_instance_start(
@@ -88,6 +92,7 @@ impl pb::TaskHubSidecarService for Service {
         self.op(&req, |e, hub| {
             e.raise_event(hub, r).map(|_| pb::RaiseEventResponse {})
         })
+        .await
     }
 
     async fn terminate_instance(
@@ -98,6 +103,7 @@ impl pb::TaskHubSidecarService for Service {
         self.op(&req, |e, hub| {
             e.terminate(hub, r).map(|_| pb::TerminateResponse {})
         })
+        .await
     }
 
     async fn suspend_instance(&self, req: Request<pb::SuspendRequest>) -> Res<pb::SuspendResponse> {
@@ -106,6 +112,7 @@ impl pb::TaskHubSidecarService for Service {
             e.suspend(hub, &r.instance_id, r.reason)
                 .map(|_| pb::SuspendResponse {})
         })
+        .await
     }
 
     async fn resume_instance(&self, req: Request<pb::ResumeRequest>) -> Res<pb::ResumeResponse> {
@@ -114,6 +121,7 @@ impl pb::TaskHubSidecarService for Service {
             e.resume(hub, &r.instance_id, r.reason)
                 .map(|_| pb::ResumeResponse {})
         })
+        .await
     }
 
     async fn restart_instance(
@@ -125,6 +133,7 @@ impl pb::TaskHubSidecarService for Service {
             e.restart(hub, &r.instance_id, r.restart_with_new_instance_id)
                 .map(|instance_id| pb::RestartInstanceResponse { instance_id })
         })
+        .await
     }
 
     async fn rewind_instance(
@@ -135,10 +144,11 @@ impl pb::TaskHubSidecarService for Service {
         // A finished subtree's histories are on disk: load them back before the engine needs
         // them (the rewound parent's, and its failed children's, which it rewinds too).
         let hub = hub_of(&req)?;
+        // Observed: a history just moved to disk is there once this returns.
         let unloaded = self
             .shared
-            .quiet(|e| e.unloaded_subtree(&hub, &r.instance_id))
-            .unwrap_or_default();
+            .observe(|e| e.unloaded_subtree(&hub, &r.instance_id))
+            .await?;
         for id in unloaded {
             if let Some(history) = self.shared.stored_history(&hub, &id)? {
                 self.shared.quiet(|e| e.hydrate(&hub, &id, history));
@@ -148,6 +158,7 @@ impl pb::TaskHubSidecarService for Service {
             e.rewind(hub, &r.instance_id, r.reason)
                 .map(|_| pb::RewindInstanceResponse {})
         })
+        .await
     }
 
     async fn query_instances(
@@ -155,7 +166,7 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::QueryInstancesRequest>,
     ) -> Res<pb::QueryInstancesResponse> {
         let q = req.get_ref().query.clone().unwrap_or_default();
-        self.read(&req, |e, hub| e.query(hub, &q))
+        self.read(&req, |e, hub| e.query(hub, &q)).await
     }
 
     async fn list_instance_ids(
@@ -163,7 +174,7 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::ListInstanceIdsRequest>,
     ) -> Res<pb::ListInstanceIdsResponse> {
         let r = req.get_ref().clone();
-        self.read(&req, |e, hub| e.list_ids(hub, &r))
+        self.read(&req, |e, hub| e.list_ids(hub, &r)).await
     }
 
     async fn purge_instances(
@@ -199,6 +210,7 @@ impl pb::TaskHubSidecarService for Service {
                 is_complete: Some(true),
             })
         })
+        .await
     }
 
     /// The history in chunks of at most about 256 KiB, as DTS serves it.
@@ -216,7 +228,8 @@ impl pb::TaskHubSidecarService for Service {
         let view = self
             .read(&req, |e, hub| {
                 e.history(hub, &r.instance_id, r.execution_id.as_deref())
-            })?
+            })
+            .await?
             .into_inner()
             .ok_or_else(not_found)?;
         let events = match view {
@@ -234,7 +247,7 @@ impl pb::TaskHubSidecarService for Service {
 
     async fn get_work_items(&self, req: Request<pb::GetWorkItemsRequest>) -> Res<WorkStream> {
         let hub = hub_of(&req)?;
-        self.read(&req, |_, _| Ok(()))?;
+        self.read(&req, |_, _| Ok(())).await?;
         let worker_id = worker_id_of(&req);
         let r = req.into_inner();
         let limit = |n: i32| if n > 0 { n as usize } else { 1000 };
@@ -261,6 +274,7 @@ impl pb::TaskHubSidecarService for Service {
                     e.forget_stream(stream_id);
                     Ok::<_, EngineError>(r)
                 })
+                .await
                 .unwrap_or_default();
             shared
                 .counters
@@ -297,7 +311,9 @@ impl pb::TaskHubSidecarService for Service {
     ) -> Res<pb::CompleteTaskResponse> {
         let hub = hub_of(&req)?;
         let r = req.into_inner();
-        self.shared.with_engine(|e| e.complete_activity(&hub, r))?;
+        self.shared
+            .with_engine(|e| e.complete_activity(&hub, r))
+            .await?;
         self.shared
             .counters
             .activities_completed
@@ -314,7 +330,8 @@ impl pb::TaskHubSidecarService for Service {
         #[allow(deprecated)]
         let partial = r.is_partial;
         self.shared
-            .with_engine(|e| e.complete_orchestration(&hub, r))?;
+            .with_engine(|e| e.complete_orchestration(&hub, r))
+            .await?;
         if partial {
             return Ok(Response::new(pb::CompleteTaskResponse {}));
         }
@@ -330,7 +347,7 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::AbandonActivityTaskRequest>,
     ) -> Res<pb::AbandonActivityTaskResponse> {
         let token = req.get_ref().completion_token.clone();
-        self.abandon(&req, &token)?;
+        self.abandon(&req, &token).await?;
         Ok(Response::new(pb::AbandonActivityTaskResponse {}))
     }
 
@@ -339,7 +356,7 @@ impl pb::TaskHubSidecarService for Service {
         req: Request<pb::AbandonOrchestrationTaskRequest>,
     ) -> Res<pb::AbandonOrchestrationTaskResponse> {
         let token = req.get_ref().completion_token.clone();
-        self.abandon(&req, &token)?;
+        self.abandon(&req, &token).await?;
         Ok(Response::new(pb::AbandonOrchestrationTaskResponse {}))
     }
 
