@@ -137,7 +137,7 @@ fmt-check:
 lint: ## Clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker fleet under chaos, gateway vs the sample's FastAPI client, status streams, callers' fair shares, the dashboard's list page
+bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker fleet under chaos, gateway vs the sample's FastAPI client, the durable path end to end vs the Python stack, status streams, callers' fair shares, the dashboard's list page
 	cargo bench -p durabletask --bench replay -- --warm-up-time 1 --measurement-time 3
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
@@ -145,6 +145,7 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker f
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p worker --bench fleet_chaos
 	cargo bench -p gateway --bench gateway_throughput
+	cargo bench -p gateway --bench durable_path
 	cargo bench -p gateway --bench status_streams
 	cargo bench -p gateway --bench fair_share
 	cargo bench -p dashboard --bench dashboard_list

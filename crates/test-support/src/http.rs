@@ -193,3 +193,51 @@ impl EventStream {
         }
     }
 }
+
+/// One keep-alive HTTP/1.1 connection, for load generators: a request written whole, its answer
+/// read (bodies with `Content-Length`, as the gateway and uvicorn send them).
+pub struct KeepAlive {
+    conn: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl KeepAlive {
+    pub async fn connect(port: u16) -> std::io::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            conn: tokio::io::BufReader::new(stream),
+        })
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request) and reads the answer: status and body.
+    pub async fn call(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        use tokio::io::AsyncBufReadExt;
+        self.conn.get_mut().write_all(request).await?;
+        let mut line = String::new();
+        self.conn.read_line(&mut line).await?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.conn.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        self.conn.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}

@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 
 const CONNECTIONS: usize = 64;
@@ -29,36 +27,6 @@ const MEASURE: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 2;
 /// The offered load of the open-loop run: the throughput goal.
 const PACED_RATE: f64 = 5000.0;
-
-/// Reads one HTTP/1.1 response (Content-Length bodies); returns the status code.
-async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
-    let mut line = String::new();
-    r.read_line(&mut line).await?;
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body).await?;
-    Ok(status)
-}
 
 struct Outcome {
     rate: f64,
@@ -96,11 +64,9 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
-            let stream = TcpStream::connect(("127.0.0.1", port))
+            let mut conn = test_support::http::KeepAlive::connect(port)
                 .await
                 .expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let mut conn = BufReader::new(stream);
             let mut due = begin + offset.unwrap_or_default();
             while !stop.load(Ordering::Relaxed) {
                 let t = match interval {
@@ -112,10 +78,10 @@ async fn load(
                     }
                     None => Instant::now(),
                 };
-                let ok = match conn.get_mut().write_all(request.as_bytes()).await {
-                    Ok(()) => read_response(&mut conn).await.map(|s| s == want),
-                    Err(e) => Err(e),
-                };
+                let ok = conn
+                    .call(request.as_bytes())
+                    .await
+                    .map(|(status, _)| status == want);
                 if measuring.load(Ordering::Relaxed) {
                     match ok {
                         Ok(true) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),

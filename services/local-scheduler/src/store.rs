@@ -418,7 +418,10 @@ mod tests {
                 },
             ])
             .expect("apply");
-        let a = store.history("h", "a").expect("read").expect("a was inserted");
+        let a = store
+            .history("h", "a")
+            .expect("read")
+            .expect("a was inserted");
         assert_eq!(a.len(), 2, "the history of the first write");
         let b = store.history("h", "b").expect("read").expect("b");
         assert_eq!(b.len(), 3, "the last whole write wins");
