@@ -14,6 +14,45 @@ const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+/// Where completion callbacks may go: the settings section of the keys `callback_allow_http`,
+/// `callback_hosts` and `callback_allowed_networks`, the same in the gateway (which checks a
+/// callback URL when a start names one) and the worker (which checks it again on delivery).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Targets {
+    /// `http://` allowed too (never for production).
+    pub allow_http: bool,
+    /// Host patterns a callback URL may name: `*`, `example.com`, `*.example.com`.
+    pub hosts: Vec<String>,
+    /// Networks callbacks may reach although not public (e.g. `10.1.0.0/16`); loopback,
+    /// private, link-local (the metadata address) and reserved addresses are refused otherwise.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            hosts: vec!["*".into()],
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+impl Targets {
+    /// The section's keys carry this prefix.
+    pub const PREFIX: &'static str = "callback_";
+
+    pub fn policy(&self) -> Result<Policy, String> {
+        Policy::new(
+            self.allow_http,
+            &self.hosts,
+            &self.allowed_networks,
+            Self::PREFIX,
+        )
+    }
+}
+
 /// Where callbacks may go.
 #[derive(Debug, Clone)]
 pub struct Policy {

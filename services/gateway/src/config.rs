@@ -58,7 +58,7 @@ pub struct Settings {
     /// Bearer tokens (`jwt_*`).
     pub jwt: JwtSettings,
     /// Where completion callbacks may go (`callback_*`).
-    pub callbacks: CallbackTargets,
+    pub callbacks: service_kit::callbacks::Targets,
 }
 
 impl Default for Settings {
@@ -83,7 +83,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             limits: Limits::default(),
             jwt: JwtSettings::default(),
-            callbacks: CallbackTargets::default(),
+            callbacks: Default::default(),
         }
     }
 }
@@ -249,41 +249,6 @@ impl Default for JwtSettings {
     }
 }
 
-/// Where completion callbacks (`Callback-Url` on a start) may go: the keys `callback_<field>`.
-/// Keep them equal to the worker's, which delivers the callbacks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CallbackTargets {
-    /// `http://` allowed too (never for production).
-    pub allow_http: bool,
-    /// Host patterns a callback URL may name: `*`, `example.com`, `*.example.com`.
-    pub hosts: Vec<String>,
-    /// Networks a callback may reach although not public (loopback, private, link-local and
-    /// reserved addresses are refused otherwise).
-    pub allowed_networks: Vec<String>,
-}
-
-impl Default for CallbackTargets {
-    fn default() -> Self {
-        Self {
-            allow_http: false,
-            hosts: vec!["*".into()],
-            allowed_networks: Vec::new(),
-        }
-    }
-}
-
-impl CallbackTargets {
-    pub fn policy(&self) -> Result<service_kit::callbacks::Policy, String> {
-        service_kit::callbacks::Policy::new(
-            self.allow_http,
-            &self.hosts,
-            &self.allowed_networks,
-            "callback_",
-        )
-    }
-}
-
 /// Where the settings come from.
 pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings::Source {
     service: "gateway",
@@ -313,7 +278,7 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
         },
         Section {
             field: "callbacks",
-            prefix: "callback_",
+            prefix: service_kit::callbacks::Targets::PREFIX,
         },
     ],
 };

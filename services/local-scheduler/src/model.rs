@@ -72,6 +72,33 @@ pub struct InstanceRow {
     pub lost_dispatches: u32,
 }
 
+#[cfg(test)]
+impl InstanceRow {
+    /// A row for tests: `id` of orchestration `name`, created at `created`, status `status`,
+    /// every optional field empty.
+    pub fn for_test(id: &str, name: &str, status: i32, created: DateTime<Utc>) -> Self {
+        Self {
+            instance_id: id.into(),
+            execution_id: "e".into(),
+            name: name.into(),
+            version: None,
+            status,
+            created,
+            last_updated: created,
+            completed: None,
+            scheduled_start: None,
+            input: None,
+            output: None,
+            custom_status: None,
+            failure: None,
+            tags: HashMap::new(),
+            parent: None,
+            trace: None,
+            lost_dispatches: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

@@ -336,26 +336,7 @@ mod tests {
     use super::*;
 
     fn row(id: &str, status: pb::OrchestrationStatus) -> Box<InstanceRow> {
-        let now = Utc::now();
-        Box::new(InstanceRow {
-            instance_id: id.into(),
-            execution_id: "e".into(),
-            name: "n".into(),
-            version: None,
-            status: status as i32,
-            created: now,
-            last_updated: now,
-            completed: None,
-            scheduled_start: None,
-            input: None,
-            output: None,
-            custom_status: None,
-            failure: None,
-            tags: Default::default(),
-            parent: None,
-            trace: None,
-            lost_dispatches: 0,
-        })
+        Box::new(InstanceRow::for_test(id, "n", status as i32, Utc::now()))
     }
 
     fn event(id: i32) -> pb::HistoryEvent {

@@ -55,7 +55,7 @@ impl CallbackConfig {
             None => None,
         };
         Ok(Self {
-            policy: s.callbacks.policy()?,
+            policy: s.callback_targets.policy()?,
             signer: s
                 .callbacks
                 .secret

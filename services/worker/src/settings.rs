@@ -39,8 +39,11 @@ pub struct Settings {
     /// Older versions this code also replays correctly (`unversioned`: instances started without
     /// a version); needs `orchestration_version`.
     pub replays_versions: Vec<String>,
-    /// Completion callbacks (`callback_*`).
+    /// Completion callbacks (`callback_*`): how they are signed and retried.
     pub callbacks: CallbackDelivery,
+    /// Where callbacks may go (`callback_allow_http`, `callback_hosts`,
+    /// `callback_allowed_networks`): keep them equal to the gateway's.
+    pub callback_targets: service_kit::callbacks::Targets,
 }
 
 impl Default for Settings {
@@ -58,12 +61,12 @@ impl Default for Settings {
             orchestration_version: None,
             replays_versions: Vec::new(),
             callbacks: CallbackDelivery::default(),
+            callback_targets: Default::default(),
         }
     }
 }
 
-/// Completion callbacks: the keys `callback_<field>`. The three that say where callbacks may go
-/// must equal the gateway's.
+/// Completion callbacks, how they are signed and retried: the keys `callback_<field>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallbackDelivery {
@@ -73,13 +76,6 @@ pub struct CallbackDelivery {
     /// A JSON file of per-caller secrets, `{"<owner>": "whsec_…"}`: a caller's callbacks are
     /// signed with its own secret when it has one.
     pub secrets_file: Option<String>,
-    /// Callback URLs may be `http://` too (never for production).
-    pub allow_http: bool,
-    /// Host patterns callbacks may go to: `*`, `example.com`, `*.example.com`.
-    pub hosts: Vec<String>,
-    /// Networks callbacks may reach although not public (e.g. `10.1.0.0/16`); loopback, private,
-    /// link-local (the metadata address) and reserved addresses are refused otherwise.
-    pub allowed_networks: Vec<String>,
     /// Attempts per delivery, at most.
     pub max_attempts: u32,
     /// Wait before the second attempt; doubled for each next one (with jitter), up to
@@ -99,9 +95,6 @@ impl Default for CallbackDelivery {
         Self {
             secret: None,
             secrets_file: None,
-            allow_http: false,
-            hosts: vec!["*".into()],
-            allowed_networks: Vec::new(),
             max_attempts: 8,
             first_retry_ms: 1000,
             max_retry_ms: 300_000,
@@ -129,6 +122,10 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
             field: "callbacks",
             prefix: "callback_",
         },
+        Section {
+            field: "callback_targets",
+            prefix: service_kit::callbacks::Targets::PREFIX,
+        },
     ],
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.\n`worker versions [--free <version>]` prints the unfinished operations per orchestration version; with --free, exits 0 when that version has none (its workers can go), 1 otherwise.",
 };
@@ -142,7 +139,7 @@ impl service_kit::settings::Validate for Settings {
             return Err("`max_concurrent_activities` must be at least 1".into());
         }
         self.versions()?;
-        self.callbacks.policy()?;
+        self.callback_targets.policy()?;
         if let Some(secret) = &self.callbacks.secret {
             service_kit::callbacks::Signer::new(secret, "callback_secret")?;
         }
@@ -205,18 +202,6 @@ impl Settings {
         }
         versions.dedup();
         Ok(Some(versions))
-    }
-}
-
-impl CallbackDelivery {
-    /// Where callbacks may go.
-    pub fn policy(&self) -> Result<service_kit::callbacks::Policy, String> {
-        service_kit::callbacks::Policy::new(
-            self.allow_http,
-            &self.hosts,
-            &self.allowed_networks,
-            "callback_",
-        )
     }
 }
 

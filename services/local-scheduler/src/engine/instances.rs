@@ -272,25 +272,7 @@ mod tests {
     fn instance(id: &str, created_secs: i64) -> Box<Instance> {
         let created = DateTime::from_timestamp(created_secs, 0).expect("time");
         Box::new(Instance {
-            row: InstanceRow {
-                instance_id: id.into(),
-                execution_id: "e".into(),
-                name: "o".into(),
-                version: None,
-                status: 0,
-                created,
-                last_updated: created,
-                completed: None,
-                scheduled_start: None,
-                input: None,
-                output: None,
-                custom_status: None,
-                failure: None,
-                tags: Default::default(),
-                parent: None,
-                trace: None,
-                lost_dispatches: 0,
-            },
+            row: InstanceRow::for_test(id, "o", 0, created),
             history: Vec::new(),
             inbox: Default::default(),
             lease: None,

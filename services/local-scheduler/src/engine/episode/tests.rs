@@ -1,6 +1,6 @@
 //! `plan_episode` from canned histories.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use durabletask::testing::HistoryBuilder;
 use pb::orchestrator_action::OrchestratorActionType as A;
@@ -16,23 +16,9 @@ fn leased(id: &str, past: Vec<pb::HistoryEvent>, new: Vec<pb::HistoryEvent>) -> 
     let now = Utc::now();
     Instance {
         row: InstanceRow {
-            instance_id: id.into(),
             execution_id: "exec-1".into(),
-            name: "parent".into(),
-            version: None,
-            status: pb::OrchestrationStatus::Pending as i32,
-            created: now,
-            last_updated: now,
-            completed: None,
-            scheduled_start: None,
             input: Some("1".into()),
-            output: None,
-            custom_status: None,
-            failure: None,
-            tags: HashMap::new(),
-            parent: None,
-            trace: None,
-            lost_dispatches: 0,
+            ..InstanceRow::for_test(id, "parent", pb::OrchestrationStatus::Pending as i32, now)
         },
         history: past,
         inbox: VecDeque::new(),
