@@ -299,20 +299,38 @@ pub fn load_from<T: DeserializeOwned + Serialize + Default + Validate>(
             .into_iter()
             .collect();
         // A section written as a table goes first, so that a variable naming one of its keys
-        // still wins.
+        // still wins. The nesting is done here, one value per top-level key, because the
+        // builder applies its overrides in no particular order.
         entries.sort_by_key(|(key, _)| !layout.tables.contains(key));
-        let mut nested = config::Config::builder();
+        let mut top: BTreeMap<String, config::Value> = BTreeMap::new();
         for (key, value) in entries {
-            let path = if layout.tables.contains(&key) {
-                key
-            } else {
-                layout.nested.get(&key).cloned().ok_or_else(|| {
-                    invalid(format!(
-                        "unknown key `{key}` (docs/configuration.md lists every key)"
-                    ))
-                })?
-            };
-            nested = nested.set_override(path, value).map_err(read)?;
+            if layout.tables.contains(&key) {
+                top.insert(key, value);
+                continue;
+            }
+            let path = layout.nested.get(&key).ok_or_else(|| {
+                invalid(format!(
+                    "unknown key `{key}` (docs/configuration.md lists every key)"
+                ))
+            })?;
+            match path.split_once('.') {
+                None => {
+                    top.insert(path.clone(), value);
+                }
+                Some((section, field)) => {
+                    let table = top.entry(section.to_string()).or_insert_with(|| {
+                        config::Value::new(None, config::ValueKind::Table(config::Map::new()))
+                    });
+                    // A section given as something else than a table is refused when read.
+                    if let config::ValueKind::Table(t) = &mut table.kind {
+                        t.insert(field.to_string(), value);
+                    }
+                }
+            }
+        }
+        let mut nested = config::Config::builder();
+        for (key, value) in top {
+            nested = nested.set_override(key, value).map_err(read)?;
         }
         nested
             .build()

@@ -280,6 +280,21 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("durable-path-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let stacks = [Stack::Python, Stack::OursMemory, Stack::OursSqlite];
+        // `DURABLE_PATH_ONLY=sqlite` (or `memory`, `python`) runs one stack, e.g. under a profiler.
+        if let Ok(only) = std::env::var("DURABLE_PATH_ONLY") {
+            let stack = match only.as_str() {
+                "python" => Stack::Python,
+                "memory" => Stack::OursMemory,
+                "sqlite" => Stack::OursSqlite,
+                other => panic!("DURABLE_PATH_ONLY: '{other}' is not one of python, memory, sqlite"),
+            };
+            for _ in 0..ROUNDS {
+                let m = measure(stack, &dir).await;
+                println!("{}: {m:?}", stack.label());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
         let mut best: Vec<Option<Measured>> = vec![None; stacks.len()];
         for _ in 0..ROUNDS {
             for (i, stack) in stacks.iter().enumerate() {

@@ -37,11 +37,16 @@ pub struct Loaded {
     pub timers: Vec<(DateTime<Utc>, u64, String, pb::HistoryEvent)>,
 }
 
+/// The events as a `HistoryChunk` (field 1, repeated), encoded from the borrowed events: building
+/// a `HistoryChunk` first would copy every event (the store writes whole histories).
 fn encode_events(events: &[pb::HistoryEvent]) -> Vec<u8> {
-    pb::HistoryChunk {
-        events: events.to_vec(),
+    use prost::encoding::message;
+    let len = events.iter().map(|e| message::encoded_len(1, e)).sum();
+    let mut buf = Vec::with_capacity(len);
+    for e in events {
+        message::encode(1, e, &mut buf);
     }
-    .encode_to_vec()
+    buf
 }
 
 fn opt_bytes<M: Message>(m: &Option<M>) -> Option<Vec<u8>> {
@@ -362,6 +367,22 @@ mod tests {
         )
         .expect("open");
         (store, dir)
+    }
+
+    #[test]
+    fn events_are_encoded_as_a_history_chunk() {
+        let events = vec![event(1), event(2), event(3)];
+        let chunk = pb::HistoryChunk {
+            events: events.clone(),
+        };
+        assert_eq!(encode_events(&events), chunk.encode_to_vec());
+        assert_eq!(
+            pb::HistoryChunk::decode(encode_events(&events).as_slice())
+                .expect("decode")
+                .events,
+            events
+        );
+        assert!(encode_events(&[]).is_empty());
     }
 
     #[test]
