@@ -103,12 +103,26 @@ impl Journal {
     }
 }
 
+/// Marks the journal failed if the writer unwinds, so that no caller waits forever for a
+/// number that will never be published.
+struct FailOnPanic<'a>(&'a Journal);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.failed.set("the store writer panicked".into());
+            self.0.durable.send_modify(|_| {});
+        }
+    }
+}
+
 /// The writer: takes everything queued, writes it in one transaction, publishes its number.
 fn write_batches(journal: &Weak<Journal>) {
     loop {
         let Some(j) = journal.upgrade() else {
             return;
         };
+        let _fail_on_panic = FailOnPanic(&j);
         let (changes, seq) = {
             let mut q = j.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.changes.is_empty() {
@@ -140,5 +154,77 @@ fn write_batches(journal: &Weak<Journal>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceRow;
+    use durabletask_proto as pb;
+
+    fn put(id: &str, payload_bytes: usize) -> Vec<Change> {
+        let mut row = InstanceRow::for_test(id, "n", 1, chrono::Utc::now());
+        row.input = Some("x".repeat(payload_bytes));
+        vec![Change::PutInstance {
+            hub: "h".into(),
+            row: Box::new(row),
+            history: Some(vec![pb::HistoryEvent::default()]),
+            inbox: Vec::new(),
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_caller_waits_for_its_batch_and_a_failed_write_fails_every_later_waiter() {
+        let dir = std::env::temp_dir().join(format!(
+            "journal-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let store = SqliteStore::open(
+            &dir.join("j.db"),
+            &crate::store::StoreOptions {
+                synchronous: crate::settings::Synchronous::Normal,
+                // Room for the tables and a few small rows, not for a 1 MiB one.
+                max_bytes: 256 * 1024,
+                busy_timeout: Duration::from_secs(1),
+            },
+        )
+        .expect("open");
+        let journal = Journal::start(Arc::new(Mutex::new(store)));
+
+        let first = journal.queue(put("a", 10));
+        let second = journal.queue(put("b", 10));
+        assert_eq!((first, second), (1, 2), "numbered in queue order");
+        assert_eq!(
+            journal.queue(Vec::new()),
+            2,
+            "a read waits for the last change"
+        );
+        journal.durable(second).await.expect("written");
+        assert!(journal.is_durable(first), "everything before it too");
+        assert!(
+            journal
+                .store()
+                .lock()
+                .expect("store")
+                .history("h", "b")
+                .expect("read")
+                .is_some(),
+            "on disk once durable"
+        );
+
+        let too_big = journal.queue(put("c", 1 << 20));
+        let err = journal
+            .durable(too_big)
+            .await
+            .expect_err("the disk is full");
+        assert!(err.contains("full"), "{err}");
+        let after = journal.queue(put("d", 10));
+        assert!(
+            journal.durable(after).await.is_err(),
+            "nothing after a failed write is durable"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
