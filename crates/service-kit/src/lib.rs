@@ -35,6 +35,21 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// A token cancelled when the process is asked to stop ([`shutdown_signal`]), logging `what`
+/// happens next (nothing when empty): how every service turns the signal into its shutdown.
+pub fn cancelled_on_signal(what: &'static str) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        if !what.is_empty() {
+            tracing::info!("shutting down: {what}");
+        }
+        cancel.cancel();
+    });
+    token
+}
+
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Args {

@@ -41,14 +41,7 @@ pub async fn run(s: Settings) -> Result<(), RunError> {
         actions = s.actions_enabled(),
         "dashboard listening"
     );
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            service_kit::shutdown_signal().await;
-            stop.cancel();
-        }
-    });
+    let stop = service_kit::cancelled_on_signal("");
     service_kit::http_server::serve(
         listener,
         app(state),

@@ -80,11 +80,11 @@ fn quiet(mut c: Command) -> Child {
 
 /// A fresh stack: (processes, scheduler endpoint, front end port).
 async fn start(stack: Stack, dir: &std::path::Path) -> (Vec<Child>, String, u16) {
-    let sched_port = free_port();
-    let endpoint = format!("http://127.0.0.1:{sched_port}");
     let front = free_port();
     let mut children = Vec::new();
     if stack == Stack::Python {
+        let sched_port = free_port();
+        let endpoint = format!("http://127.0.0.1:{sched_port}");
         children.push(
             pyenv::spawn_python(&[
                 pyenv::script("in_memory_backend.py").display().to_string(),
@@ -114,37 +114,16 @@ async fn start(stack: Stack, dir: &std::path::Path) -> (Vec<Child>, String, u16)
     } else {
         "memory"
     };
-    children.push(
-        spawn_path(
-            test_support::process::binary("local-scheduler"),
-            &[
-                ("LOCAL_SCHEDULER__LISTEN", format!("127.0.0.1:{sched_port}")),
-                (
-                    "LOCAL_SCHEDULER__ADMIN_LISTEN",
-                    format!("127.0.0.1:{}", free_port()),
-                ),
-                ("LOCAL_SCHEDULER__STORE", store.into()),
-                ("LOCAL_SCHEDULER__SQLITE_PATH", db.display().to_string()),
-                ("LOCAL_SCHEDULER__MAX_INSTANCES", "0".into()),
-                ("LOCAL_SCHEDULER__MAX_BACKLOG", "0".into()),
-                ("LOCAL_SCHEDULER__MAX_STATE_BYTES", "0".into()),
-            ],
-            sched_port,
-        )
-        .await,
-    );
-    let admin = free_port();
-    children.push(
-        spawn_path(
-            test_support::process::binary("worker"),
-            &[
-                ("ENDPOINT", endpoint.clone()),
-                ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
-            ],
-            admin,
-        )
-        .await,
-    );
+    let (scheduler, endpoint) = test_support::process::local_scheduler(&[
+        ("LOCAL_SCHEDULER__STORE", store.into()),
+        ("LOCAL_SCHEDULER__SQLITE_PATH", db.display().to_string()),
+        ("LOCAL_SCHEDULER__MAX_INSTANCES", "0".into()),
+        ("LOCAL_SCHEDULER__MAX_BACKLOG", "0".into()),
+        ("LOCAL_SCHEDULER__MAX_STATE_BYTES", "0".into()),
+    ])
+    .await;
+    children.push(scheduler);
+    children.push(test_support::process::worker(&endpoint).await);
     children.push(
         spawn_path(
             PathBuf::from(env!("CARGO_BIN_EXE_gateway")),

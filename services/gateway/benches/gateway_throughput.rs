@@ -175,18 +175,7 @@ async fn measure(
     .await;
     let endpoint = format!("http://127.0.0.1:{sched_port}");
     let worker = if with_worker {
-        let admin = free_port();
-        Some(
-            spawn_path(
-                test_support::process::binary("worker"),
-                &[
-                    ("ENDPOINT", endpoint.clone()),
-                    ("WORKER__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
-                ],
-                admin,
-            )
-            .await,
-        )
+        Some(test_support::process::worker(&endpoint).await)
     } else {
         None
     };

@@ -71,8 +71,13 @@ impl AppState {
             ),
             // Validated at start-up (tests may build a state from unchecked settings).
             callback_policy: config.callbacks.policy().unwrap_or_else(|_| {
-                service_kit::callbacks::Policy::new(false, &[], &[], "callback_")
-                    .expect("an empty policy")
+                service_kit::callbacks::Policy::new(
+                    false,
+                    &[],
+                    &[],
+                    service_kit::callbacks::Targets::PREFIX,
+                )
+                .expect("an empty policy")
             }),
             starts_in_flight: crate::shares::StartLedger::new(
                 config.limits.max_starts_in_flight_per_caller,

@@ -92,13 +92,7 @@ pub async fn run(settings: Settings) -> Result<(), service_kit::RunError> {
     let admin = service_kit::run::bind("admin_listen", settings.admin_listen).await?;
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(grpc_addr = %addr(&grpc), admin_addr = %addr(&admin), hubs = ?settings.task_hubs, store = %settings.store, "local scheduler listening");
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        service_kit::shutdown_signal().await;
-        tracing::info!("shutting down: ending work-item streams");
-        signal.cancel();
-    });
+    let shutdown = service_kit::cancelled_on_signal("ending work-item streams");
     let runtime = Runtime {
         export_spans: telemetry.exporting(),
     };

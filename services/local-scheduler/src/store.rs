@@ -337,6 +337,29 @@ impl SqliteStore {
 }
 
 #[cfg(test)]
+impl SqliteStore {
+    /// A store in a new temporary directory (to remove afterwards), capped at `max_bytes`
+    /// (0: no cap).
+    pub fn open_for_test(max_bytes: u64) -> (Self, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "store-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let store = Self::open(
+            &dir.join("s.db"),
+            &StoreOptions {
+                synchronous: crate::settings::Synchronous::Normal,
+                max_bytes,
+                busy_timeout: std::time::Duration::from_secs(1),
+            },
+        )
+        .expect("open");
+        (store, dir)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -349,24 +372,6 @@ mod tests {
             event_id: id,
             ..Default::default()
         }
-    }
-
-    fn open() -> (SqliteStore, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "store-batch-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let store = SqliteStore::open(
-            &dir.join("s.db"),
-            &StoreOptions {
-                synchronous: crate::settings::Synchronous::Normal,
-                max_bytes: 0,
-                busy_timeout: std::time::Duration::from_secs(1),
-            },
-        )
-        .expect("open");
-        (store, dir)
     }
 
     #[test]
@@ -388,7 +393,7 @@ mod tests {
     #[test]
     fn a_batch_that_inserts_an_instance_then_writes_it_without_its_history_keeps_both() {
         use pb::OrchestrationStatus as S;
-        let (mut store, dir) = open();
+        let (mut store, dir) = SqliteStore::open_for_test(0);
         // What group commit puts in one transaction: a start, then that instance finishing with
         // its history moved to disk (a later write of everything but the history), and another
         // instance written twice in full.

@@ -26,13 +26,7 @@ use crate::settings::{Runs, Settings};
 pub async fn run(settings: Settings) -> Result<(), RunError> {
     let telemetry = service_kit::telemetry::init("worker", settings.log_format);
     let listener = service_kit::run::bind("admin_listen", settings.admin_listen).await?;
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        service_kit::shutdown_signal().await;
-        tracing::info!("shutting down: draining in-flight work items");
-        signal.cancel();
-    });
+    let shutdown = service_kit::cancelled_on_signal("draining in-flight work items");
     serve(&settings, listener, shutdown).await?;
     tracing::info!("stopped");
     telemetry.shutdown();

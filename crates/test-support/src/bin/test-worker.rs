@@ -21,7 +21,6 @@ use durabletask::{
     ActivityContext, Connection, ConnectionOptions, OrchestrationContext, Registry, Worker,
     WorkerOptions,
 };
-use tokio_util::sync::CancellationToken;
 
 fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
@@ -106,12 +105,7 @@ async fn main() -> anyhow::Result<()> {
             }),
         );
     tokio::spawn(async move { axum::serve(admin, router).await });
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        service_kit::shutdown_signal().await;
-        signal.cancel();
-    });
+    let shutdown = service_kit::cancelled_on_signal("");
     tracing::info!(%name, code, version = version.as_deref().unwrap_or(""), "test worker running");
     worker.run(shutdown).await?;
     telemetry.shutdown();

@@ -172,17 +172,7 @@ mod tests {
         })
     }
 
-    fn start(e: &mut Engine, id: &str) {
-        e.start_instance(
-            "h",
-            pb::CreateInstanceRequest {
-                instance_id: id.into(),
-                name: "o".into(),
-                ..Default::default()
-            },
-        )
-        .expect("start");
-    }
+    use crate::engine::start_for_test as start;
 
     fn token_of(item: &pb::WorkItem) -> String {
         item.completion_token.clone()

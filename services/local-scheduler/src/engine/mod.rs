@@ -25,6 +25,20 @@ mod stats;
 mod timers;
 mod validate;
 
+/// Starts instance `id` of orchestration `o` in hub `h`: what the engine's unit tests begin with.
+#[cfg(test)]
+pub(crate) fn start_for_test(e: &mut Engine, id: &str) {
+    e.start_instance(
+        "h",
+        pb::CreateInstanceRequest {
+            instance_id: id.into(),
+            name: "o".into(),
+            ..Default::default()
+        },
+    )
+    .expect("start");
+}
+
 use fair::{FairQueue, Verdict};
 pub use fair::{OWNER_TAG, owner_of};
 pub use filter::StreamFilter;

@@ -189,17 +189,7 @@ fn parse_page_token(t: &str) -> Result<instances::CreatedKey, EngineError> {
 mod tests {
     use super::*;
 
-    fn start(e: &mut Engine, id: &str) {
-        e.start_instance(
-            "h",
-            pb::CreateInstanceRequest {
-                instance_id: id.into(),
-                name: "o".into(),
-                ..Default::default()
-            },
-        )
-        .expect("start");
-    }
+    use crate::engine::start_for_test as start;
 
     fn page(e: &mut Engine, size: i32, token: Option<String>) -> pb::QueryInstancesResponse {
         e.query(

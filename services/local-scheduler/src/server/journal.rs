@@ -176,21 +176,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_waits_for_its_batch_and_a_failed_write_fails_every_later_waiter() {
-        let dir = std::env::temp_dir().join(format!(
-            "journal-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let store = SqliteStore::open(
-            &dir.join("j.db"),
-            &crate::store::StoreOptions {
-                synchronous: crate::settings::Synchronous::Normal,
-                // Room for the tables and a few small rows, not for a 1 MiB one.
-                max_bytes: 256 * 1024,
-                busy_timeout: Duration::from_secs(1),
-            },
-        )
-        .expect("open");
+        // Room for the tables and a few small rows, not for a 1 MiB one.
+        let (store, dir) = SqliteStore::open_for_test(256 * 1024);
         let journal = Journal::start(Arc::new(Mutex::new(store)));
 
         let first = journal.queue(put("a", 10));
