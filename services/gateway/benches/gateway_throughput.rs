@@ -292,9 +292,17 @@ fn main() {
                 a
             }
         };
+        // `GATEWAY_THROUGHPUT_ONLY=starts` runs only the starts-only comparison (the issue's
+        // goal), e.g. while profiling the gateway.
+        let starts_only = match std::env::var("GATEWAY_THROUGHPUT_ONLY").as_deref() {
+            Err(_) => false,
+            Ok("starts") => true,
+            Ok(other) => panic!("GATEWAY_THROUGHPUT_ONLY: '{other}' is not 'starts'"),
+        };
         // Authentication's cost: the same starts with a bearer token on each, interleaved.
+        let rounds_jwt = if starts_only { 0 } else { ROUNDS };
         let mut jwt = None::<(Measured, Measured)>;
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds_jwt {
             let open = measure(Front::Gateway, "/api/process", PROCESS_BODY, false, None).await;
             let signed =
                 measure(Front::GatewayJwt, "/api/process", PROCESS_BODY, false, None).await;
@@ -303,9 +311,9 @@ fn main() {
                 Some((a, b)) => (best(a, open), best(b, signed)),
             });
         }
-        let (open, signed) = jwt.expect("at least one round");
         let mut rows = Vec::new();
-        for with_worker in [false, true] {
+        let workers: &[bool] = if starts_only { &[false] } else { &[false, true] };
+        for &with_worker in workers {
             let mut round = None::<(Measured, Measured, Measured)>;
             for _ in 0..ROUNDS {
                 let py = measure(Front::FastApi, SAMPLE, SAMPLE_BODY, with_worker, None).await;
@@ -322,17 +330,6 @@ fn main() {
             let (py, ours_sample, ours) = round.expect("at least one round");
             rows.push((with_worker, py, ours_sample, ours));
         }
-        // Latency at the goal's load rather than at saturation: 5,000 starts/s offered on a
-        // schedule, with a worker running every operation on the same two cores.
-        let paced = measure(
-            Front::Gateway,
-            "/api/process",
-            PROCESS_BODY,
-            true,
-            Some(PACED_RATE),
-        )
-        .await;
-
         println!(
             "gateway start throughput: {CONNECTIONS} keep-alive connections, {}s measured after {}s warm-up, each run on a fresh in-memory local scheduler, all on this machine; best of {ROUNDS} interleaved runs",
             MEASURE.as_secs(),
@@ -366,6 +363,21 @@ fn main() {
                 ours_sample.outcome.rate / py.outcome.rate
             );
         }
+        if starts_only {
+            return;
+        }
+        let (open, signed) = jwt.expect("at least one round");
+        // Latency at the goal's load rather than at saturation: 5,000 starts/s offered on a
+        // schedule, with a worker running every operation on the same two cores.
+        let paced = measure(
+            Front::Gateway,
+            "/api/process",
+            PROCESS_BODY,
+            true,
+            Some(PACED_RATE),
+        )
+        .await;
+
         println!();
         println!("authentication: POST /api/process, starts only, {CONNECTIONS} connections, best of {ROUNDS} interleaved runs");
         println!("| gateway | starts/s | p50 ms | p99 ms | errors | CPU µs per start (gateway) |");

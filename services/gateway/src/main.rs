@@ -5,6 +5,10 @@
 //! `DURABLE_TASK_SCHEDULER_CONNECTION_STRING` as for the worker. Every key is in
 //! `gateway::config::Settings`; the process is `gateway::run`.
 
+/// jemalloc rather than glibc's malloc: see the workspace manifest.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     service_kit::run::main(&gateway::config::SOURCE, gateway::run)
 }

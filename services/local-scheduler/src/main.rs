@@ -5,6 +5,10 @@
 //! `DTS_TASK_HUB_NAMES=a,b`, as the DTS emulator reads it). The process is
 //! `local_scheduler::run`.
 
+/// jemalloc rather than glibc's malloc: see the workspace manifest.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     service_kit::run::main(&local_scheduler::settings::SOURCE, local_scheduler::run)
 }

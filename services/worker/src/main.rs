@@ -6,6 +6,10 @@
 //! and `DURABLE_TASK_SCHEDULER_CONNECTION_STRING` (or `WORKER__CONNECTION_STRING`) takes a DTS
 //! connection string. The process is `worker::run`; `worker versions` is `worker::versions`.
 
+/// jemalloc rather than glibc's malloc: see the workspace manifest.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("versions") {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::stats::instance_bytes;
 use crate::model::{Instance, is_terminal};
 
 /// Where a query page starts or ends: (created, instance id).
@@ -61,11 +62,34 @@ fn lookup<'a>(id: &'a str) -> Lookup<'a> {
 }
 
 fn compare_ids(a: &str, b: &str) -> Ordering {
+    // Ids share long prefixes (the gateway's start with the caller's 22-character tag), and a
+    // descent compares ~18 of them: skip the bytes that are equal as they are, 8 at a time, and
+    // fold case only from the first difference. Equal bytes fold equal, so the order is that of
+    // folding the whole ids.
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.iter()
+    let same = common_prefix_len(a, b);
+    let (ra, rb) = (&a[same..], &b[same..]);
+    ra.iter()
         .map(u8::to_ascii_lowercase)
-        .cmp(b.iter().map(u8::to_ascii_lowercase))
-        .then_with(|| a.cmp(b))
+        .cmp(rb.iter().map(u8::to_ascii_lowercase))
+        .then_with(|| ra.cmp(rb))
+}
+
+/// How many leading bytes `a` and `b` have in common.
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let word = |s: &[u8]| u64::from_ne_bytes(s[i..i + 8].try_into().unwrap_or_default());
+        if word(a) != word(b) {
+            break;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
 }
 
 impl PartialEq for dyn IdView + '_ {
@@ -146,6 +170,11 @@ pub struct Instances {
     unfinished: BTreeMap<IdKey, usize>,
     /// Slots handed out by `get_mut` since the last settle: their status may have changed.
     unsettled: Vec<usize>,
+    /// Each slot's share of the state estimate as last counted ([`instance_bytes`]), and their
+    /// sum: kept as instances come, change (counted again when settled) and go, so that the
+    /// estimate never walks every instance under the engine lock.
+    counted: Vec<usize>,
+    bytes: usize,
 }
 
 impl Instances {
@@ -169,12 +198,15 @@ impl Instances {
         self.slots[slot].as_deref_mut()
     }
 
-    /// Brings the unfinished index up to date with the statuses of the slots changed since.
+    /// Brings the unfinished index and the byte count up to date with the slots changed since.
     pub fn settle(&mut self) {
         for slot in std::mem::take(&mut self.unsettled) {
             let Some(i) = self.slots[slot].as_deref() else {
                 continue;
             };
+            let now = instance_bytes(i);
+            self.bytes = self.bytes - self.counted[slot] + now;
+            self.counted[slot] = now;
             let id = i.row.instance_id.as_str();
             if is_terminal(i.row.status) {
                 self.unfinished.remove(&lookup(id) as &dyn IdView);
@@ -190,16 +222,20 @@ impl Instances {
         let id: Arc<str> = Arc::from(instance.row.instance_id.as_str());
         let created = instance.row.created;
         let finished = is_terminal(instance.row.status);
+        let bytes = instance_bytes(&instance);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot] = Some(instance);
+                self.counted[slot] = bytes;
                 slot
             }
             None => {
                 self.slots.push(Some(instance));
+                self.counted.push(bytes);
                 self.slots.len() - 1
             }
         };
+        self.bytes += bytes;
         self.by_created.insert((created, id.clone()), slot);
         if !finished {
             self.unfinished.insert(IdKey(id.clone()), slot);
@@ -211,6 +247,7 @@ impl Instances {
         let (IdKey(id), slot) = self.by_id.remove_entry(&lookup(id) as &dyn IdView)?;
         self.unfinished.remove(&lookup(&id) as &dyn IdView);
         let instance = self.slots[slot].take()?;
+        self.bytes -= std::mem::take(&mut self.counted[slot]);
         self.by_created.remove(&(instance.row.created, id));
         self.free.push(slot);
         Some(instance)
@@ -223,8 +260,16 @@ impl Instances {
             .filter_map(|(id, slot)| Some((id.0.as_ref(), self.slots[*slot].as_deref()?)))
     }
 
+    /// Every instance, in no particular order (slot order: a walk of one vector rather than of
+    /// a B-tree, for the sweeps that visit every instance).
     pub fn values(&self) -> impl Iterator<Item = &Instance> {
-        self.iter().map(|(_, i)| i)
+        self.slots.iter().filter_map(|s| s.as_deref())
+    }
+
+    /// The instances' share of the state estimate ([`instance_bytes`]), as of the last settle
+    /// for the instances changed since.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The instances from `lower` on, in (created, id) order, each with its key.
@@ -286,6 +331,66 @@ mod tests {
         all.created_from(Bound::Unbounded)
             .map(|(_, i)| i.row.instance_id.clone())
             .collect()
+    }
+
+    #[test]
+    fn the_id_order_skipping_common_bytes_is_the_folded_order() {
+        fn naive(a: &str, b: &str) -> Ordering {
+            let (a, b) = (a.as_bytes(), b.as_bytes());
+            a.iter()
+                .map(u8::to_ascii_lowercase)
+                .cmp(b.iter().map(u8::to_ascii_lowercase))
+                .then_with(|| a.cmp(b))
+        }
+        let stems = [
+            "",
+            "a",
+            "A",
+            "ab",
+            "aB",
+            "abcdefgh",
+            "ABCDEFGH",
+            "abcdefghi",
+        ];
+        let tails = ["", "x", "X", "0123456789", "0123456789abcdefZ", "_", "é"];
+        let ids: Vec<String> = stems
+            .iter()
+            .flat_map(|s| {
+                tails
+                    .iter()
+                    .map(move |t| format!("caller-tag-0123456789{s}{t}"))
+            })
+            .chain(["", "b", "B", "caller"].map(String::from))
+            .collect();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(compare_ids(a, b), naive(a, b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_byte_count_follows_inserts_changes_replacements_and_removals() {
+        let walked = |all: &Instances| all.values().map(instance_bytes).sum::<usize>();
+        let mut all = Instances::default();
+        all.insert(instance("a", 1));
+        all.insert(instance("b", 2));
+        assert_eq!(all.bytes(), walked(&all));
+        all.get_mut("a").expect("a").row.output = Some("x".repeat(10_000));
+        all.settle();
+        assert_eq!(all.bytes(), walked(&all));
+        assert!(all.bytes() > 10_000);
+        let mut bigger = instance("b", 2);
+        bigger.row.input = Some("y".repeat(5_000));
+        all.insert(bigger);
+        assert_eq!(all.bytes(), walked(&all));
+        all.remove("a");
+        assert_eq!(all.bytes(), walked(&all));
+        assert!(all.bytes() < 10_000);
+        all.insert(instance("c", 3));
+        all.remove("b");
+        all.remove("c");
+        assert_eq!(all.bytes(), 0);
     }
 
     #[test]

@@ -266,7 +266,7 @@ impl Engine {
         }
         let mut expired = Vec::new();
         for (hub, h) in &self.hubs {
-            for (id, i) in h.instances.iter() {
+            for i in h.instances.values() {
                 if !is_terminal(i.row.status) {
                     continue;
                 }
@@ -277,7 +277,7 @@ impl Engine {
                     .of(i.row.status)
                     .is_some_and(|keep| now - ended >= keep)
                 {
-                    expired.push((hub.clone(), id.to_string()));
+                    expired.push((hub.clone(), i.row.instance_id.clone()));
                 }
             }
         }

@@ -47,11 +47,13 @@ impl Engine {
     }
 
     /// Counts [`Engine::state_bytes`] again from what is held (the timer task does, every few
-    /// seconds; starts add to it in between).
+    /// seconds; starts add to it in between). The instances keep their own count as they change
+    /// ([`super::instances::Instances::bytes`]); the queues are walked.
     pub fn recount_state(&mut self) -> usize {
         let mut total = 0;
-        for h in self.hubs.values() {
-            total += h.instances.values().map(instance_bytes).sum::<usize>();
+        for h in self.hubs.values_mut() {
+            h.instances.settle();
+            total += h.instances.bytes();
             total += h
                 .activities
                 .values()
@@ -150,7 +152,7 @@ fn event_bytes(e: &pb::HistoryEvent) -> usize {
 }
 
 /// An instance's share of [`Engine::state_bytes`].
-fn instance_bytes(i: &Instance) -> usize {
+pub(super) fn instance_bytes(i: &Instance) -> usize {
     let r = &i.row;
     let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     INSTANCE_OVERHEAD_BYTES
