@@ -124,6 +124,17 @@ pub fn registry() -> Registry {
         },
     );
     r.add_orchestrator(
+        "activity_timer_child",
+        |ctx: OrchestrationContext, _: ()| async move {
+            let greeting: String = ctx.call_activity("greet", &"Ada").await?;
+            ctx.create_timer_after(Duration::from_millis(100)).await;
+            let version: Option<String> = ctx
+                .call_sub_orchestrator("report_version", &(), None)
+                .await?;
+            Ok(json!({ "greeting": greeting, "child_version": version }))
+        },
+    );
+    r.add_orchestrator(
         "countdown",
         |ctx: OrchestrationContext, n: u32| async move {
             if n == 0 {
@@ -404,6 +415,45 @@ pub async fn paged_query(client: &Client, prefix: &str) {
 
 /// A failed instance is rewound after its cause is fixed and completes; the step that had
 /// succeeded is not run again.
+/// The history DTS keeps for an orchestration with an activity, a timer and a
+/// sub-orchestration, one after the other: `OrchestratorStarted` once per episode, then that
+/// episode's events, and no `OrchestratorCompleted` (12 events in this order).
+pub async fn dts_history_shape(client: &Client) {
+    let id = client
+        .schedule_new_orchestration("activity_timer_child", &(), StartOptions::default())
+        .await
+        .unwrap();
+    let done = client
+        .wait_for_instance_completion(&id, true, DONE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.runtime_status, OrchestrationStatus::Completed);
+    let history = client.get_history(&id).await.unwrap().unwrap();
+    let kinds: Vec<&str> = history
+        .iter()
+        .map(|e| durabletask::history::EventSummary::of(e).kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "OrchestratorStarted",
+            "ExecutionStarted",
+            "TaskScheduled",
+            "OrchestratorStarted",
+            "TaskCompleted",
+            "TimerCreated",
+            "OrchestratorStarted",
+            "TimerFired",
+            "SubOrchestrationInstanceCreated",
+            "OrchestratorStarted",
+            "SubOrchestrationInstanceCompleted",
+            "ExecutionCompleted",
+        ],
+        "{id}"
+    );
+}
+
 pub async fn rewind(client: &Client) {
     let key = uuid::Uuid::new_v4().simple().to_string();
     let m = run_to_end(client, "rewindable", json!(key)).await;

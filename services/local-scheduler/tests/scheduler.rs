@@ -136,6 +136,7 @@ async fn sdk_scenarios_in_memory() {
     client.hello(Duration::from_secs(5)).await.expect("hello");
     let worker = scenarios::start_worker(&conn);
     scenarios::core(&client).await;
+    scenarios::dts_history_shape(&client).await;
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "mem-paged-").await;
     scenarios::rewind(&client).await;
@@ -185,6 +186,7 @@ async fn sdk_scenarios_on_sqlite() {
     let client = Client::new(&conn);
     let worker = scenarios::start_worker(&conn);
     scenarios::core(&client).await;
+    scenarios::dts_history_shape(&client).await;
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "sql-paged-").await;
     scenarios::rewind(&client).await;

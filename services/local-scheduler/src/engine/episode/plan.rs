@@ -224,12 +224,10 @@ impl<'a> Plan<'a> {
         self.terminal = Some((c.orchestration_status, c.result, c.failure_details));
     }
 
-    /// Closes the episode and applies its ending, if it had one.
+    /// Closes the episode and applies its ending, if it had one. No `OrchestratorCompleted` is
+    /// recorded: DTS keeps `OrchestratorStarted` once per episode and that episode's events, and
+    /// the SDKs need nothing more to replay.
     pub(super) fn finish(mut self) -> EpisodeOutcome {
-        self.inst.history.push(event(
-            -1,
-            EventType::OrchestratorCompleted(pb::OrchestratorCompletedEvent {}),
-        ));
         let mut terminate_children = Vec::new();
         let mut rewind_children = Vec::new();
         if let Some(history) = self.rewound_history.take() {

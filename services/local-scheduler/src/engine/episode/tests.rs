@@ -88,12 +88,7 @@ fn a_first_episode_records_its_history_and_queues_the_activity() {
     );
     assert_eq!(
         kinds(&inst.history),
-        [
-            "OrchestratorStarted",
-            "ExecutionStarted",
-            "TaskScheduled",
-            "OrchestratorCompleted"
-        ]
+        ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled"]
     );
     assert_eq!(inst.history[2].event_id, 0, "the event id is the action id");
     assert_eq!(inst.row.status, RUNNING);
