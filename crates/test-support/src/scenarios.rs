@@ -454,6 +454,69 @@ pub async fn dts_history_shape(client: &Client) {
     );
 }
 
+/// A reuse policy that would replace a live instance but not a terminated one contradicts
+/// itself: DTS refuses it with its reason and leaves the suspended instance as it was; a policy
+/// that also replaces terminated instances replaces it.
+pub async fn contradictory_reuse_policy(client: &Client, id: &str) {
+    use OrchestrationStatus as S;
+    let options = |replaceable: Option<Vec<S>>| StartOptions {
+        instance_id: Some(id.to_string()),
+        replaceable_statuses: replaceable,
+        ..StartOptions::default()
+    };
+    client
+        .schedule_new_orchestration("forever", &(), options(None))
+        .await
+        .unwrap();
+    client
+        .wait_for_instance_start(id, false, DONE)
+        .await
+        .unwrap();
+    client.suspend(id, Some("hold")).await.unwrap();
+    wait_for_status(client, id, S::Suspended).await;
+    let before = client.get_instance(id, false).await.unwrap().unwrap();
+
+    // The JavaScript SDK's dedupeStatuses Terminated, Running, Pending: every other status is
+    // replaceable, Suspended among them.
+    let contradictory = vec![
+        S::Completed,
+        S::Failed,
+        S::Canceled,
+        S::ContinuedAsNew,
+        S::Suspended,
+    ];
+    let refused = client
+        .schedule_new_orchestration("forever", &(), options(Some(contradictory)))
+        .await;
+    match refused {
+        Err(durabletask::Error::InvalidArgument(status)) => assert_eq!(
+            status.message(),
+            "Invalid reusable statuses: cannot exclude 'Terminated' while also allowing reuse of running instances"
+        ),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    let after = client.get_instance(id, false).await.unwrap().unwrap();
+    assert_eq!(after.runtime_status, S::Suspended);
+    assert_eq!(
+        after.execution_id, before.execution_id,
+        "the instance was replaced"
+    );
+    assert_eq!(after.created_at, before.created_at);
+
+    client
+        .schedule_new_orchestration(
+            "forever",
+            &(),
+            options(Some(vec![S::Suspended, S::Terminated])),
+        )
+        .await
+        .unwrap();
+    let replaced = client.get_instance(id, false).await.unwrap().unwrap();
+    assert_ne!(replaced.execution_id, before.execution_id, "not replaced");
+    client.terminate(id, &(), false).await.unwrap();
+    wait_for_status(client, id, S::Terminated).await;
+}
+
 pub async fn rewind(client: &Client) {
     let key = uuid::Uuid::new_v4().simple().to_string();
     let m = run_to_end(client, "rewindable", json!(key)).await;

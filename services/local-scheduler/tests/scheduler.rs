@@ -137,6 +137,8 @@ async fn sdk_scenarios_in_memory() {
     let worker = scenarios::start_worker(&conn);
     scenarios::core(&client).await;
     scenarios::dts_history_shape(&client).await;
+    scenarios::contradictory_reuse_policy(&client, &format!("reuse-{}", uuid::Uuid::new_v4()))
+        .await;
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "mem-paged-").await;
     scenarios::rewind(&client).await;
@@ -187,6 +189,8 @@ async fn sdk_scenarios_on_sqlite() {
     let worker = scenarios::start_worker(&conn);
     scenarios::core(&client).await;
     scenarios::dts_history_shape(&client).await;
+    scenarios::contradictory_reuse_policy(&client, &format!("reuse-{}", uuid::Uuid::new_v4()))
+        .await;
     scenarios::lifecycle(&client).await;
     scenarios::paged_query(&client, "sql-paged-").await;
     scenarios::rewind(&client).await;

@@ -8,8 +8,8 @@ use pb::history_event::EventType;
 use super::stats::start_bytes;
 use super::{
     CreateSpec, Engine, EngineError, MAX_EXECUTION_ID_BYTES, MAX_VERSION_BYTES, mark_ready,
-    owner_of, validate_instance_id, validate_len, validate_name, validate_payload, validate_tags,
-    validate_trace,
+    owner_of, validate_instance_id, validate_len, validate_name, validate_payload,
+    validate_reuse_policy, validate_tags, validate_trace,
 };
 use crate::model::{Change, event, from_ts, is_terminal, status_i32};
 
@@ -34,6 +34,7 @@ impl Engine {
         validate_payload("input", req.input.as_ref())?;
         validate_tags("tags", &req.tags)?;
         validate_trace("trace context", req.parent_trace_context.as_ref())?;
+        validate_reuse_policy(req.orchestration_id_reuse_policy.as_ref())?;
         let h = self.hub(hub)?;
         if let Some(existing) = h.instances.get(&req.instance_id) {
             let replaceable: Vec<i32> = match &req.orchestration_id_reuse_policy {

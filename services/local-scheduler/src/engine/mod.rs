@@ -51,7 +51,7 @@ use validate::MAX_EVENTS_PER_EPISODE;
 pub use validate::{
     MAX_CHUNKED_COMPLETION_BYTES, MAX_EXECUTION_ID_BYTES, MAX_PAYLOAD_BYTES, MAX_VERSION_BYTES,
     validate_actions, validate_failure, validate_instance_id, validate_len, validate_name,
-    validate_payload, validate_tags, validate_trace,
+    validate_payload, validate_reuse_policy, validate_tags, validate_trace,
 };
 
 use crate::model::{

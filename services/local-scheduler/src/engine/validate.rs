@@ -37,6 +37,24 @@ pub const MAX_CARRYOVER_EVENTS: usize = 1000;
 /// Messages taken into one orchestration episode.
 pub(super) const MAX_EVENTS_PER_EPISODE: usize = 1000;
 
+/// Refuses a reuse policy that lets a start replace a live instance (pending, running or
+/// suspended) but not a terminated one, as DTS does, with its reason: replacing a live
+/// instance terminates it first, so such a policy contradicts itself.
+pub fn validate_reuse_policy(
+    p: Option<&pb::OrchestrationIdReusePolicy>,
+) -> Result<(), EngineError> {
+    use pb::OrchestrationStatus as S;
+    let Some(p) = p else { return Ok(()) };
+    let has = |s: S| p.replaceable_status.contains(&(s as i32));
+    let live = [S::Running, S::Pending, S::Suspended].into_iter().any(has);
+    if live && !has(S::Terminated) {
+        return Err(EngineError::invalid_argument(
+            "Invalid reusable statuses: cannot exclude 'Terminated' while also allowing reuse of running instances",
+        ));
+    }
+    Ok(())
+}
+
 /// Validates an instance id as DTS does: 1-100 printable ASCII, not starting with `@`.
 pub fn validate_instance_id(id: &str) -> Result<(), EngineError> {
     if id.is_empty() || id.len() > 100 {
