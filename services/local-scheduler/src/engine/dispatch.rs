@@ -225,10 +225,18 @@ impl Engine {
         filter: &StreamFilter,
     ) -> Option<(pb::WorkItem, Option<std::time::Duration>)> {
         let h = self.hubs.get_mut(hub)?;
-        let activities = &h.activities;
+        let (activities, instances) = (&h.activities, &h.instances);
         let found = h.activity_order.take(|key| match activities.get(key) {
             Some(item) if item.lease.is_none() => {
-                if filter.accepts_activity(&item.request.name, item.request.version.as_deref()) {
+                let orchestration_version = || {
+                    let id = &item.request.orchestration_instance.as_ref()?.instance_id;
+                    instances.get(id)?.row.version.as_deref()
+                };
+                if filter.accepts_activity(
+                    &item.request.name,
+                    item.request.version.as_deref(),
+                    orchestration_version,
+                ) {
                     Verdict::Take
                 } else {
                     Verdict::Skip

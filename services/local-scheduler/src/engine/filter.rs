@@ -53,7 +53,59 @@ impl StreamFilter {
         accepts(&self.orchestrations, name, version)
     }
 
-    pub(super) fn accepts_activity(&self, name: &str, version: Option<&str>) -> bool {
-        accepts(&self.activities, name, version)
+    /// An activity scheduled without a version is matched by its orchestration's version
+    /// (`orchestration_version`, looked up only when the filter names versions): DTS
+    /// dispatches the activities of an orchestration started at `3.0.0` to a worker whose
+    /// filters name `3.0.0` for both, although the JavaScript and Python SDKs schedule
+    /// activities without a version (the Go SDK sends the orchestration's).
+    pub(super) fn accepts_activity<'a>(
+        &self,
+        name: &str,
+        version: Option<&'a str>,
+        orchestration_version: impl FnOnce() -> Option<&'a str>,
+    ) -> bool {
+        let Some(m) = &self.activities else {
+            return true;
+        };
+        let Some(versions) = m.get(name) else {
+            return false;
+        };
+        if versions.is_empty() {
+            return true;
+        }
+        let version = match version.filter(|v| !v.is_empty()) {
+            Some(v) => Some(v),
+            None => orchestration_version(),
+        };
+        versions.contains(version.unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(versions: &[&str]) -> StreamFilter {
+        let versions = versions.iter().map(|v| v.to_string()).collect();
+        StreamFilter {
+            orchestrations: None,
+            activities: Some(HashMap::from([("greet".to_string(), versions)])),
+        }
+    }
+
+    #[test]
+    fn an_activity_without_a_version_is_matched_by_its_orchestrations() {
+        let f = filter(&["3.0.0"]);
+        assert!(f.accepts_activity("greet", Some("3.0.0"), || None));
+        assert!(!f.accepts_activity("greet", Some("2.0.0"), || Some("3.0.0")));
+        assert!(f.accepts_activity("greet", None, || Some("3.0.0")));
+        assert!(f.accepts_activity("greet", Some(""), || Some("3.0.0")));
+        assert!(!f.accepts_activity("greet", None, || Some("2.0.0")));
+        assert!(!f.accepts_activity("greet", None, || None));
+        assert!(!f.accepts_activity("other", None, || Some("3.0.0")));
+        // No versions named: the orchestration is not looked up.
+        let any = filter(&[]);
+        assert!(any.accepts_activity("greet", None, || panic!("looked up")));
+        assert!(StreamFilter::default().accepts_activity("x", None, || panic!("looked up")));
     }
 }

@@ -155,6 +155,15 @@ def act_b(ctx: task.ActivityContext, _):
     return "ran on the B worker"
 
 
+def greet_v3(ctx: task.ActivityContext, name):
+    return f"Hello v3, {name}!"
+
+
+def greet_v3_orch(ctx: task.OrchestrationContext, name):
+    # The Python SDK schedules the activity without a version.
+    return (yield ctx.call_activity(greet_v3, input=name))
+
+
 ORCHESTRATORS = [sequence, retrying, failing, child_sum, parent, approval, timer, waits_forever,
                  parent_of_waiters, counter, report_version, spread, rewindable]
 ACTIVITIES = [hello, square, flaky, always_fails, fails_until_fixed]
@@ -372,6 +381,26 @@ def work_item_filters():
         wb.stop()
 
 
+def versioned_work_item_filters():
+    # A worker whose filters name version 3.0.0 for the orchestration and for its activity runs
+    # an orchestration started at 3.0.0 to the end, as on DTS (the activity, scheduled without
+    # a version, is matched by its orchestration's).
+    from durabletask.worker import ActivityWorkItemFilter, OrchestrationWorkItemFilter, WorkItemFilters
+    w = new_worker(extra_orchestrators=[greet_v3_orch], extra_activities=[greet_v3], standard=False)
+    w.use_work_item_filters(WorkItemFilters(
+        orchestrations=[OrchestrationWorkItemFilter(name="greet_v3_orch", versions=["3.0.0"])],
+        activities=[ActivityWorkItemFilter(name="greet_v3", versions=["3.0.0"])],
+    ))
+    w.start()
+    try:
+        iid = c.schedule_new_orchestration(greet_v3_orch, input="VersionTest", version="3.0.0")
+        s = c.wait_for_orchestration_completion(iid, timeout=20)
+        assert s is not None and s.runtime_status == S.COMPLETED, s
+        assert s.get_output() == "Hello v3, VersionTest!", s
+    finally:
+        w.stop()
+
+
 SCENARIOS = [
     activity_sequence,
     activity_failure_and_retry_policy,
@@ -388,6 +417,7 @@ SCENARIOS = [
     query_with_paging,
     several_workers_share_a_hub,
     work_item_filters,
+    versioned_work_item_filters,
 ]
 
 
