@@ -128,6 +128,7 @@ pub async fn serve(
                 loaded.timers.len(),
             );
             engine.restore(hub, loaded.instances, loaded.activities, loaded.timers);
+            engine.restore_entities(hub, loaded.entities);
             tracing::info!(hub = %hub, instances = i, activities = a, timers = t, "restored from store");
         }
         let state = engine.recount_state();

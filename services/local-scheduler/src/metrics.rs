@@ -190,6 +190,7 @@ impl Collector for StateCollector {
             &[
                 ("kind", "orchestration", load(&c.orchestrations_dispatched)),
                 ("kind", "activity", load(&c.activities_dispatched)),
+                ("kind", "entity", load(&c.entities_dispatched)),
             ],
         )?;
         counter(
@@ -199,6 +200,7 @@ impl Collector for StateCollector {
             &[
                 ("kind", "orchestration", load(&c.orchestrations_completed)),
                 ("kind", "activity", load(&c.activities_completed)),
+                ("kind", "entity", load(&c.entities_completed)),
             ],
         )?;
         counter(

@@ -138,6 +138,105 @@ pub enum Change {
         hub: String,
         seq: u64,
     },
+    /// An entity as it is now: its state and every operation not yet applied (those out with a
+    /// worker first), so that a restart finds them queued again.
+    PutEntity {
+        hub: String,
+        entity: EntityRow,
+    },
+    DeleteEntity {
+        hub: String,
+        id: String,
+    },
+}
+
+/// What the store keeps of a durable entity.
+#[derive(Debug, Clone)]
+pub struct EntityRow {
+    /// `@name@key`, the name in lower case.
+    pub id: String,
+    pub state: Option<String>,
+    pub last_modified: DateTime<Utc>,
+    /// Operations not yet applied (`EntityOperationSignaled` / `EntityOperationCalled` events).
+    pub queue: Vec<pb::HistoryEvent>,
+    /// The orchestration holding the entity's lock (a critical section), if any.
+    pub locked_by: Option<String>,
+}
+
+/// A durable entity: its state, the operations waiting for it, and the batch a worker holds.
+#[derive(Debug, Clone)]
+pub struct Entity {
+    pub id: String,
+    pub state: Option<String>,
+    pub last_modified: DateTime<Utc>,
+    pub queue: VecDeque<pb::HistoryEvent>,
+    /// Token of the dispatch holding the entity, with the operations it was given.
+    pub lease: Option<String>,
+    pub dispatched: Vec<pb::HistoryEvent>,
+    pub locked_by: Option<String>,
+}
+
+impl Entity {
+    pub fn new(id: String) -> Self {
+        Self {
+            id,
+            state: None,
+            last_modified: Utc::now(),
+            queue: VecDeque::new(),
+            lease: None,
+            dispatched: Vec::new(),
+            locked_by: None,
+        }
+    }
+
+    pub fn from_row(row: EntityRow) -> Self {
+        Self {
+            id: row.id,
+            state: row.state,
+            last_modified: row.last_modified,
+            queue: row.queue.into(),
+            lease: None,
+            dispatched: Vec::new(),
+            locked_by: row.locked_by,
+        }
+    }
+
+    pub fn row(&self) -> EntityRow {
+        EntityRow {
+            id: self.id.clone(),
+            state: self.state.clone(),
+            last_modified: self.last_modified,
+            queue: self
+                .dispatched
+                .iter()
+                .chain(self.queue.iter())
+                .cloned()
+                .collect(),
+            locked_by: self.locked_by.clone(),
+        }
+    }
+
+    /// Nothing to keep: no state, nothing waiting or running, no lock.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.queue.is_empty()
+            && self.lease.is_none()
+            && self.locked_by.is_none()
+    }
+
+    pub fn metadata(&self, include_state: bool) -> pb::EntityMetadata {
+        pb::EntityMetadata {
+            instance_id: self.id.clone(),
+            last_modified_time: Some(ts(self.last_modified)),
+            backlog_queue_size: i32::try_from(self.queue.len()).unwrap_or(i32::MAX),
+            locked_by: self.locked_by.clone(),
+            serialized_state: if include_state {
+                self.state.clone()
+            } else {
+                None
+            },
+        }
+    }
 }
 
 /// One orchestration instance (the current execution).

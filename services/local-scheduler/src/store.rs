@@ -13,7 +13,9 @@ use durabletask_proto as pb;
 use prost::Message;
 use rusqlite::params;
 
-use crate::model::{Change, Instance, InstanceRow, children_of, from_ts, is_terminal, ts};
+use crate::model::{
+    Change, EntityRow, Instance, InstanceRow, children_of, from_ts, is_terminal, ts,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +37,7 @@ pub struct Loaded {
     pub instances: Vec<Box<Instance>>,
     pub activities: Vec<(String, pb::ActivityRequest)>,
     pub timers: Vec<(DateTime<Utc>, u64, String, pb::HistoryEvent)>,
+    pub entities: Vec<EntityRow>,
 }
 
 /// The events as a `HistoryChunk` (field 1, repeated), encoded from the borrowed events: building
@@ -103,7 +106,10 @@ impl SqliteStore {
                 hub TEXT NOT NULL, key TEXT NOT NULL, request BLOB NOT NULL, PRIMARY KEY (hub, key));
              CREATE TABLE IF NOT EXISTS timers (
                 hub TEXT NOT NULL, seq INTEGER NOT NULL, due_ms INTEGER NOT NULL, instance_id TEXT NOT NULL,
-                event BLOB NOT NULL, PRIMARY KEY (hub, seq));",
+                event BLOB NOT NULL, PRIMARY KEY (hub, seq));
+             CREATE TABLE IF NOT EXISTS entities (
+                hub TEXT NOT NULL, id TEXT NOT NULL, state TEXT, modified_ms INTEGER NOT NULL,
+                queue BLOB NOT NULL, locked_by TEXT, PRIMARY KEY (hub, id));",
         )?;
         Ok(Self { conn })
     }
@@ -242,6 +248,24 @@ impl SqliteStore {
                     tx.prepare_cached("DELETE FROM timers WHERE hub = ?1 AND seq = ?2")?
                         .execute(params![hub, seq as i64])?;
                 }
+                Change::PutEntity { hub, entity } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO entities (hub, id, state, modified_ms, queue, locked_by)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        hub,
+                        entity.id,
+                        entity.state,
+                        entity.last_modified.timestamp_millis(),
+                        encode_events(&entity.queue),
+                        entity.locked_by
+                    ])?;
+                }
+                Change::DeleteEntity { hub, id } => {
+                    tx.prepare_cached("DELETE FROM entities WHERE hub = ?1 AND id = ?2")?
+                        .execute(params![hub, id])?;
+                }
             }
         }
         tx.commit()?;
@@ -328,10 +352,35 @@ impl SqliteStore {
                 pb::HistoryEvent::decode(ev.as_slice()).map_err(corrupt)?,
             ));
         }
+        let mut entities = Vec::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT id, state, modified_ms, queue, locked_by FROM entities WHERE hub = ?1",
+        )?;
+        for row in stmt.query_map(params![hub], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })? {
+            let (id, state, modified, queue, locked_by) = row?;
+            entities.push(EntityRow {
+                id,
+                state,
+                last_modified: DateTime::from_timestamp_millis(modified).unwrap_or_default(),
+                queue: pb::HistoryChunk::decode(queue.as_slice())
+                    .map_err(corrupt)?
+                    .events,
+                locked_by,
+            });
+        }
         Ok(Loaded {
             instances,
             activities,
             timers,
+            entities,
         })
     }
 }

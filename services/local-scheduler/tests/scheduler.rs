@@ -259,11 +259,39 @@ async fn bad_input_gets_invalid_argument_with_a_reason() {
             err.message()
         );
     }
+    // Entities: a malformed id, a missing operation name.
+    for (req, needle) in [
+        (pb::SignalEntityRequest::default(), "entity id"),
+        (
+            pb::SignalEntityRequest {
+                instance_id: "@counter@k".into(),
+                ..Default::default()
+            },
+            "operation name",
+        ),
+    ] {
+        let err = raw
+            .signal_entity(with_hub(req, "default"))
+            .await
+            .expect_err("must be rejected");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains(needle),
+            "{needle}: {}",
+            err.message()
+        );
+    }
     let err = raw
-        .signal_entity(with_hub(pb::SignalEntityRequest::default(), "default"))
+        .get_entity(with_hub(
+            pb::GetEntityRequest {
+                instance_id: "not-an-entity".into(),
+                include_state: true,
+            },
+            "default",
+        ))
         .await
-        .expect_err("entities");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+        .expect_err("must be rejected");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -955,6 +983,69 @@ async fn official_python_sdk_suite_on_sqlite() {
     let db = temp_db("python");
     let s = Scheduler::start(Store::Sqlite(&db), &[]).await;
     python_suite(&s).await;
+}
+
+// ------------------------------------------------------------- durable entities
+
+/// `tests/python/entities_suite.py` (the official Python SDK's entities, orchestrations that
+/// signal and call them, queries, cleaning, filters, bad input) with `args` after the address;
+/// its stdout.
+async fn entities_suite(s: &Scheduler, args: &[&str]) -> String {
+    let suite =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/entities_suite.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        Command::new(pyenv::python())
+            .arg(suite)
+            .arg(format!("localhost:{}", s.port))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("suite finished in time")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "entities suite {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn entities_all_pass(s: &Scheduler) {
+    let stdout = entities_suite(s, &[]).await;
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert_eq!(summary, "10 passed, 0 failed", "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_entities_in_memory() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    entities_all_pass(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_entities_on_sqlite() {
+    let db = temp_db("entities");
+    let s = Scheduler::start(Store::Sqlite(&db), &[]).await;
+    entities_all_pass(&s).await;
+}
+
+/// Signals acknowledged before a SIGKILL are all applied after the restart, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_signals_survive_sigkill() {
+    let db = temp_db("entities-kill");
+    let port = free_port();
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    let run = format!("kill{}", std::process::id());
+    entities_suite(&s, &["signal-only", &run]).await;
+    s.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    let stdout = entities_suite(&s, &["check", &run]).await;
+    assert!(stdout.contains("checked 20"), "{stdout}");
 }
 
 // ------------------------------------------------------------- worker crash

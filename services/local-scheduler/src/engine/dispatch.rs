@@ -18,10 +18,10 @@ use crate::model::{Change, event};
 
 impl Engine {
     pub(super) fn count_lease(&mut self, stream: u64, kind: &LeaseKind, delta: isize) {
-        let e = self.stream_counts.entry(stream).or_default();
         let slot = match kind {
-            LeaseKind::Orchestration { .. } => &mut e.0,
-            LeaseKind::Activity { .. } => &mut e.1,
+            LeaseKind::Orchestration { .. } => &mut self.stream_counts.entry(stream).or_default().0,
+            LeaseKind::Activity { .. } => &mut self.stream_counts.entry(stream).or_default().1,
+            LeaseKind::Entity { .. } => self.entity_counts.entry(stream).or_default(),
         };
         *slot = slot.saturating_add_signed(delta);
     }
@@ -77,6 +77,7 @@ impl Engine {
                     h.activity_order.push_front(&item.owner, key);
                 }
             }
+            LeaseKind::Entity { id } => self.release_entity(&lease.hub, &id),
         }
         true
     }
@@ -85,8 +86,15 @@ impl Engine {
         self.stream_counts.get(&stream).copied().unwrap_or_default()
     }
 
+    /// Entity work items the stream holds.
+    pub fn entities_in_flight(&self, stream: u64) -> usize {
+        self.entity_counts.get(&stream).copied().unwrap_or_default()
+    }
+
     pub fn forget_stream(&mut self, stream: u64) {
         self.stream_counts.remove(&stream);
+        self.entity_counts.remove(&stream);
+        self.no_entity_streams.remove(&stream);
     }
 
     pub fn complete_activity(

@@ -9,6 +9,8 @@ use std::collections::{HashMap, HashSet};
 pub struct StreamFilter {
     pub orchestrations: Option<HashMap<String, HashSet<String>>>,
     pub activities: Option<HashMap<String, HashSet<String>>>,
+    /// Entity names (lower case, as entity ids carry them).
+    pub entities: Option<HashSet<String>>,
 }
 
 pub(super) fn filter_map<'a>(
@@ -46,7 +48,14 @@ impl StreamFilter {
             activities: Some(filter_map(
                 f.activities.iter().map(|a| (&a.name, &a.versions)),
             )),
+            entities: Some(f.entities.iter().map(|e| e.name.to_lowercase()).collect()),
         }
+    }
+
+    pub(super) fn accepts_entity(&self, name: &str) -> bool {
+        self.entities
+            .as_ref()
+            .is_none_or(|names| names.contains(name))
     }
 
     pub(super) fn accepts_orchestration(&self, name: &str, version: Option<&str>) -> bool {
@@ -90,6 +99,7 @@ mod tests {
         StreamFilter {
             orchestrations: None,
             activities: Some(HashMap::from([("greet".to_string(), versions)])),
+            entities: None,
         }
     }
 

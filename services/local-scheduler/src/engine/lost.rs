@@ -71,6 +71,8 @@ impl Engine {
         let max = self.limits.max_dispatches;
         let hub = lease.hub.clone();
         match lease.kind {
+            // Entity operations are not counted: a batch goes back and is sent again.
+            LeaseKind::Entity { .. } => None,
             LeaseKind::Activity { key } => {
                 let item = self.hubs.get_mut(&hub)?.activities.get_mut(&key)?;
                 item.request.dispatch_count = item.request.dispatch_count.saturating_add(1);

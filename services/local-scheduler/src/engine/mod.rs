@@ -5,7 +5,7 @@
 //! Semantics follow the DTS protocol as its SDKs speak it: history `eventId`s equal action ids, results refer back by `taskScheduledId`/`timerId`, `OrchestratorStarted`
 //! opens every episode, completions are keyed by an opaque per-dispatch token.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use durabletask_proto as pb;
@@ -13,6 +13,7 @@ use pb::history_event::EventType;
 
 mod client;
 mod dispatch;
+mod entities;
 mod episode;
 mod fair;
 mod filter;
@@ -39,6 +40,7 @@ pub(crate) fn start_for_test(e: &mut Engine, id: &str) {
     .expect("start");
 }
 
+pub use entities::{entity_name, is_entity_id};
 use fair::{FairQueue, Verdict};
 pub use fair::{OWNER_TAG, owner_of};
 pub use filter::StreamFilter;
@@ -101,6 +103,7 @@ impl EngineError {
 enum LeaseKind {
     Orchestration { instance_id: String },
     Activity { key: String },
+    Entity { id: String },
 }
 
 #[derive(Debug, Clone)]
@@ -146,8 +149,14 @@ pub struct Hub {
     /// (round-robin across owners).
     pub activities: HashMap<String, ActivityItem>,
     activity_order: FairQueue,
-    /// Messages that become visible later (timers, scheduled starts), by due time.
+    /// Messages that become visible later (timers, scheduled starts, delayed entity signals),
+    /// by due time.
     pub timers: BTreeMap<(DateTime<Utc>, u64), (String, pb::HistoryEvent)>,
+    /// Durable entities by id (`@name@key`), in id order for queries.
+    pub entities: BTreeMap<String, crate::model::Entity>,
+    /// Entities with operations waiting and no worker holding them, in the order they became so.
+    entity_ready: VecDeque<String>,
+    entity_ready_set: HashSet<String>,
 }
 
 /// The whole scheduler state.
@@ -161,6 +170,10 @@ pub struct Engine {
     record_instances: bool,
     /// Leased (orchestration, activity) work items per stream.
     stream_counts: HashMap<u64, (usize, usize)>,
+    /// Leased entity work items per stream.
+    entity_counts: HashMap<u64, usize>,
+    /// Streams that handed an entity work item back: they are offered no more.
+    no_entity_streams: HashSet<u64>,
     pub dispatch_latency: DispatchLatency,
     limits: Limits,
     /// Instances whose state changed since the last `take_touched`: their long polls are woken.
@@ -241,6 +254,8 @@ impl Engine {
             changes: Vec::new(),
             record_instances: true,
             stream_counts: HashMap::new(),
+            entity_counts: HashMap::new(),
+            no_entity_streams: HashSet::new(),
             dispatch_latency: DispatchLatency::default(),
             limits: Limits::default(),
             touched: Vec::new(),
@@ -377,6 +392,10 @@ impl Engine {
                 event: msg.clone(),
             });
             h.timers.insert((at, seq), (instance_id.to_string(), msg));
+            return;
+        }
+        if is_entity_id(instance_id) {
+            self.deliver_to_entity(hub, instance_id, msg);
             return;
         }
         let Some(inst) = h.instances.get_mut(instance_id) else {

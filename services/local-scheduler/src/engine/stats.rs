@@ -109,6 +109,7 @@ impl Engine {
             match lease.kind {
                 LeaseKind::Orchestration { .. } => q.orchestrations.active += 1,
                 LeaseKind::Activity { .. } => q.activities.active += 1,
+                LeaseKind::Entity { .. } => {}
             }
         }
         q

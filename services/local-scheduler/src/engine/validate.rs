@@ -116,6 +116,27 @@ pub fn validate_actions(actions: &[pb::OrchestratorAction]) -> Result<(), Engine
                 }
                 validate_payload("event data", e.data.as_ref())?
             }
+            Some(Action::SendEntityMessage(m)) => {
+                use pb::send_entity_message_action::EntityMessageType as M;
+                let (target, operation, input) = match &m.entity_message_type {
+                    Some(M::EntityOperationSignaled(s)) => (
+                        s.target_instance_id.as_deref(),
+                        Some(&s.operation),
+                        s.input.as_ref(),
+                    ),
+                    Some(M::EntityOperationCalled(c)) => (
+                        c.target_instance_id.as_deref(),
+                        Some(&c.operation),
+                        c.input.as_ref(),
+                    ),
+                    _ => (None, None, None),
+                };
+                if let Some(op) = operation {
+                    super::entity_name(target.unwrap_or(""))?;
+                    validate_name("entity operation name", op)?;
+                    validate_payload("entity operation input", input)?;
+                }
+            }
             Some(Action::TerminateOrchestration(t)) => {
                 validate_instance_id(&t.instance_id)?;
                 validate_payload("termination reason", t.reason.as_ref())?;

@@ -82,6 +82,7 @@ fn dispatch_span(item: &pb::WorkItem, waited: Duration) {
 pub(super) struct StreamLimits {
     pub orchestrations: usize,
     pub activities: usize,
+    pub entities: usize,
 }
 
 /// Feeds one worker stream: as many items as its limits allow, health pings when idle. Once the
@@ -99,6 +100,7 @@ pub(super) async fn dispatch_loop(
     let StreamLimits {
         orchestrations: max_orch,
         activities: max_act,
+        entities: max_ent,
     } = limits;
     let mut ping = tokio::time::interval(shared.ping_interval);
     ping.reset();
@@ -129,6 +131,12 @@ pub(super) async fn dispatch_loop(
                         items.push(item);
                         took = true;
                     }
+                    if e.entities_in_flight(stream_id) < max_ent
+                        && let Some(item) = e.take_entity(hub, stream_id, filter)
+                    {
+                        items.push((item, None));
+                        took = true;
+                    }
                     if !took || items.len() >= 256 {
                         break;
                     }
@@ -150,7 +158,10 @@ pub(super) async fn dispatch_loop(
                 Some(pb::work_item::Request::OrchestratorRequest(_)) => {
                     &shared.counters.orchestrations_dispatched
                 }
-                _ => &shared.counters.activities_dispatched,
+                Some(pb::work_item::Request::ActivityRequest(_)) => {
+                    &shared.counters.activities_dispatched
+                }
+                _ => &shared.counters.entities_dispatched,
             }
             .fetch_add(1, Ordering::Relaxed);
             if tx.send(Ok(item)).await.is_err() {

@@ -43,8 +43,10 @@ const RETENTION_SWEEP: Duration = Duration::from_secs(2);
 pub struct Counters {
     pub orchestrations_dispatched: AtomicU64,
     pub activities_dispatched: AtomicU64,
+    pub entities_dispatched: AtomicU64,
     pub orchestrations_completed: AtomicU64,
     pub activities_completed: AtomicU64,
+    pub entities_completed: AtomicU64,
     pub abandoned: AtomicU64,
     pub redelivered: AtomicU64,
     /// Work items failed as poison (their workers kept being lost), by kind.
@@ -542,10 +544,6 @@ impl Service {
             }
         }
     }
-}
-
-fn entities_unsupported() -> Status {
-    Status::unimplemented("durable entities are not supported by the local scheduler")
 }
 
 /// The engine's refusals as gRPC statuses: the one place where the engine meets gRPC.

@@ -253,6 +253,7 @@ impl pb::TaskHubSidecarService for Service {
         let limit = |n: i32| if n > 0 { n as usize } else { 1000 };
         let max_orch = limit(r.max_concurrent_orchestration_work_items);
         let max_act = limit(r.max_concurrent_activity_work_items);
+        let max_ent = limit(r.max_concurrent_entity_work_items);
         let filter = StreamFilter::from_request(r.work_item_filters.as_ref());
         let stream_id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
@@ -263,6 +264,7 @@ impl pb::TaskHubSidecarService for Service {
             let limits = dispatch::StreamLimits {
                 orchestrations: max_orch,
                 activities: max_act,
+                entities: max_ent,
             };
             dispatch_loop(&shared, &hub, stream_id, limits, &filter, &draining, tx).await;
             shared.close_stream(stream_id);
@@ -362,36 +364,59 @@ impl pb::TaskHubSidecarService for Service {
 
     async fn signal_entity(
         &self,
-        _r: Request<pb::SignalEntityRequest>,
+        req: Request<pb::SignalEntityRequest>,
     ) -> Res<pb::SignalEntityResponse> {
-        Err(entities_unsupported())
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| e.signal_entity(hub, r)).await?;
+        Ok(Response::new(pb::SignalEntityResponse {}))
     }
-    async fn get_entity(&self, _r: Request<pb::GetEntityRequest>) -> Res<pb::GetEntityResponse> {
-        Err(entities_unsupported())
+
+    async fn get_entity(&self, req: Request<pb::GetEntityRequest>) -> Res<pb::GetEntityResponse> {
+        self.read(&req, |e, hub| e.get_entity(hub, req.get_ref()))
+            .await
     }
+
     async fn query_entities(
         &self,
-        _r: Request<pb::QueryEntitiesRequest>,
+        req: Request<pb::QueryEntitiesRequest>,
     ) -> Res<pb::QueryEntitiesResponse> {
-        Err(entities_unsupported())
+        let query = req.get_ref().query.clone().unwrap_or_default();
+        self.read(&req, |e, hub| e.query_entities(hub, &query))
+            .await
     }
+
     async fn clean_entity_storage(
         &self,
-        _r: Request<pb::CleanEntityStorageRequest>,
+        req: Request<pb::CleanEntityStorageRequest>,
     ) -> Res<pb::CleanEntityStorageResponse> {
-        Err(entities_unsupported())
+        self.op(&req, |e, hub| e.clean_entity_storage(hub, req.get_ref()))
+            .await
     }
+
     async fn complete_entity_task(
         &self,
-        _r: Request<pb::EntityBatchResult>,
+        req: Request<pb::EntityBatchResult>,
     ) -> Res<pb::CompleteTaskResponse> {
-        Err(entities_unsupported())
+        let r = req.get_ref().clone();
+        self.op(&req, |e, hub| e.complete_entity(hub, r)).await?;
+        self.shared
+            .counters
+            .entities_completed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::CompleteTaskResponse {}))
     }
+
     async fn abandon_task_entity_work_item(
         &self,
-        _r: Request<pb::AbandonEntityTaskRequest>,
+        req: Request<pb::AbandonEntityTaskRequest>,
     ) -> Res<pb::AbandonEntityTaskResponse> {
-        Err(entities_unsupported())
+        let token = req.get_ref().completion_token.clone();
+        self.op(&req, |e, _| e.abandon_entity(&token)).await?;
+        self.shared
+            .counters
+            .abandoned
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::AbandonEntityTaskResponse {}))
     }
 }
 

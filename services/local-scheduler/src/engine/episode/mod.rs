@@ -210,7 +210,7 @@ pub(super) fn plan_episode(
             Action::TerminateOrchestration(t) => plan.terminate_other(t),
             Action::CompleteOrchestration(c) => plan.complete(id, c),
             Action::RewindOrchestration(r) => plan.rewound_history = Some(r.new_history),
-            Action::SendEntityMessage(_) => {}
+            Action::SendEntityMessage(m) => plan.send_entity_message(id, m),
         }
     }
     plan.finish()

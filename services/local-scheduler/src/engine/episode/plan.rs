@@ -196,6 +196,50 @@ impl<'a> Plan<'a> {
         self.outgoing.push((target, raised, None));
     }
 
+    /// A signal or a call to an entity: recorded under the action's id and sent to the entity (a
+    /// signal at its scheduled time); a call names this instance and execution for its result.
+    /// Locks (critical sections) are not supported yet: a lock request or an unlock is recorded
+    /// and goes nowhere.
+    pub(super) fn send_entity_message(&mut self, id: i32, m: pb::SendEntityMessageAction) {
+        use pb::send_entity_message_action::EntityMessageType as M;
+        match m.entity_message_type {
+            Some(M::EntityOperationSignaled(s)) => {
+                self.inst
+                    .history
+                    .push(event(id, EventType::EntityOperationSignaled(s.clone())));
+                let Some(target) = s.target_instance_id.clone() else {
+                    return;
+                };
+                let at = s.scheduled_time.as_ref().map(from_ts);
+                self.outgoing
+                    .push((target, event(-1, EventType::EntityOperationSignaled(s)), at));
+            }
+            Some(M::EntityOperationCalled(mut c)) => {
+                c.parent_instance_id = Some(self.instance_id.clone());
+                c.parent_execution_id = Some(self.execution_id.clone());
+                self.inst
+                    .history
+                    .push(event(id, EventType::EntityOperationCalled(c.clone())));
+                let Some(target) = c.target_instance_id.clone() else {
+                    return;
+                };
+                self.outgoing
+                    .push((target, event(-1, EventType::EntityOperationCalled(c)), None));
+            }
+            Some(M::EntityLockRequested(l)) => {
+                self.inst
+                    .history
+                    .push(event(id, EventType::EntityLockRequested(l)));
+            }
+            Some(M::EntityUnlockSent(u)) => {
+                self.inst
+                    .history
+                    .push(event(id, EventType::EntityUnlockSent(u)));
+            }
+            None => {}
+        }
+    }
+
     /// Another instance terminated by this one.
     pub(super) fn terminate_other(&mut self, t: pb::TerminateOrchestrationAction) {
         let terminated = event(

@@ -1,0 +1,646 @@
+//! Durable entities: signals from clients and from other entities (now or at a time), entity
+//! work items and their completion, reads, queries and storage cleaning, with DTS's wire
+//! messages.
+//!
+//! An entity is addressed as `@name@key` (the name in lower case). Its operations queue in
+//! arrival order; a worker gets them in batches (`EntityRequest`, DTS's newer form, whose
+//! operations are the history events that carried them) and one batch at a time per entity, so
+//! operations apply in order and never concurrently. A delayed signal is a timer whose target is
+//! the entity (`deliver` routes ids starting with `@`, which orchestration ids may not). Calls,
+//! signals and locks from orchestrations are not supported yet: their actions are refused.
+
+use chrono::Utc;
+use durabletask_proto as pb;
+use pb::history_event::EventType;
+
+use super::{Engine, EngineError, Lease, LeaseKind, StreamFilter, validate_name, validate_payload};
+use crate::model::{Change, Entity, event, from_ts};
+
+/// Operations of one entity work item.
+const MAX_OPERATIONS_PER_BATCH: usize = 100;
+/// An entity id as DTS bounds an instance id, plus its two `@`s.
+const MAX_ENTITY_ID_BYTES: usize = 256;
+/// Request ids are GUIDs in every SDK; bounded like the other fields.
+const MAX_REQUEST_ID_BYTES: usize = 100;
+/// Entities in one query page, when the caller names no page size.
+const DEFAULT_ENTITY_PAGE: usize = 100;
+const MAX_ENTITY_PAGE: usize = 1000;
+
+/// Whether `id` addresses an entity (`@name@key`).
+pub fn is_entity_id(id: &str) -> bool {
+    id.starts_with('@')
+}
+
+/// The name of entity `id` (`@name@key`), checked: printable ASCII, a non-empty name in lower
+/// case (as every SDK writes it) followed by `@`.
+pub fn entity_name(id: &str) -> Result<&str, EngineError> {
+    let bad = |why: &str| {
+        EngineError::invalid_argument(format!(
+            "entity id '{id}' is not valid: {why} (expected '@name@key')"
+        ))
+    };
+    if id.len() > MAX_ENTITY_ID_BYTES {
+        return Err(bad(&format!(
+            "longer than {MAX_ENTITY_ID_BYTES} characters"
+        )));
+    }
+    if !id.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(bad("not printable ASCII"));
+    }
+    let rest = id.strip_prefix('@').ok_or_else(|| bad("no leading '@'"))?;
+    let (name, _key) = rest
+        .split_once('@')
+        .ok_or_else(|| bad("no '@' between name and key"))?;
+    if name.is_empty() {
+        return Err(bad("empty name"));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(bad("the name must be lower case"));
+    }
+    Ok(name)
+}
+
+impl Engine {
+    /// Queues an operation for an entity (a client's signal), now or at `scheduledTime`.
+    pub fn signal_entity(
+        &mut self,
+        hub: &str,
+        req: pb::SignalEntityRequest,
+    ) -> Result<(), EngineError> {
+        entity_name(&req.instance_id)?;
+        validate_name("entity operation name", &req.name)?;
+        validate_payload("entity operation input", req.input.as_ref())?;
+        if req.request_id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(EngineError::invalid_argument(format!(
+                "request id is longer than {MAX_REQUEST_ID_BYTES} characters"
+            )));
+        }
+        self.hub(hub)?;
+        let request_id = if req.request_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            req.request_id
+        };
+        let at = req.scheduled_time.as_ref().map(from_ts);
+        let signal = event(
+            -1,
+            EventType::EntityOperationSignaled(pb::EntityOperationSignaledEvent {
+                request_id,
+                operation: req.name,
+                scheduled_time: req.scheduled_time,
+                input: req.input,
+                target_instance_id: Some(req.instance_id.clone()),
+            }),
+        );
+        self.deliver(hub, &req.instance_id, signal, at);
+        Ok(())
+    }
+
+    /// An operation arrives at an entity (a signal now, or a delayed one whose time came).
+    pub(super) fn deliver_to_entity(&mut self, hub: &str, id: &str, msg: pb::HistoryEvent) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        let entity = h
+            .entities
+            .entry(id.to_string())
+            .or_insert_with(|| Entity::new(id.to_string()));
+        entity.queue.push_back(msg);
+        if entity.lease.is_none() && h.entity_ready_set.insert(id.to_string()) {
+            h.entity_ready.push_back(id.to_string());
+        }
+        self.persist_entity(hub, id);
+    }
+
+    fn persist_entity(&mut self, hub: &str, id: &str) {
+        if !self.record_instances {
+            return;
+        }
+        let change = match self.hubs.get(hub).and_then(|h| h.entities.get(id)) {
+            Some(e) => Change::PutEntity {
+                hub: hub.to_string(),
+                entity: e.row(),
+            },
+            None => Change::DeleteEntity {
+                hub: hub.to_string(),
+                id: id.to_string(),
+            },
+        };
+        self.changes.push(change);
+    }
+
+    /// The entity's metadata, when it exists (has state), with its state if asked.
+    pub fn get_entity(
+        &mut self,
+        hub: &str,
+        req: &pb::GetEntityRequest,
+    ) -> Result<pb::GetEntityResponse, EngineError> {
+        entity_name(&req.instance_id)?;
+        let entity = self
+            .hub(hub)?
+            .entities
+            .get(&req.instance_id)
+            .filter(|e| e.state.is_some());
+        Ok(pb::GetEntityResponse {
+            exists: entity.is_some(),
+            entity: entity.map(|e| e.metadata(req.include_state)),
+        })
+    }
+
+    /// A page of entities in id order: those with state, and with `includeTransient` also those
+    /// without; by id prefix and last-modified time.
+    pub fn query_entities(
+        &mut self,
+        hub: &str,
+        q: &pb::EntityQuery,
+    ) -> Result<pb::QueryEntitiesResponse, EngineError> {
+        let h = self.hub(hub)?;
+        let page = match q.page_size {
+            Some(n) if n <= 0 => {
+                return Err(EngineError::invalid_argument(
+                    "entity query page size must be positive",
+                ));
+            }
+            Some(n) => usize::try_from(n)
+                .unwrap_or(MAX_ENTITY_PAGE)
+                .min(MAX_ENTITY_PAGE),
+            None => DEFAULT_ENTITY_PAGE,
+        };
+        let prefix = q.instance_id_starts_with.as_deref().unwrap_or("");
+        let from = q.last_modified_from.as_ref().map(from_ts);
+        let to = q.last_modified_to.as_ref().map(from_ts);
+        let after = q
+            .continuation_token
+            .as_deref()
+            .filter(|t| !t.is_empty() && *t != "0");
+        let lower = match after {
+            Some(t) => std::ops::Bound::Excluded(t.to_string()),
+            None => std::ops::Bound::Included(prefix.to_string()),
+        };
+        let mut entities = Vec::new();
+        let mut last = None;
+        for (id, e) in h.entities.range((lower, std::ops::Bound::Unbounded)) {
+            if !id.starts_with(prefix) {
+                break;
+            }
+            // Transient: no state (operations waiting, a lock held, or nothing at all yet
+            // cleaned away).
+            if e.state.is_none() && !q.include_transient {
+                continue;
+            }
+            if from.is_some_and(|f| e.last_modified < f) || to.is_some_and(|t| e.last_modified > t)
+            {
+                continue;
+            }
+            if entities.len() == page {
+                break;
+            }
+            entities.push(e.metadata(q.include_state));
+            last = Some(id.clone());
+        }
+        let more = entities.len() == page;
+        Ok(pb::QueryEntitiesResponse {
+            entities,
+            continuation_token: if more { last } else { None },
+        })
+    }
+
+    /// Removes the entities that hold nothing (no state, nothing waiting or running, no lock).
+    /// Orphaned locks cannot exist yet: orchestrations take no locks here.
+    pub fn clean_entity_storage(
+        &mut self,
+        hub: &str,
+        req: &pb::CleanEntityStorageRequest,
+    ) -> Result<pb::CleanEntityStorageResponse, EngineError> {
+        let h = self.hub(hub)?;
+        let mut removed = Vec::new();
+        if req.remove_empty_entities {
+            removed = h
+                .entities
+                .values()
+                .filter(|e| e.is_empty())
+                .map(|e| e.id.clone())
+                .collect();
+            for id in &removed {
+                h.entities.remove(id);
+            }
+        }
+        for id in &removed {
+            self.persist_entity(hub, id);
+        }
+        Ok(pb::CleanEntityStorageResponse {
+            continuation_token: None,
+            empty_entities_removed: i32::try_from(removed.len()).unwrap_or(i32::MAX),
+            orphaned_locks_released: 0,
+        })
+    }
+
+    /// The next entity work item this stream may take: the operations queued for one entity
+    /// that no worker holds, in arrival order.
+    pub fn take_entity(
+        &mut self,
+        hub: &str,
+        stream: u64,
+        filter: &StreamFilter,
+    ) -> Option<pb::WorkItem> {
+        if self.no_entity_streams.contains(&stream) {
+            return None;
+        }
+        let h = self.hubs.get_mut(hub)?;
+        // One pass over the ready entities: those this stream does not take go back in order.
+        let mut skipped = Vec::new();
+        let mut found = None;
+        while let Some(id) = h.entity_ready.pop_front() {
+            let runnable = h
+                .entities
+                .get(&id)
+                .is_some_and(|e| e.lease.is_none() && !e.queue.is_empty());
+            if !runnable {
+                h.entity_ready_set.remove(&id);
+                continue;
+            }
+            if filter.accepts_entity(entity_name(&id).unwrap_or("")) {
+                found = Some(id);
+                break;
+            }
+            skipped.push(id);
+        }
+        for id in skipped.into_iter().rev() {
+            h.entity_ready.push_front(id);
+        }
+        let id = found?;
+        h.entity_ready_set.remove(&id);
+        let entity = h.entities.get_mut(&id)?;
+        let n = entity.queue.len().min(MAX_OPERATIONS_PER_BATCH);
+        entity.dispatched = entity.queue.drain(..n).collect();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        entity.lease = Some(token.clone());
+        let request = pb::EntityRequest {
+            instance_id: id.clone(),
+            execution_id: String::new(),
+            entity_state: entity.state.clone(),
+            operation_requests: entity.dispatched.clone(),
+        };
+        self.insert_lease(
+            token.clone(),
+            Lease {
+                hub: hub.to_string(),
+                kind: LeaseKind::Entity { id },
+                stream,
+                partial: None,
+            },
+        );
+        Some(pb::WorkItem {
+            request: Some(pb::work_item::Request::EntityRequestV2(request)),
+            completion_token: token,
+        })
+    }
+
+    /// A worker abandoned an entity work item: the operations go back in front, and this
+    /// stream is offered no more entity work (a worker that cannot run entities hands each one
+    /// back; offering it the next would go round in circles).
+    pub fn abandon_entity(&mut self, token: &str) -> Result<(), EngineError> {
+        let stream = match self.leases.get(token) {
+            Some(
+                l @ Lease {
+                    kind: LeaseKind::Entity { .. },
+                    ..
+                },
+            ) => l.stream,
+            Some(_) => {
+                return Err(EngineError::invalid_argument(
+                    "completion token does not belong to an entity work item",
+                ));
+            }
+            None => {
+                return Err(EngineError::not_found(
+                    "unknown or expired completion token for this entity work item",
+                ));
+            }
+        };
+        self.no_entity_streams.insert(stream);
+        self.release(token);
+        Ok(())
+    }
+
+    /// Puts an entity's dispatched operations back in front of its queue (abandon, or its
+    /// stream ended).
+    pub(super) fn release_entity(&mut self, hub: &str, id: &str) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        let Some(entity) = h.entities.get_mut(id) else {
+            return;
+        };
+        entity.lease = None;
+        for op in std::mem::take(&mut entity.dispatched).into_iter().rev() {
+            entity.queue.push_front(op);
+        }
+        if !entity.queue.is_empty() && h.entity_ready_set.insert(id.to_string()) {
+            h.entity_ready.push_front(id.to_string());
+        }
+    }
+
+    /// Applies a worker's result of an entity work item: the new state, the results of the
+    /// operations it ran (to the orchestrations that called them), the signals and starts they
+    /// made; operations it did not get to go back in front of the queue.
+    pub fn complete_entity(
+        &mut self,
+        hub: &str,
+        result: pb::EntityBatchResult,
+    ) -> Result<(), EngineError> {
+        validate_payload("entity state", result.entity_state.as_ref())?;
+        for r in &result.results {
+            if let Some(pb::operation_result::ResultType::Success(s)) = &r.result_type {
+                validate_payload("entity operation result", s.result.as_ref())?;
+            }
+        }
+        for a in &result.actions {
+            match &a.operation_action_type {
+                Some(pb::operation_action::OperationActionType::SendSignal(s)) => {
+                    entity_name(&s.instance_id)?;
+                    validate_name("entity operation name", &s.name)?;
+                    validate_payload("entity signal input", s.input.as_ref())?;
+                }
+                Some(pb::operation_action::OperationActionType::StartNewOrchestration(s)) => {
+                    validate_name("orchestration name", &s.name)?;
+                    validate_payload("orchestration input", s.input.as_ref())?;
+                    if !s.instance_id.is_empty() {
+                        super::validate_instance_id(&s.instance_id)?;
+                    }
+                }
+                None => {}
+            }
+        }
+        let lease = self.take_lease(&result.completion_token, "this entity work item")?;
+        let LeaseKind::Entity { id } = lease.kind.clone() else {
+            self.insert_lease(result.completion_token.clone(), lease);
+            return Err(EngineError::invalid_argument(
+                "completion token does not belong to an entity work item",
+            ));
+        };
+        if result.failure_details.is_some() {
+            // The batch as a whole failed (the worker could not run it): nothing of it applies,
+            // and its operations wait for the next dispatch.
+            self.release_entity(hub, &id);
+            self.persist_entity(hub, &id);
+            return Ok(());
+        }
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return Err(EngineError::not_found(format!("Task hub not found: {hub}")));
+        };
+        let Some(entity) = h.entities.get_mut(&id) else {
+            return Ok(());
+        };
+        let dispatched = std::mem::take(&mut entity.dispatched);
+        let done = result.results.len().min(dispatched.len());
+        for op in dispatched[done..].iter().rev() {
+            entity.queue.push_front(op.clone());
+        }
+        entity.lease = None;
+        entity.state = result.entity_state;
+        entity.last_modified = Utc::now();
+        if !entity.queue.is_empty() && h.entity_ready_set.insert(id.clone()) {
+            h.entity_ready.push_back(id.clone());
+        }
+        // Results go to the orchestrations that called (none can, yet: they arrive with calls).
+        for (info, r) in result
+            .operation_infos
+            .iter()
+            .zip(&result.results)
+            .take(done)
+        {
+            let Some(dest) = info.response_destination.as_ref() else {
+                continue;
+            };
+            let msg = match &r.result_type {
+                Some(pb::operation_result::ResultType::Success(s)) => event(
+                    -1,
+                    EventType::EntityOperationCompleted(pb::EntityOperationCompletedEvent {
+                        request_id: info.request_id.clone(),
+                        output: s.result.clone(),
+                    }),
+                ),
+                Some(pb::operation_result::ResultType::Failure(f)) => event(
+                    -1,
+                    EventType::EntityOperationFailed(pb::EntityOperationFailedEvent {
+                        request_id: info.request_id.clone(),
+                        failure_details: f.failure_details.clone(),
+                    }),
+                ),
+                None => continue,
+            };
+            self.deliver(hub, &dest.instance_id, msg, None);
+        }
+        for a in result.actions {
+            match a.operation_action_type {
+                Some(pb::operation_action::OperationActionType::SendSignal(s)) => {
+                    let at = s.scheduled_time.as_ref().map(from_ts);
+                    let signal = event(
+                        -1,
+                        EventType::EntityOperationSignaled(pb::EntityOperationSignaledEvent {
+                            request_id: uuid::Uuid::new_v4().to_string(),
+                            operation: s.name,
+                            scheduled_time: s.scheduled_time,
+                            input: s.input,
+                            target_instance_id: Some(s.instance_id.clone()),
+                        }),
+                    );
+                    self.deliver(hub, &s.instance_id, signal, at);
+                }
+                Some(pb::operation_action::OperationActionType::StartNewOrchestration(s)) => {
+                    let instance_id = if s.instance_id.is_empty() {
+                        uuid::Uuid::new_v4().simple().to_string()
+                    } else {
+                        s.instance_id
+                    };
+                    let live = self
+                        .hubs
+                        .get(hub)
+                        .and_then(|h| h.instances.get(&instance_id))
+                        .is_some_and(|i| !crate::model::is_terminal(i.row.status));
+                    if live {
+                        // As a client's start without a reuse policy: a live instance stays.
+                        continue;
+                    }
+                    self.drop_instance(hub, &instance_id);
+                    self.create_instance(
+                        hub,
+                        super::CreateSpec {
+                            instance_id,
+                            name: s.name,
+                            version: s.version,
+                            input: s.input,
+                            tags: Default::default(),
+                            parent: None,
+                            parent_trace: s.parent_trace_context,
+                            scheduled_start: s.scheduled_time.as_ref().map(from_ts),
+                        },
+                    );
+                }
+                None => {}
+            }
+        }
+        self.persist_entity(hub, &id);
+        Ok(())
+    }
+
+    /// Restores the entities the store loaded: each with operations waiting is runnable.
+    pub fn restore_entities(&mut self, hub: &str, rows: Vec<crate::model::EntityRow>) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        for row in rows {
+            let entity = Entity::from_row(row);
+            if !entity.queue.is_empty() && h.entity_ready_set.insert(entity.id.clone()) {
+                h.entity_ready.push_back(entity.id.clone());
+            }
+            h.entities.insert(entity.id.clone(), entity);
+        }
+    }
+
+    /// Entities waiting to be dispatched, and those out with a worker.
+    pub fn entity_backlog(&self) -> (usize, usize) {
+        let mut waiting = 0;
+        let mut running = 0;
+        for h in self.hubs.values() {
+            for e in h.entities.values() {
+                if e.lease.is_some() {
+                    running += 1;
+                } else if !e.queue.is_empty() {
+                    waiting += 1;
+                }
+            }
+        }
+        (waiting, running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal(e: &mut Engine, id: &str, op: &str) {
+        e.signal_entity(
+            "h",
+            pb::SignalEntityRequest {
+                instance_id: id.into(),
+                name: op.into(),
+                ..Default::default()
+            },
+        )
+        .expect("signal");
+    }
+
+    fn operations(item: &pb::WorkItem) -> Vec<String> {
+        let Some(pb::work_item::Request::EntityRequestV2(r)) = &item.request else {
+            panic!("not an entity work item: {item:?}");
+        };
+        r.operation_requests
+            .iter()
+            .map(|e| match &e.event_type {
+                Some(EventType::EntityOperationSignaled(s)) => s.operation.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_batch_at_a_time_in_order_and_a_stream_that_hands_one_back_gets_no_more() {
+        let mut e = Engine::new(&["h".to_string()]);
+        let any = StreamFilter::default();
+        signal(&mut e, "@c@k", "a");
+        signal(&mut e, "@c@k", "b");
+        let first = e.take_entity("h", 1, &any).expect("work");
+        assert_eq!(operations(&first), ["a", "b"]);
+        // Held: nothing more for this entity until it completes, even with more queued.
+        signal(&mut e, "@c@k", "c");
+        assert!(e.take_entity("h", 2, &any).is_none());
+        // Stream 1 cannot run entities: it hands the batch back, and is offered no more.
+        e.abandon_entity(&first.completion_token).expect("abandon");
+        assert!(e.take_entity("h", 1, &any).is_none());
+        let again = e
+            .take_entity("h", 2, &any)
+            .expect("work for another stream");
+        assert_eq!(operations(&again), ["a", "b", "c"]);
+        // A result for the first two only: the third goes back in front.
+        e.complete_entity(
+            "h",
+            pb::EntityBatchResult {
+                results: vec![pb::OperationResult::default(); 2],
+                entity_state: Some("2".into()),
+                completion_token: again.completion_token.clone(),
+                ..Default::default()
+            },
+        )
+        .expect("complete");
+        let rest = e.take_entity("h", 2, &any).expect("the rest");
+        assert_eq!(operations(&rest), ["c"]);
+        // The stale token of the first dispatch changes nothing.
+        assert!(matches!(
+            e.complete_entity(
+                "h",
+                pb::EntityBatchResult {
+                    completion_token: first.completion_token,
+                    ..Default::default()
+                }
+            ),
+            Err(EngineError::NotFound(_))
+        ));
+        let got = e
+            .get_entity(
+                "h",
+                &pb::GetEntityRequest {
+                    instance_id: "@c@k".into(),
+                    include_state: true,
+                },
+            )
+            .expect("get");
+        assert_eq!(
+            got.entity.and_then(|m| m.serialized_state),
+            Some("2".into())
+        );
+    }
+
+    #[test]
+    fn entity_filters_take_only_their_names() {
+        let mut e = Engine::new(&["h".to_string()]);
+        signal(&mut e, "@alpha@1", "x");
+        signal(&mut e, "@beta@1", "x");
+        let only_beta = StreamFilter::from_request(Some(&pb::WorkItemFilters {
+            entities: vec![pb::EntityFilter {
+                name: "beta".into(),
+            }],
+            ..Default::default()
+        }));
+        let item = e.take_entity("h", 1, &only_beta).expect("beta");
+        let Some(pb::work_item::Request::EntityRequestV2(r)) = item.request else {
+            panic!("entity work item");
+        };
+        assert_eq!(r.instance_id, "@beta@1");
+        assert!(e.take_entity("h", 1, &only_beta).is_none());
+        // Alpha waited in its place for a stream that takes it.
+        assert!(e.take_entity("h", 2, &StreamFilter::default()).is_some());
+    }
+
+    #[test]
+    fn entity_ids_are_at_name_at_key_with_a_lower_case_name() {
+        assert_eq!(entity_name("@counter@a"), Ok("counter"));
+        assert_eq!(entity_name("@counter@"), Ok("counter"));
+        for bad in [
+            "counter@a",
+            "@counter",
+            "@@a",
+            "@Counter@a",
+            "@c\u{7f}@a",
+            "",
+        ] {
+            assert!(
+                matches!(entity_name(bad), Err(EngineError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        let long = format!("@n@{}", "k".repeat(MAX_ENTITY_ID_BYTES));
+        assert!(entity_name(&long).is_err());
+    }
+}
