@@ -6,8 +6,14 @@
 //! arrival order; a worker gets them in batches (`EntityRequest`, DTS's newer form, whose
 //! operations are the history events that carried them) and one batch at a time per entity, so
 //! operations apply in order and never concurrently. A delayed signal is a timer whose target is
-//! the entity (`deliver` routes ids starting with `@`, which orchestration ids may not). Calls,
-//! signals and locks from orchestrations are not supported yet: their actions are refused.
+//! the entity (`deliver` routes ids starting with `@`, which orchestration ids may not).
+//!
+//! Locks (an orchestration's critical section) are the scheduler's own business: a lock request
+//! travels the lock set in its (sorted) order, each entity taking it when the request reaches
+//! the front of its queue, and the last one grants it to the orchestration. A locked entity runs
+//! only its holder's calls; everything else waits until the holder's unlock arrives, or until the
+//! holder ends (its locks are released then, so a failed orchestration cannot leave an entity
+//! locked), or until `CleanEntityStorage` finds the holder gone.
 
 use chrono::Utc;
 use durabletask_proto as pb;
@@ -60,6 +66,67 @@ pub fn entity_name(id: &str) -> Result<&str, EngineError> {
     Ok(name)
 }
 
+/// Whether `m` came from orchestration `holder` (a call, a lock request or an unlock it sent).
+fn sent_by(m: &pb::HistoryEvent, holder: &str) -> bool {
+    let parent = match &m.event_type {
+        Some(EventType::EntityOperationCalled(c)) => c.parent_instance_id.as_deref(),
+        Some(EventType::EntityUnlockSent(u)) => u.parent_instance_id.as_deref(),
+        Some(EventType::EntityLockRequested(l)) => l.parent_instance_id.as_deref(),
+        _ => None,
+    };
+    parent == Some(holder)
+}
+
+fn is_operation(m: &pb::HistoryEvent) -> bool {
+    matches!(
+        m.event_type,
+        Some(EventType::EntityOperationSignaled(_) | EventType::EntityOperationCalled(_))
+    )
+}
+
+/// Whether a worker has something to run for `e`: unlocked, an operation at the front;
+/// locked, a call from the holder before the holder's unlock.
+fn runnable(e: &Entity) -> bool {
+    match &e.locked_by {
+        None => e.queue.front().is_some_and(is_operation),
+        Some(holder) => e
+            .queue
+            .iter()
+            .find(|m| sent_by(m, holder))
+            .is_some_and(is_operation),
+    }
+}
+
+/// The operations of the next batch, taken out of the queue: unlocked, those at the front up
+/// to the first lock message; locked, the holder's calls up to its unlock (the rest waits).
+fn take_batch(e: &mut Entity) -> Vec<pb::HistoryEvent> {
+    let mut batch = Vec::new();
+    match e.locked_by.clone() {
+        None => {
+            while batch.len() < MAX_OPERATIONS_PER_BATCH
+                && let Some(m) = e.queue.front()
+                && is_operation(m)
+            {
+                batch.extend(e.queue.pop_front());
+            }
+        }
+        Some(holder) => {
+            let mut i = 0;
+            while i < e.queue.len() && batch.len() < MAX_OPERATIONS_PER_BATCH {
+                if !sent_by(&e.queue[i], &holder) {
+                    i += 1;
+                    continue;
+                }
+                if !is_operation(&e.queue[i]) {
+                    break;
+                }
+                batch.extend(e.queue.remove(i));
+            }
+        }
+    }
+    batch
+}
+
 impl Engine {
     /// Queues an operation for an entity (a client's signal), now or at `scheduledTime`.
     pub fn signal_entity(
@@ -106,10 +173,123 @@ impl Engine {
             .entry(id.to_string())
             .or_insert_with(|| Entity::new(id.to_string()));
         entity.queue.push_back(msg);
-        if entity.lease.is_none() && h.entity_ready_set.insert(id.to_string()) {
-            h.entity_ready.push_back(id.to_string());
-        }
+        self.settle_entity(hub, id);
         self.persist_entity(hub, id);
+    }
+
+    /// Carries out the lock messages an entity can act on now (not while a worker holds it):
+    /// unlocked, a lock request at the front of its queue locks it and goes on to the next
+    /// entity of the set, or is granted; locked, the holder's unlock (its first message after
+    /// the calls that ran) ends the lock. Then marks the entity ready if it has work to run.
+    pub(super) fn settle_entity(&mut self, hub: &str, id: &str) {
+        let mut outgoing = Vec::new();
+        {
+            let Some(h) = self.hubs.get_mut(hub) else {
+                return;
+            };
+            let Some(entity) = h.entities.get_mut(id) else {
+                return;
+            };
+            if entity.lease.is_some() {
+                return;
+            }
+            loop {
+                match entity.locked_by.clone() {
+                    None => match entity.queue.front().and_then(|m| m.event_type.as_ref()) {
+                        Some(EventType::EntityLockRequested(l)) => {
+                            let l = l.clone();
+                            entity.queue.pop_front();
+                            let holder = l.parent_instance_id.clone().unwrap_or_default();
+                            entity.locked_by = Some(holder.clone());
+                            h.locks
+                                .entry(holder.clone())
+                                .or_default()
+                                .insert(id.to_string());
+                            let next = usize::try_from(l.position).unwrap_or(usize::MAX) + 1;
+                            match l.lock_set.get(next).cloned() {
+                                Some(target) => outgoing.push((
+                                    target,
+                                    event(
+                                        -1,
+                                        EventType::EntityLockRequested(
+                                            pb::EntityLockRequestedEvent {
+                                                position: l.position + 1,
+                                                ..l
+                                            },
+                                        ),
+                                    ),
+                                )),
+                                None => outgoing.push((
+                                    holder,
+                                    event(
+                                        -1,
+                                        EventType::EntityLockGranted(pb::EntityLockGrantedEvent {
+                                            critical_section_id: l.critical_section_id,
+                                        }),
+                                    ),
+                                )),
+                            }
+                        }
+                        // An unlock of a lock this entity does not hold (the holder ended first).
+                        Some(EventType::EntityUnlockSent(_)) => {
+                            entity.queue.pop_front();
+                        }
+                        _ => break,
+                    },
+                    Some(holder) => {
+                        let first = entity.queue.iter().position(|m| sent_by(m, &holder));
+                        let unlock = first.filter(|&p| {
+                            matches!(
+                                entity.queue[p].event_type,
+                                Some(EventType::EntityUnlockSent(_))
+                            )
+                        });
+                        let Some(p) = unlock else { break };
+                        entity.queue.remove(p);
+                        entity.locked_by = None;
+                        if let Some(held) = h.locks.get_mut(&holder) {
+                            held.remove(id);
+                            if held.is_empty() {
+                                h.locks.remove(&holder);
+                            }
+                        }
+                    }
+                }
+            }
+            if runnable(entity) && h.entity_ready_set.insert(id.to_string()) {
+                h.entity_ready.push_back(id.to_string());
+            }
+        }
+        for (target, msg) in outgoing {
+            self.deliver(hub, &target, msg, None);
+        }
+    }
+
+    /// Releases the locks `holder` holds (it ended): each entity goes on with what waited.
+    pub(super) fn release_locks_of(&mut self, hub: &str, holder: &str) -> usize {
+        let Some(held) = self.hubs.get_mut(hub).and_then(|h| h.locks.remove(holder)) else {
+            return 0;
+        };
+        let mut released = 0;
+        for id in held {
+            let Some(entity) = self.hubs.get_mut(hub).and_then(|h| h.entities.get_mut(&id)) else {
+                continue;
+            };
+            if entity.locked_by.as_deref() == Some(holder) {
+                entity.locked_by = None;
+                released += 1;
+                self.settle_entity(hub, &id);
+                self.persist_entity(hub, &id);
+            }
+        }
+        released
+    }
+
+    /// Releases the locks of instances that ended since the last call (see `persist`).
+    pub(super) fn release_locks_of_ended(&mut self) {
+        for (hub, holder) in std::mem::take(&mut self.ended_lock_holders) {
+            self.release_locks_of(&hub, &holder);
+        }
     }
 
     fn persist_entity(&mut self, hub: &str, id: &str) {
@@ -205,13 +385,30 @@ impl Engine {
         })
     }
 
-    /// Removes the entities that hold nothing (no state, nothing waiting or running, no lock).
-    /// Orphaned locks cannot exist yet: orchestrations take no locks here.
+    /// Removes the entities that hold nothing (no state, nothing waiting or running, no lock),
+    /// and releases locks whose holder is gone or finished.
     pub fn clean_entity_storage(
         &mut self,
         hub: &str,
         req: &pb::CleanEntityStorageRequest,
     ) -> Result<pb::CleanEntityStorageResponse, EngineError> {
+        let mut orphaned = 0;
+        if req.release_orphaned_locks {
+            let h = self.hub(hub)?;
+            let gone: Vec<String> = h
+                .locks
+                .keys()
+                .filter(|holder| {
+                    h.instances
+                        .get(holder)
+                        .is_none_or(|i| crate::model::is_terminal(i.row.status))
+                })
+                .cloned()
+                .collect();
+            for holder in gone {
+                orphaned += self.release_locks_of(hub, &holder);
+            }
+        }
         let h = self.hub(hub)?;
         let mut removed = Vec::new();
         if req.remove_empty_entities {
@@ -231,7 +428,7 @@ impl Engine {
         Ok(pb::CleanEntityStorageResponse {
             continuation_token: None,
             empty_entities_removed: i32::try_from(removed.len()).unwrap_or(i32::MAX),
-            orphaned_locks_released: 0,
+            orphaned_locks_released: i32::try_from(orphaned).unwrap_or(i32::MAX),
         })
     }
 
@@ -251,11 +448,11 @@ impl Engine {
         let mut skipped = Vec::new();
         let mut found = None;
         while let Some(id) = h.entity_ready.pop_front() {
-            let runnable = h
+            let ready = h
                 .entities
                 .get(&id)
-                .is_some_and(|e| e.lease.is_none() && !e.queue.is_empty());
-            if !runnable {
+                .is_some_and(|e| e.lease.is_none() && runnable(e));
+            if !ready {
                 h.entity_ready_set.remove(&id);
                 continue;
             }
@@ -271,8 +468,7 @@ impl Engine {
         let id = found?;
         h.entity_ready_set.remove(&id);
         let entity = h.entities.get_mut(&id)?;
-        let n = entity.queue.len().min(MAX_OPERATIONS_PER_BATCH);
-        entity.dispatched = entity.queue.drain(..n).collect();
+        entity.dispatched = take_batch(entity);
         let token = uuid::Uuid::new_v4().simple().to_string();
         entity.lease = Some(token.clone());
         let request = pb::EntityRequest {
@@ -336,7 +532,7 @@ impl Engine {
         for op in std::mem::take(&mut entity.dispatched).into_iter().rev() {
             entity.queue.push_front(op);
         }
-        if !entity.queue.is_empty() && h.entity_ready_set.insert(id.to_string()) {
+        if runnable(entity) && h.entity_ready_set.insert(id.to_string()) {
             h.entity_ready.push_front(id.to_string());
         }
     }
@@ -400,9 +596,7 @@ impl Engine {
         entity.lease = None;
         entity.state = result.entity_state;
         entity.last_modified = Utc::now();
-        if !entity.queue.is_empty() && h.entity_ready_set.insert(id.clone()) {
-            h.entity_ready.push_back(id.clone());
-        }
+        self.settle_entity(hub, &id);
         // Results go to the orchestrations that called (none can, yet: they arrive with calls).
         for (info, r) in result
             .operation_infos
@@ -490,12 +684,20 @@ impl Engine {
         let Some(h) = self.hubs.get_mut(hub) else {
             return;
         };
+        let mut ids = Vec::new();
         for row in rows {
             let entity = Entity::from_row(row);
-            if !entity.queue.is_empty() && h.entity_ready_set.insert(entity.id.clone()) {
-                h.entity_ready.push_back(entity.id.clone());
+            if let Some(holder) = &entity.locked_by {
+                h.locks
+                    .entry(holder.clone())
+                    .or_default()
+                    .insert(entity.id.clone());
             }
+            ids.push(entity.id.clone());
             h.entities.insert(entity.id.clone(), entity);
+        }
+        for id in ids {
+            self.settle_entity(hub, &id);
         }
     }
 

@@ -157,6 +157,8 @@ pub struct Hub {
     /// Entities with operations waiting and no worker holding them, in the order they became so.
     entity_ready: VecDeque<String>,
     entity_ready_set: HashSet<String>,
+    /// The entities each orchestration holds locked (from the entities' `locked_by`).
+    locks: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// The whole scheduler state.
@@ -174,6 +176,8 @@ pub struct Engine {
     entity_counts: HashMap<u64, usize>,
     /// Streams that handed an entity work item back: they are offered no more.
     no_entity_streams: HashSet<u64>,
+    /// Instances that ended holding entity locks, to release at the end of the operation.
+    ended_lock_holders: Vec<(String, String)>,
     pub dispatch_latency: DispatchLatency,
     limits: Limits,
     /// Instances whose state changed since the last `take_touched`: their long polls are woken.
@@ -256,6 +260,7 @@ impl Engine {
             stream_counts: HashMap::new(),
             entity_counts: HashMap::new(),
             no_entity_streams: HashSet::new(),
+            ended_lock_holders: Vec::new(),
             dispatch_latency: DispatchLatency::default(),
             limits: Limits::default(),
             touched: Vec::new(),
@@ -302,7 +307,10 @@ impl Engine {
         expired.len()
     }
 
+    /// The changes of the operation just done, for the store. Entity locks held by instances
+    /// that ended in it are released first (their changes included).
     pub fn take_changes(&mut self) -> Vec<Change> {
+        self.release_locks_of_ended();
         std::mem::take(&mut self.changes)
     }
 
@@ -332,6 +340,15 @@ impl Engine {
 
     fn persist(&mut self, hub: &str, id: &str) {
         self.touched.push((hub.to_string(), id.to_string()));
+        if let Some(h) = self.hubs.get(hub)
+            && h.locks.contains_key(id)
+            && h.instances
+                .get(id)
+                .is_none_or(|i| is_terminal(i.row.status))
+        {
+            self.ended_lock_holders
+                .push((hub.to_string(), id.to_string()));
+        }
         if !self.record_instances {
             return;
         }
@@ -475,6 +492,10 @@ impl Engine {
         };
         if let Some(inst) = h.instances.remove(instance_id) {
             stale_leases.extend(inst.lease);
+        }
+        if h.locks.contains_key(instance_id) {
+            self.ended_lock_holders
+                .push((hub.to_string(), instance_id.to_string()));
         }
         h.ready_set.remove(instance_id);
         let prefix = format!("{instance_id}|");

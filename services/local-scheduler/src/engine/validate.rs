@@ -31,6 +31,8 @@ pub const MAX_SPAN_ID_BYTES: usize = 64;
 /// how deep its inner failures nest.
 pub const MAX_FAILURE_BYTES: usize = 64 * 1024;
 pub const MAX_FAILURE_DEPTH: usize = 16;
+/// Entities one critical section may lock.
+pub const MAX_LOCK_SET: usize = 100;
 /// Events a continue-as-new carries over.
 pub const MAX_CARRYOVER_EVENTS: usize = 1000;
 
@@ -129,7 +131,23 @@ pub fn validate_actions(actions: &[pb::OrchestratorAction]) -> Result<(), Engine
                         Some(&c.operation),
                         c.input.as_ref(),
                     ),
-                    _ => (None, None, None),
+                    Some(M::EntityLockRequested(l)) => {
+                        if l.lock_set.is_empty() || l.lock_set.len() > MAX_LOCK_SET {
+                            return Err(EngineError::invalid_argument(format!(
+                                "an entity lock request names 1 to {MAX_LOCK_SET} entities (got {})",
+                                l.lock_set.len()
+                            )));
+                        }
+                        for id in &l.lock_set {
+                            super::entity_name(id)?;
+                        }
+                        (None, None, None)
+                    }
+                    Some(M::EntityUnlockSent(u)) => {
+                        super::entity_name(u.target_instance_id.as_deref().unwrap_or(""))?;
+                        (None, None, None)
+                    }
+                    None => (None, None, None),
                 };
                 if let Some(op) = operation {
                     super::entity_name(target.unwrap_or(""))?;

@@ -88,7 +88,31 @@ def calls_failing(ctx: task.OrchestrationContext, key):
     return "did not fail"
 
 
-def new_worker(entity_fns=(counter, Account), orchestrators=(calls_counter, calls_failing), filters="auto"):
+def locked_transfer(ctx: task.OrchestrationContext, args):
+    """Locks two accounts, reads one, waits for "go" holding both, then moves the amount."""
+    a, b = E("account", args["a"]), E("account", args["b"])
+    lock = yield ctx.lock_entities([a, b])
+    with lock:
+        ctx.set_custom_status("locked")
+        balance = yield ctx.call_entity(a, "balance")
+        yield ctx.wait_for_external_event("go")
+        if balance >= args["amount"]:
+            yield ctx.call_entity(a, "withdraw", args["amount"])
+            yield ctx.call_entity(b, "deposit", args["amount"])
+    return balance
+
+
+def lock_and_wait(ctx: task.OrchestrationContext, k):
+    lock = yield ctx.lock_entities([E("counter", k)])
+    with lock:
+        ctx.set_custom_status("locked")
+        yield ctx.wait_for_external_event("never")
+
+
+ORCHESTRATORS = (calls_counter, calls_failing, locked_transfer, lock_and_wait)
+
+
+def new_worker(entity_fns=(counter, Account), orchestrators=ORCHESTRATORS, filters="auto"):
     """A worker; `filters` "auto" takes only what it registered, as the SDK derives it."""
     w = DurableTaskSchedulerWorker(host_address=ADDRESS, taskhub=TASKHUB, token_credential=None,
                                    secure_channel=False)
@@ -262,6 +286,51 @@ def bad_input_is_refused():
     assert c.get_entity(E("counter", "big")) is None
 
 
+def wait_custom_status(iid, want, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = c.get_orchestration_state(iid)
+        if st is not None and st.serialized_custom_status == f'"{want}"':
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{iid} never showed custom status {want!r}")
+
+
+def a_lock_holds_other_operations_until_released():
+    a, b = E("account", key()), E("account", key())
+    c.signal_entity(a, "deposit", 100)
+    state_of(a, want=lambda s: s == 100)
+    iid = c.schedule_new_orchestration(locked_transfer, input={"a": a.key, "b": b.key, "amount": 30})
+    wait_custom_status(iid, "locked")
+    m = c.get_entity(a, include_state=False)
+    assert m._locked_by == iid, f"locked by {m._locked_by!r}, want {iid}"
+    c.signal_entity(a, "deposit", 5)   # waits for the lock
+    time.sleep(1.0)
+    assert c.get_entity(a).get_state(int) == 100, "an operation ran on a locked entity"
+    assert c.get_entity(a, include_state=False).backlog_queue_size >= 1
+    c.raise_orchestration_event(iid, "go")
+    st = c.wait_for_orchestration_completion(iid, timeout=30)
+    assert st is not None and st.runtime_status == S.COMPLETED, st
+    assert st.get_output() == 100, st.get_output()
+    assert state_of(a, want=lambda s: s == 75) == 75
+    assert state_of(b, want=lambda s: s == 30) == 30
+    assert not c.get_entity(a, include_state=False)._locked_by, "still locked"
+
+
+def an_ended_holder_releases_its_locks():
+    k = key()
+    e = E("counter", k)
+    iid = c.schedule_new_orchestration(lock_and_wait, input=k)
+    wait_custom_status(iid, "locked")
+    c.signal_entity(e, "add", 1)
+    time.sleep(0.8)
+    assert c.get_entity(e) is None, "an operation ran on a locked entity"
+    # Terminated while it holds the lock: it never runs again to send its unlock.
+    c.terminate_orchestration(iid)
+    c.wait_for_orchestration_completion(iid, timeout=30)
+    assert state_of(e, want=lambda s: s == 1) == 1
+
+
 SCENARIOS = [
     function_entity_signals_and_get,
     class_entity_and_its_failure,
@@ -273,6 +342,8 @@ SCENARIOS = [
     clean_removes_empty_entities,
     entity_filters_route_entity_work,
     bad_input_is_refused,
+    a_lock_holds_other_operations_until_released,
+    an_ended_holder_releases_its_locks,
 ]
 
 

@@ -196,10 +196,9 @@ impl<'a> Plan<'a> {
         self.outgoing.push((target, raised, None));
     }
 
-    /// A signal or a call to an entity: recorded under the action's id and sent to the entity (a
-    /// signal at its scheduled time); a call names this instance and execution for its result.
-    /// Locks (critical sections) are not supported yet: a lock request or an unlock is recorded
-    /// and goes nowhere.
+    /// A message to an entity, recorded under the action's id and sent: a signal (at its
+    /// scheduled time), a call (naming this instance and execution for its result), a lock
+    /// request (to the first entity of its set, which passes it on) or an unlock.
     pub(super) fn send_entity_message(&mut self, id: i32, m: pb::SendEntityMessageAction) {
         use pb::send_entity_message_action::EntityMessageType as M;
         match m.entity_message_type {
@@ -226,15 +225,28 @@ impl<'a> Plan<'a> {
                 self.outgoing
                     .push((target, event(-1, EventType::EntityOperationCalled(c)), None));
             }
-            Some(M::EntityLockRequested(l)) => {
+            Some(M::EntityLockRequested(mut l)) => {
+                l.parent_instance_id = Some(self.instance_id.clone());
                 self.inst
                     .history
-                    .push(event(id, EventType::EntityLockRequested(l)));
+                    .push(event(id, EventType::EntityLockRequested(l.clone())));
+                let first = usize::try_from(l.position).ok();
+                let Some(target) = first.and_then(|p| l.lock_set.get(p)).cloned() else {
+                    return;
+                };
+                self.outgoing
+                    .push((target, event(-1, EventType::EntityLockRequested(l)), None));
             }
-            Some(M::EntityUnlockSent(u)) => {
+            Some(M::EntityUnlockSent(mut u)) => {
+                u.parent_instance_id = Some(self.instance_id.clone());
                 self.inst
                     .history
-                    .push(event(id, EventType::EntityUnlockSent(u)));
+                    .push(event(id, EventType::EntityUnlockSent(u.clone())));
+                let Some(target) = u.target_instance_id.clone() else {
+                    return;
+                };
+                self.outgoing
+                    .push((target, event(-1, EventType::EntityUnlockSent(u)), None));
             }
             None => {}
         }
