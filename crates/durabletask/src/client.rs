@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 
 use crate::Error;
 use crate::connection::{Caller, Connection, MAX_DECODE_BYTES, MetadataInterceptor};
+use crate::entity::{CleanEntityStorageResult, EntityId, EntityMetadata, EntityPage, EntityQuery};
 use crate::types::{
     OrchestrationMetadata, OrchestrationStatus, TraceContext, statuses_to_wire, to_timestamp,
 };
@@ -363,6 +364,114 @@ impl Client {
             instances,
             continuation_token,
         })
+    }
+}
+
+/// Durable entities.
+impl Client {
+    /// Queues `operation` for an entity, now or at `at` (one-way: no result comes back).
+    pub async fn signal_entity<I: serde::Serialize + ?Sized>(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: &I,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
+        let req = pb::SignalEntityRequest {
+            instance_id: entity.to_string(),
+            name: operation.to_string(),
+            input: Some(serde_json::to_string(input)?),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            scheduled_time: at.map(to_timestamp),
+            parent_trace_context: None,
+            request_time: Some(to_timestamp(Utc::now())),
+        };
+        self.grpc.clone().signal_entity(req).await?;
+        Ok(())
+    }
+
+    /// The entity, or `None` when it has no state.
+    pub async fn get_entity(
+        &self,
+        entity: &EntityId,
+        include_state: bool,
+    ) -> Result<Option<EntityMetadata>, Error> {
+        let req = pb::GetEntityRequest {
+            instance_id: entity.to_string(),
+            include_state,
+        };
+        let resp = self.grpc.clone().get_entity(req).await?.into_inner();
+        if !resp.exists {
+            return Ok(None);
+        }
+        resp.entity
+            .map(|m| {
+                let id = m.instance_id.clone();
+                EntityMetadata::from_proto(m)
+                    .ok_or_else(|| Error::Protocol(format!("entity id '{id}' is not '@name@key'")))
+            })
+            .transpose()
+    }
+
+    /// One page of entities; pass the returned token back for the next page.
+    pub async fn query_entities(&self, query: EntityQuery) -> Result<EntityPage, Error> {
+        let req = pb::QueryEntitiesRequest {
+            query: Some(pb::EntityQuery {
+                instance_id_starts_with: query.instance_id_starts_with,
+                last_modified_from: query.last_modified_from.map(to_timestamp),
+                last_modified_to: query.last_modified_to.map(to_timestamp),
+                include_state: query.include_state,
+                include_transient: query.include_transient,
+                page_size: query.page_size.map(|p| p.min(i32::MAX as u32) as i32),
+                continuation_token: query.continuation_token,
+            }),
+        };
+        let resp = self.grpc.clone().query_entities(req).await?.into_inner();
+        Ok(EntityPage {
+            entities: resp
+                .entities
+                .into_iter()
+                .filter_map(EntityMetadata::from_proto)
+                .collect(),
+            continuation_token: resp
+                .continuation_token
+                .filter(|t| !t.is_empty() && t != "0"),
+        })
+    }
+
+    /// Removes entities that hold nothing and releases locks whose holder is gone, every page.
+    pub async fn clean_entity_storage(
+        &self,
+        remove_empty_entities: bool,
+        release_orphaned_locks: bool,
+    ) -> Result<CleanEntityStorageResult, Error> {
+        let mut total = CleanEntityStorageResult {
+            empty_entities_removed: 0,
+            orphaned_locks_released: 0,
+        };
+        let mut continuation_token = None;
+        loop {
+            let req = pb::CleanEntityStorageRequest {
+                continuation_token: continuation_token.take(),
+                remove_empty_entities,
+                release_orphaned_locks,
+            };
+            let resp = self
+                .grpc
+                .clone()
+                .clean_entity_storage(req)
+                .await?
+                .into_inner();
+            total.empty_entities_removed += resp.empty_entities_removed.max(0) as u32;
+            total.orphaned_locks_released += resp.orphaned_locks_released.max(0) as u32;
+            match resp
+                .continuation_token
+                .filter(|t| !t.is_empty() && t != "0")
+            {
+                Some(t) => continuation_token = Some(t),
+                None => return Ok(total),
+            }
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! - [`Connection`]: endpoint, task hub and credential (DTS connection strings included).
 //! - [`Client`]: start, query, wait for, signal, terminate and purge orchestrations.
-//! - [`Worker`]: runs registered orchestrators and activities from the work-item stream.
+//! - [`Worker`]: runs registered orchestrators, activities and entities from the work-item
+//!   stream.
+//! - [`entity`]: durable entities (ids, the operation context, batch execution).
 //! - [`orchestration`]: the context orchestrator code uses and the strict replay executor.
 //! - [`testing`]: a fluent history builder for replay tests.
 
@@ -10,6 +12,7 @@ pub mod activity;
 pub mod auth;
 pub mod client;
 pub mod connection;
+pub mod entity;
 mod error;
 pub mod history;
 pub mod orchestration;
@@ -24,6 +27,9 @@ pub use activity::ActivityContext;
 pub use client::{Client, InstancePage, InstanceQuery, PurgeFilter, PurgeResult, StartOptions};
 pub use connection::{Authentication, ConfigError, Connection, ConnectionOptions};
 pub use durabletask_proto as proto;
+pub use entity::{
+    CleanEntityStorageResult, EntityContext, EntityId, EntityMetadata, EntityPage, EntityQuery,
+};
 pub use error::{Error, is_transient_status};
 pub use orchestration::{
     DurableTask, DurableTimer, NonDeterminismError, OrchestrationContext, RetryPolicy, TaskError,

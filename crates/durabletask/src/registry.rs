@@ -1,4 +1,4 @@
-//! Name → function tables for orchestrators and activities, with serde at the edges.
+//! Name → function tables for orchestrators, activities and entities, with serde at the edges.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::activity::ActivityContext;
+use crate::entity::{EntityContext, EntityFn};
 use crate::orchestration::{OrchestrationContext, OrchestratorFn};
 use crate::types::FailureDetails;
 
@@ -26,6 +27,7 @@ pub type ActivityFn = dyn Fn(
 pub struct Registry {
     orchestrators: HashMap<String, Arc<OrchestratorFn>>,
     activities: HashMap<String, Arc<ActivityFn>>,
+    entities: HashMap<String, Arc<EntityFn>>,
 }
 
 fn decode_input<I: DeserializeOwned>(json: Option<&str>) -> Result<I, FailureDetails> {
@@ -83,6 +85,28 @@ impl Registry {
         };
         self.activities.insert(name.to_string(), Arc::new(erased));
         self
+    }
+
+    /// Registers an entity: `fn(&mut EntityContext, input) -> Result<output, FailureDetails>`,
+    /// called once per operation (`ctx.operation()` names it), with the state in the context.
+    /// The name is lower-cased, as entity ids carry it.
+    pub fn add_entity<I, O, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        F: Fn(&mut EntityContext, I) -> Result<O, FailureDetails> + Send + Sync + 'static,
+    {
+        self.entities
+            .insert(name.to_lowercase(), crate::entity::erase(f));
+        self
+    }
+
+    pub fn entity(&self, name: &str) -> Option<Arc<EntityFn>> {
+        self.entities.get(name).cloned()
+    }
+
+    pub fn entity_names(&self) -> impl Iterator<Item = &str> {
+        self.entities.keys().map(String::as_str)
     }
 
     /// Keeps only the orchestrators: for a worker that leaves activities to others (run it with

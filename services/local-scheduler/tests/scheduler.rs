@@ -9,7 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use durabletask::proto as pb;
-use durabletask::{Client, Connection, ConnectionOptions, OrchestrationStatus, StartOptions};
+use durabletask::{
+    Client, Connection, ConnectionOptions, EntityContext, EntityId, EntityQuery, FailureDetails,
+    OrchestrationStatus, Registry, StartOptions, Worker, WorkerOptions,
+};
 use tokio::process::{Child, Command};
 use tonic::metadata::AsciiMetadataValue;
 
@@ -1031,6 +1034,173 @@ async fn python_sdk_entities_on_sqlite() {
     let db = temp_db("entities");
     let s = Scheduler::start(Store::Sqlite(&db), &[]).await;
     entities_all_pass(&s).await;
+}
+
+/// The suite's counter and account entities, in Rust, with the same operations.
+fn rust_entities() -> Registry {
+    let mut r = Registry::new();
+    r.add_entity(
+        "counter",
+        |ctx: &mut EntityContext, input: serde_json::Value| {
+            let value = ctx.state::<i64>()?.unwrap_or(0);
+            match ctx.operation() {
+                "add" => ctx.set_state(&(value + input.as_i64().unwrap_or(0)))?,
+                "get" => return Ok(Some(value)),
+                "fail" => {
+                    ctx.set_state(&(value + 1000))?;
+                    return Err(FailureDetails::new("ValueError", "this operation fails"));
+                }
+                "delete" => ctx.delete_state(),
+                other => {
+                    return Err(FailureDetails::new(
+                        "UnknownOperation",
+                        format!("no operation '{other}'"),
+                    ));
+                }
+            }
+            Ok(None)
+        },
+    );
+    r.add_entity("account", |ctx: &mut EntityContext, amount: Option<i64>| {
+        let balance = ctx.state::<i64>()?.unwrap_or(0);
+        let amount = amount.unwrap_or(0);
+        match ctx.operation() {
+            "deposit" => ctx.set_state(&(balance + amount))?,
+            "withdraw" if amount > balance => {
+                return Err(FailureDetails::new("ValueError", "insufficient funds"));
+            }
+            "withdraw" => ctx.set_state(&(balance - amount))?,
+            _ => {}
+        }
+        Ok(ctx.state::<i64>()?.unwrap_or(0))
+    });
+    r
+}
+
+/// Python clients drive Rust entities: the suite's client scenarios against a Rust worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_drive_rust_entities() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let conn = s.connect("default").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = Worker::new(
+        &conn,
+        rust_entities(),
+        WorkerOptions {
+            use_work_item_filters: true,
+            ..Default::default()
+        },
+    );
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    let stdout = entities_suite(&s, &["client-only"]).await;
+    assert_eq!(
+        stdout.lines().last().unwrap_or_default(),
+        "6 passed, 0 failed",
+        "{stdout}"
+    );
+    stop.cancel();
+    let _ = handle.await;
+}
+
+/// The Rust client drives Python entities: signal (now and later), get, query and clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_drives_python_entities() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let suite =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/entities_suite.py");
+    let mut python = Command::new(pyenv::python())
+        .arg(suite)
+        .arg(format!("localhost:{}", s.port))
+        .arg("worker")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python worker");
+    let conn = s.connect("default").await;
+    let client = Client::new(&conn);
+    let key = format!("rust-{}", std::process::id());
+    let counter = EntityId::new("counter", &key);
+    assert!(
+        client
+            .get_entity(&counter, true)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    for n in [5, 3] {
+        client
+            .signal_entity(&counter, "add", &n, None)
+            .await
+            .expect("signal");
+    }
+    client
+        .signal_entity(
+            &counter,
+            "add",
+            &10,
+            Some(chrono::Utc::now() + chrono::Duration::milliseconds(1500)),
+        )
+        .await
+        .expect("delayed signal");
+    let state = |want: i64| {
+        let (client, counter) = (client.clone(), counter.clone());
+        async move {
+            for _ in 0..400 {
+                let m = client.get_entity(&counter, true).await.expect("get");
+                if let Some(m) = m
+                    && m.state::<i64>().expect("json") == Some(want)
+                {
+                    return m;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{counter} never reached {want}");
+        }
+    };
+    state(8).await;
+    let m = state(18).await;
+    assert_eq!(m.id, counter);
+    assert!(m.last_modified.is_some());
+    let page = client
+        .query_entities(EntityQuery {
+            instance_id_starts_with: Some(format!("@counter@{key}")),
+            include_state: true,
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(page.entities.len(), 1);
+    assert_eq!(page.entities[0].state::<i64>().expect("json"), Some(18));
+    client
+        .signal_entity(&counter, "delete", &(), None)
+        .await
+        .expect("signal");
+    for _ in 0..400 {
+        if client
+            .get_entity(&counter, false)
+            .await
+            .expect("get")
+            .is_none()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        client
+            .get_entity(&counter, false)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let cleaned = client
+        .clean_entity_storage(true, true)
+        .await
+        .expect("clean");
+    assert!(cleaned.empty_entities_removed >= 1, "{cleaned:?}");
+    drop(python.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), python.wait()).await;
 }
 
 /// Signals acknowledged before a SIGKILL are all applied after the restart, none twice.

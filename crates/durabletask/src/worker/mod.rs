@@ -38,6 +38,8 @@ use crate::types::{FailureDetails, TraceContext};
 pub struct WorkerOptions {
     pub max_concurrent_orchestrations: usize,
     pub max_concurrent_activities: usize,
+    /// Entity work items at once (each one batch of one entity's operations).
+    pub max_concurrent_entities: usize,
     /// With no message (health pings included) for this long, the stream is rebuilt.
     pub silent_disconnect_timeout: Duration,
     pub hello_timeout: Duration,
@@ -59,11 +61,12 @@ pub struct WorkerOptions {
     pub observer: Option<Arc<dyn WorkerObserver>>,
 }
 
-/// The two kinds of work this worker runs.
+/// The kinds of work this worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkItemKind {
     Orchestration,
     Activity,
+    Entity,
 }
 
 impl WorkItemKind {
@@ -71,6 +74,7 @@ impl WorkItemKind {
         match self {
             Self::Orchestration => "orchestration",
             Self::Activity => "activity",
+            Self::Entity => "entity",
         }
     }
 }
@@ -133,6 +137,7 @@ impl Default for WorkerOptions {
         Self {
             max_concurrent_orchestrations: 100,
             max_concurrent_activities: 100,
+            max_concurrent_entities: 100,
             silent_disconnect_timeout: Duration::from_secs(120),
             hello_timeout: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(30),
@@ -182,6 +187,7 @@ struct Shared {
     registry: Arc<Registry>,
     orchestration_slots: Arc<Semaphore>,
     activity_slots: Arc<Semaphore>,
+    entity_slots: Arc<Semaphore>,
     tracker: TaskTracker,
     /// Cancelled when the drain deadline passes: in-flight activities stop and are abandoned.
     abort: CancellationToken,
@@ -242,6 +248,7 @@ impl Worker {
                 options.max_concurrent_orchestrations.max(1),
             )),
             activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities.max(1))),
+            entity_slots: Arc::new(Semaphore::new(options.max_concurrent_entities.max(1))),
             tracker: TaskTracker::new(),
             abort: CancellationToken::new(),
             stats: Arc::new(WorkerStats::default()),
@@ -379,7 +386,14 @@ impl Worker {
                             versions: versions.clone(),
                         })
                         .collect(),
-                    entities: vec![],
+                    entities: self
+                        .shared
+                        .registry
+                        .entity_names()
+                        .map(|n| pb::EntityFilter {
+                            name: n.to_string(),
+                        })
+                        .collect(),
                 }
             });
         pb::GetWorkItemsRequest {
@@ -387,8 +401,19 @@ impl Worker {
                 self.options.max_concurrent_orchestrations,
             ),
             max_concurrent_activity_work_items: as_i32(self.options.max_concurrent_activities),
-            // Entities are not supported: ask for none.
-            max_concurrent_entity_work_items: 0,
+            // 0 without entities, as before they existed here (a scheduler may still send
+            // entity work, which this worker then hands back).
+            max_concurrent_entity_work_items: if self
+                .shared
+                .registry
+                .entity_names()
+                .next()
+                .is_some()
+            {
+                as_i32(self.options.max_concurrent_entities)
+            } else {
+                0
+            },
             capabilities: vec![],
             work_item_filters: filters,
         }
@@ -406,9 +431,14 @@ impl Worker {
                 bump(&shared.stats.health_pings);
                 return;
             }
+            Some(Request::EntityRequestV2(_))
+                if shared.registry.entity_names().next().is_some() =>
+            {
+                &shared.entity_slots
+            }
             Some(Request::EntityRequest(_) | Request::EntityRequestV2(_)) => {
                 tracing::warn!(
-                    "received an entity work item, which this worker does not support; abandoning it"
+                    "received an entity work item, and this worker has no entities (or the older form); abandoning it"
                 );
                 drain::hand_back(&shared, item).await;
                 return;
@@ -438,6 +468,12 @@ impl Worker {
                 shared.tracker.spawn(async move {
                     let _permit = permit;
                     run_activity(&s, req, token).await;
+                });
+            }
+            Some(Request::EntityRequestV2(req)) => {
+                shared.tracker.spawn(async move {
+                    let _permit = permit;
+                    run_entity(&s, req, token).await;
                 });
             }
             _ => {}
@@ -547,6 +583,37 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
             );
             tracing::warn!(instance_id = %req.instance_id, code = ?status.code(), message = status.message(), "could not complete orchestration work item");
         }
+    }
+}
+
+async fn run_entity(shared: &Shared, req: pb::EntityRequest, token: String) {
+    let name = crate::entity::EntityId::parse(&req.instance_id)
+        .map(|id| id.name)
+        .unwrap_or_default();
+    let since = shared.started(WorkItemKind::Entity, &name);
+    let entity = shared.registry.entity(&name);
+    let result = crate::entity::execute_batch(entity.as_deref(), &req, token);
+    let failed = result.results.iter().any(|r| {
+        matches!(
+            r.result_type,
+            Some(pb::operation_result::ResultType::Failure(_))
+        )
+    });
+    let delivered = deliver(|| {
+        let mut grpc = shared.grpc.clone();
+        let r = result.clone();
+        async move { grpc.complete_entity_task(r).await.map(|_| ()) }
+    })
+    .await;
+    let outcome = match (&delivered, failed) {
+        (Ok(()), true) => WorkItemOutcome::Failed,
+        (Ok(()), false) => WorkItemOutcome::Completed,
+        (Err(_), _) => WorkItemOutcome::Abandoned,
+    };
+    shared.finished(WorkItemKind::Entity, &name, outcome, since, None);
+    if let Err(status) = delivered {
+        bump(&shared.stats.completion_errors);
+        tracing::warn!(entity = %req.instance_id, code = ?status.code(), message = status.message(), "could not complete entity work item");
     }
 }
 

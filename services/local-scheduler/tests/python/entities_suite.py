@@ -4,6 +4,9 @@ scheduler. Usage: entities_suite.py HOST:PORT [TASKHUB]
   entities_suite.py HOST:PORT                 every scenario; the last line is "N passed, M failed"
   entities_suite.py HOST:PORT signal-only RUN  signals 20 adds to @counter@<RUN>, no worker
   entities_suite.py HOST:PORT check RUN        runs a worker and expects @counter@<RUN> at 20
+  entities_suite.py HOST:PORT client-only      the client scenarios, against another SDK's worker
+                                               (which must have the counter and account entities)
+  entities_suite.py HOST:PORT worker           runs this suite's worker until stdin closes
 
 The two phases let a test kill and restart the scheduler in between.
 """
@@ -347,7 +350,45 @@ SCENARIOS = [
 ]
 
 
+CLIENT_ONLY = [
+    function_entity_signals_and_get,
+    class_entity_and_its_failure,
+    delayed_signal,
+    query_and_paging,
+    clean_removes_empty_entities,
+    bad_input_is_refused,
+]
+
+
+def run_scenarios(scenarios) -> tuple[int, int]:
+    passed = failed = 0
+    for scenario in scenarios:
+        started = time.time()
+        try:
+            scenario()
+            passed += 1
+            print(f"PASS {scenario.__name__} ({time.time() - started:.2f}s)", flush=True)
+        except Exception:  # noqa: BLE001 - report every failure and go on
+            failed += 1
+            print(f"FAIL {scenario.__name__}", flush=True)
+            traceback.print_exc()
+    return passed, failed
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[2] == "client-only":
+        passed, failed = run_scenarios(CLIENT_ONLY)
+        print(f"{passed} passed, {failed} failed", flush=True)
+        return 0 if failed == 0 else 1
+    if len(sys.argv) == 3 and sys.argv[2] == "worker":
+        w = new_worker()
+        w.start()
+        print("worker started", flush=True)
+        try:
+            sys.stdin.read()
+        finally:
+            w.stop()
+        return 0
     if len(sys.argv) > 3:
         phase, run = sys.argv[2], sys.argv[3]
         e = E("counter", run)
@@ -369,20 +410,10 @@ def main() -> int:
             print("checked 20", flush=True)
             return 0
         raise SystemExit(f"unknown phase {phase}")
-    passed = failed = 0
     main_worker = new_worker()
     main_worker.start()
     try:
-        for scenario in SCENARIOS:
-            started = time.time()
-            try:
-                scenario()
-                passed += 1
-                print(f"PASS {scenario.__name__} ({time.time() - started:.2f}s)", flush=True)
-            except Exception:  # noqa: BLE001 - report every failure and go on
-                failed += 1
-                print(f"FAIL {scenario.__name__}", flush=True)
-                traceback.print_exc()
+        passed, failed = run_scenarios(SCENARIOS)
     finally:
         main_worker.stop()
     print(f"{passed} passed, {failed} failed", flush=True)
