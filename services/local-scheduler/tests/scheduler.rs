@@ -1020,7 +1020,7 @@ async fn entities_suite(s: &Scheduler, args: &[&str]) -> String {
 async fn entities_all_pass(s: &Scheduler) {
     let stdout = entities_suite(s, &[]).await;
     let summary = stdout.lines().last().unwrap_or_default();
-    assert_eq!(summary, "12 passed, 0 failed", "{stdout}");
+    assert_eq!(summary, "13 passed, 0 failed", "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

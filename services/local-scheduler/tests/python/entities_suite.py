@@ -112,7 +112,13 @@ def lock_and_wait(ctx: task.OrchestrationContext, k):
         yield ctx.wait_for_external_event("never")
 
 
-ORCHESTRATORS = (calls_counter, calls_failing, locked_transfer, lock_and_wait)
+def tick(ctx: task.OrchestrationContext, counter_key):
+    """One run of a recurring schedule: counts itself on a counter entity."""
+    ctx.signal_entity(E("counter", counter_key), "add", 1)
+    return counter_key
+
+
+ORCHESTRATORS = (calls_counter, calls_failing, locked_transfer, lock_and_wait, tick)
 
 
 def new_worker(entity_fns=(counter, Account), orchestrators=ORCHESTRATORS, filters="auto"):
@@ -123,6 +129,8 @@ def new_worker(entity_fns=(counter, Account), orchestrators=ORCHESTRATORS, filte
         w.add_orchestrator(o)
     for e in entity_fns:
         w.add_entity(e)
+    if tuple(orchestrators) == ORCHESTRATORS:
+        w.configure_scheduled_tasks()
     if filters == "auto":
         w.use_work_item_filters()
     elif filters is not None:
@@ -334,6 +342,33 @@ def an_ended_holder_releases_its_locks():
     assert state_of(e, want=lambda s: s == 1) == 1
 
 
+def recurring_schedule():
+    """The SDK's scheduled-task client (built on an entity and an orchestrator): a schedule
+    runs its orchestration at its interval, pauses, resumes, lists and deletes."""
+    from durabletask.scheduled import (ScheduleCreationOptions, ScheduledTaskClient,
+                                       ScheduleQuery, ScheduleStatus)
+    sc = ScheduledTaskClient(c)
+    sid = "sched-" + key()
+    runs = E("counter", sid)
+    schedule = sc.create_schedule(ScheduleCreationOptions(
+        schedule_id=sid, orchestration_name="tick", interval=timedelta(seconds=1),
+        orchestration_input=sid))
+    state_of(runs, timeout=30, want=lambda n: n is not None and n >= 2)
+    d = schedule.describe()
+    assert d.status == ScheduleStatus.ACTIVE and d.interval == timedelta(seconds=1), d
+    assert any(x.schedule_id == sid for x in sc.list_schedules(ScheduleQuery(schedule_id_prefix=sid))), "not listed"
+    schedule.pause()
+    assert schedule.describe().status == ScheduleStatus.PAUSED
+    time.sleep(1.5)  # a run already started may still count
+    paused_at = c.get_entity(runs).get_state(int)
+    time.sleep(2.5)
+    assert c.get_entity(runs).get_state(int) == paused_at, "a paused schedule ran"
+    schedule.resume()
+    state_of(runs, timeout=30, want=lambda n: n is not None and n >= paused_at + 2)
+    schedule.delete()
+    assert sc.get_schedule(sid) is None, "a deleted schedule is still there"
+
+
 SCENARIOS = [
     function_entity_signals_and_get,
     class_entity_and_its_failure,
@@ -347,6 +382,7 @@ SCENARIOS = [
     bad_input_is_refused,
     a_lock_holds_other_operations_until_released,
     an_ended_holder_releases_its_locks,
+    recurring_schedule,
 ]
 
 
