@@ -2,6 +2,9 @@
 //! Python SDK's in-memory server in the same run. Orchestration = 1 activity, no delay, so each
 //! orchestration is 3 work items (start episode, activity, completion episode).
 //!
+//! Entity operations per second too: signals to 64 counter entities, run by a Rust worker, from
+//! the first signal until every counter shows all of its operations.
+//!
 //! `cargo bench -p local-scheduler` (or `make bench`). Prints a table; no assertions.
 
 use test_support::net::{free_port, wait_port};
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use durabletask::{
-    ActivityContext, Client, Connection, ConnectionOptions, OrchestrationContext, Registry,
-    StartOptions, Worker, WorkerOptions,
+    ActivityContext, Client, Connection, ConnectionOptions, EntityContext, EntityId,
+    OrchestrationContext, Registry, StartOptions, Worker, WorkerOptions,
 };
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
@@ -99,6 +102,76 @@ async fn measure(port: u16, n: usize, in_flight: usize) -> f64 {
     stop.cancel();
     let _ = worker.await;
     rate
+}
+
+/// Signals `per_entity` "add 1" operations to each of `entities` counters (64 senders), with a
+/// Rust worker running them; returns entity operations per second, from the first signal until
+/// every counter shows all of its operations.
+async fn measure_entities(port: u16, entities: usize, per_entity: usize) -> f64 {
+    let conn = Connection::connect(
+        ConnectionOptions::new(&format!("http://127.0.0.1:{port}"), "default").expect("opts"),
+    )
+    .await
+    .expect("connect");
+    let mut r = Registry::new();
+    r.add_entity("counter", |ctx: &mut EntityContext, n: i64| {
+        let value = ctx.state::<i64>()?.unwrap_or(0);
+        ctx.set_state(&(value + n))?;
+        Ok(())
+    });
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(Worker::new(&conn, r, WorkerOptions::default()).run(stop.clone()));
+    let client = Client::new(&conn);
+    let run = uuid_like();
+    let ids: Vec<EntityId> = (0..entities)
+        .map(|i| EntityId::new("counter", &format!("{run}-{i}")))
+        .collect();
+    let started = Instant::now();
+    let senders = 64;
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let (c, ids) = (client.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut k = s;
+            while k < ids.len() * per_entity {
+                c.signal_entity(&ids[k % ids.len()], "add", &1, None)
+                    .await
+                    .expect("signal");
+                k += senders;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    for id in &ids {
+        loop {
+            let done = client
+                .get_entity(id, true)
+                .await
+                .expect("get")
+                .and_then(|m| m.state::<i64>().ok().flatten())
+                == Some(per_entity as i64);
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let rate = (entities * per_entity) as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = worker.await;
+    rate
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    )
 }
 
 /// Enqueue-to-delivery latency of orchestration work items at a paced start rate: the time from
@@ -248,6 +321,13 @@ fn main() {
         let sqlite64 = measure(port, 3000, 64).await;
         drop(child);
 
+        let (child, port) = local_scheduler("memory", &dir.join("unused3.db")).await;
+        let entities_memory = measure_entities(port, 64, 100).await;
+        drop(child);
+        let (child, port) = local_scheduler("sqlite", &dir.join("entities.db")).await;
+        let entities_sqlite = measure_entities(port, 64, 100).await;
+        drop(child);
+
         let port = free_port();
         let _py = pyenv::spawn_python(&[pyenv::script("in_memory_backend.py").display().to_string(), port.to_string()]).await;
         let python4 = measure(port, 300, 4).await;
@@ -265,6 +345,12 @@ fn main() {
         println!("| Python SDK in-memory server (durabletask.testing) | 8 | {python8:.0} |");
         println!("| ratio in-memory / Python, each at its best concurrency | | {:.1} |", memory_peak / python_peak);
         println!("| ratio in-memory / Python, both at 8 in flight | | {:.1} |", memory8 / python8);
+        println!();
+        println!("entity operations: 6,400 signals to 64 counter entities (64 senders), Rust worker, until every counter shows all of its operations");
+        println!("| store | entity operations/s | against orchestration work items/s (64 in flight) |");
+        println!("|---|---|---|");
+        println!("| in-memory | {entities_memory:.0} | {:.2} |", entities_memory / memory64);
+        println!("| SQLite file (WAL) | {entities_sqlite:.0} | {:.2} |", entities_sqlite / sqlite64);
         println!();
         println!(
             "dispatch latency (StartInstance sent -> work item received), in-memory, {half_peak_starts:.0} starts/s (half the peak), {seen} items: p50 {p50:.2} ms, p99 {p99:.2} ms"
