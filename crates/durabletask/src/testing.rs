@@ -214,6 +214,74 @@ impl HistoryBuilder {
         )
     }
 
+    /// The record of a signal (action `id`) to entity `target` (`@name@key`).
+    pub fn entity_signaled(&mut self, id: i32, target: &str, operation: &str) -> &mut Self {
+        self.push(
+            id,
+            EventType::EntityOperationSignaled(pb::EntityOperationSignaledEvent {
+                request_id: format!("signal-{id}"),
+                operation: operation.into(),
+                scheduled_time: None,
+                input: None,
+                target_instance_id: Some(target.into()),
+            }),
+        )
+    }
+
+    /// The record of a call (action `id`, request `request_id`) to entity `target`.
+    pub fn entity_called(
+        &mut self,
+        id: i32,
+        request_id: &str,
+        target: &str,
+        operation: &str,
+    ) -> &mut Self {
+        let parent = self.instance_id.clone();
+        self.push(
+            id,
+            EventType::EntityOperationCalled(pb::EntityOperationCalledEvent {
+                request_id: request_id.into(),
+                operation: operation.into(),
+                scheduled_time: None,
+                input: None,
+                parent_instance_id: Some(parent),
+                parent_execution_id: Some("exec-1".into()),
+                target_instance_id: Some(target.into()),
+            }),
+        )
+    }
+
+    /// The result of entity call `request_id`.
+    pub fn entity_completed(&mut self, request_id: &str, output: Option<&str>) -> &mut Self {
+        self.push(
+            -1,
+            EventType::EntityOperationCompleted(pb::EntityOperationCompletedEvent {
+                request_id: request_id.into(),
+                output: output.map(str::to_string),
+            }),
+        )
+    }
+
+    /// The failure of entity call `request_id`.
+    pub fn entity_failed(
+        &mut self,
+        request_id: &str,
+        error_type: &str,
+        message: &str,
+    ) -> &mut Self {
+        self.push(
+            -1,
+            EventType::EntityOperationFailed(pb::EntityOperationFailedEvent {
+                request_id: request_id.into(),
+                failure_details: Some(pb::TaskFailureDetails {
+                    error_type: error_type.into(),
+                    error_message: message.into(),
+                    ..Default::default()
+                }),
+            }),
+        )
+    }
+
     pub fn event_sent(&mut self, id: i32, instance_id: &str, name: &str) -> &mut Self {
         self.push(
             id,

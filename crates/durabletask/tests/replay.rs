@@ -1520,3 +1520,83 @@ fn rewound_event_without_a_completion_replays_normally() {
     h.episode().rewound(None).task_completed(0, Some("\"a\""));
     assert_eq!(kinds(&run(&r, &h, past, h.events())), ["task:1:hello"]);
 }
+
+// ------------------------------------------------------------- entities
+
+fn signal_then_call() -> Registry {
+    reg(|ctx: OrchestrationContext, _: ()| async move {
+        let counter = durabletask::EntityId::new("counter", "a");
+        ctx.signal_entity(&counter, "add", &7, None);
+        let value: i64 = ctx.call_entity(&counter, "get", &()).await?;
+        Ok(value)
+    })
+}
+
+/// The request id of the entity call among `r`'s actions.
+fn call_request_id(r: &ExecutionResult) -> String {
+    use pb::send_entity_message_action::EntityMessageType as M;
+    r.actions
+        .iter()
+        .find_map(|a| match &a.orchestrator_action_type {
+            Some(A::SendEntityMessage(pb::SendEntityMessageAction {
+                entity_message_type: Some(M::EntityOperationCalled(c)),
+            })) => Some(c.request_id.clone()),
+            _ => None,
+        })
+        .expect("an entity call")
+}
+
+#[test]
+fn entity_signal_and_call_replay_to_the_result() {
+    let r = signal_then_call();
+    let mut h = HistoryBuilder::new("i");
+    let first = run(&r, &h, vec![], h.clone().started("o", None).take());
+    assert_eq!(first.actions.len(), 2, "{:?}", first.actions);
+    let request = call_request_id(&first);
+    // The same request id on every replay: the result finds its call.
+    let again = run(&r, &h, vec![], h.clone().started("o", None).take());
+    assert_eq!(call_request_id(&again), request);
+    let past = h
+        .started("o", None)
+        .entity_signaled(0, "@counter@a", "add")
+        .entity_called(1, &request, "@counter@a", "get")
+        .take();
+    let new = h.episode().entity_completed(&request, Some("7")).take();
+    let done = run(&r, &h, past, new);
+    assert_eq!(output(&done), json!(7));
+}
+
+#[test]
+fn a_failed_entity_call_fails_the_await() {
+    let r = signal_then_call();
+    let mut h = HistoryBuilder::new("i");
+    let first = run(&r, &h, vec![], h.clone().started("o", None).take());
+    let request = call_request_id(&first);
+    let past = h
+        .started("o", None)
+        .entity_signaled(0, "@counter@a", "add")
+        .entity_called(1, &request, "@counter@a", "get")
+        .take();
+    let new = h
+        .episode()
+        .entity_failed(&request, "ValueError", "boom")
+        .take();
+    let done = run(&r, &h, past, new);
+    assert_eq!(failure_type(&done), "TaskFailedError");
+}
+
+#[test]
+fn an_entity_signal_to_another_entity_than_recorded_is_non_deterministic() {
+    let r = signal_then_call();
+    let mut h = HistoryBuilder::new("i");
+    let past = h
+        .started("o", None)
+        .entity_signaled(0, "@counter@b", "add")
+        .take();
+    let res = run(&r, &h, past, h.clone().episode().take());
+    let msg = nd_message(&res);
+    assert!(
+        msg.contains("@counter@b") && msg.contains("@counter@a"),
+        "{msg}"
+    );
+}

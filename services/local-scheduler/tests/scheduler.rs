@@ -1077,7 +1077,36 @@ fn rust_entities() -> Registry {
     r
 }
 
-/// Python clients drive Rust entities: the suite's client scenarios against a Rust worker.
+/// Adds a Rust orchestration that signals the counter entity `@counter@<key>` (add 7), then
+/// calls it.
+fn add_rust_calls_counter(r: &mut Registry) {
+    r.add_orchestrator(
+        "rust_calls_counter",
+        |ctx: durabletask::OrchestrationContext, key: String| async move {
+            let counter = EntityId::new("counter", &key);
+            ctx.signal_entity(&counter, "add", &7, None);
+            let value: i64 = ctx.call_entity(&counter, "get", &()).await?;
+            Ok(value)
+        },
+    );
+}
+
+async fn run_rust_calls_counter(client: &Client, key: &str) -> i64 {
+    let id = client
+        .schedule_new_orchestration("rust_calls_counter", key, StartOptions::default())
+        .await
+        .expect("start");
+    let m = client
+        .wait_for_instance_completion(&id, true, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(m.runtime_status, OrchestrationStatus::Completed, "{m:?}");
+    m.output::<i64>().expect("json")
+}
+
+/// Python clients drive Rust entities: the suite's client scenarios against a Rust worker; and a
+/// Rust orchestration signals and calls them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_drive_rust_entities() {
     let s = Scheduler::start(Store::Memory, &[]).await;
@@ -1098,6 +1127,15 @@ async fn python_clients_drive_rust_entities() {
         "6 passed, 0 failed",
         "{stdout}"
     );
+    stop.cancel();
+    let _ = handle.await;
+    // Orchestration and entities in Rust, on one worker.
+    let mut both = rust_entities();
+    add_rust_calls_counter(&mut both);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(Worker::new(&conn, both, WorkerOptions::default()).run(stop.clone()));
+    let client = Client::new(&conn);
+    assert_eq!(run_rust_calls_counter(&client, "from-rust").await, 7);
     stop.cancel();
     let _ = handle.await;
 }
@@ -1199,6 +1237,26 @@ async fn the_rust_client_drives_python_entities() {
         .await
         .expect("clean");
     assert!(cleaned.empty_entities_removed >= 1, "{cleaned:?}");
+    // A Rust orchestration signals and calls the Python entity (this worker takes only
+    // orchestrations: its filters name no entity).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut orchestrations = Registry::new();
+    add_rust_calls_counter(&mut orchestrations);
+    let orchestrations_only = Worker::new(
+        &conn,
+        orchestrations,
+        WorkerOptions {
+            use_work_item_filters: true,
+            ..Default::default()
+        },
+    );
+    let handle = tokio::spawn(orchestrations_only.run(stop.clone()));
+    assert_eq!(
+        run_rust_calls_counter(&client, &format!("{key}-orch")).await,
+        7
+    );
+    stop.cancel();
+    let _ = handle.await;
     drop(python.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), python.wait()).await;
 }

@@ -93,6 +93,7 @@ enum TaskKind {
     Activity(String),
     SubOrchestration(String),
     Event(String),
+    Entity(String),
 }
 
 impl TaskKind {
@@ -101,6 +102,7 @@ impl TaskKind {
             Self::Activity(n) => ("activity", n),
             Self::SubOrchestration(n) => ("sub-orchestration", n),
             Self::Event(n) => ("external event", n),
+            Self::Entity(n) => ("entity operation", n),
         }
     }
 }
@@ -175,6 +177,8 @@ pub(crate) struct State {
     pub(crate) pending: BTreeMap<i32, pb::OrchestratorAction>,
     /// Outstanding results, by the id of the action that scheduled them.
     pub(crate) open: HashMap<i32, Rc<Slot>>,
+    /// Entity calls awaiting their result, by request id.
+    pub(crate) entity_calls: HashMap<String, Rc<Slot>>,
     /// Waiting `wait_for_external_event` calls, by lower-cased event name, oldest first.
     waiters: HashMap<String, VecDeque<Rc<Slot>>>,
     /// Events that arrived before anyone waited for them, in arrival order.
@@ -198,6 +202,7 @@ impl State {
             next_sequence: 0,
             pending: BTreeMap::new(),
             open: HashMap::new(),
+            entity_calls: HashMap::new(),
             waiters: HashMap::new(),
             buffered_events: VecDeque::new(),
             custom_status: None,
@@ -521,6 +526,76 @@ impl OrchestrationContext {
         DurableTask {
             slot,
             kind: TaskKind::Event(name.to_string()),
+            _out: PhantomData,
+        }
+    }
+
+    /// Signals an entity (one-way: nothing comes back), now or at `at`.
+    pub fn signal_entity<I: Serialize + ?Sized>(
+        &self,
+        entity: &crate::entity::EntityId,
+        operation: &str,
+        input: &I,
+        at: Option<DateTime<Utc>>,
+    ) {
+        let request_id = self.new_guid().to_string();
+        let mut st = self.state.borrow_mut();
+        let (id, _) = st.emit(
+            pb::orchestrator_action::OrchestratorActionType::SendEntityMessage(
+                pb::SendEntityMessageAction {
+                    entity_message_type: Some(
+                        pb::send_entity_message_action::EntityMessageType::EntityOperationSignaled(
+                            pb::EntityOperationSignaledEvent {
+                                request_id,
+                                operation: operation.to_string(),
+                                scheduled_time: at.map(to_timestamp),
+                                input: serde_json::to_string(input).ok(),
+                                target_instance_id: Some(entity.to_string()),
+                            },
+                        ),
+                    ),
+                },
+            ),
+        );
+        st.open.remove(&id);
+    }
+
+    /// Calls an entity operation; `.await` it for the operation's result (or its failure).
+    pub fn call_entity<I: Serialize + ?Sized, O: DeserializeOwned>(
+        &self,
+        entity: &crate::entity::EntityId,
+        operation: &str,
+        input: &I,
+    ) -> DurableTask<O> {
+        // The same on every replay, so the result in the history finds this call again.
+        let request_id = self.new_guid().to_string();
+        let mut st = self.state.borrow_mut();
+        let called = pb::EntityOperationCalledEvent {
+            request_id: request_id.clone(),
+            operation: operation.to_string(),
+            scheduled_time: None,
+            input: serde_json::to_string(input).ok(),
+            parent_instance_id: Some(st.instance_id.clone()),
+            parent_execution_id: st.execution_id.clone(),
+            target_instance_id: Some(entity.to_string()),
+        };
+        let (id, slot) = st.emit(
+            pb::orchestrator_action::OrchestratorActionType::SendEntityMessage(
+                pb::SendEntityMessageAction {
+                    entity_message_type: Some(
+                        pb::send_entity_message_action::EntityMessageType::EntityOperationCalled(
+                            called,
+                        ),
+                    ),
+                },
+            ),
+        );
+        // The result comes by request id, not by the action's id.
+        st.open.remove(&id);
+        st.entity_calls.insert(request_id, slot.clone());
+        DurableTask {
+            slot,
+            kind: TaskKind::Entity(format!("{entity}:{operation}")),
             _out: PhantomData,
         }
     }

@@ -20,6 +20,7 @@ use durabletask_proto as pb;
 use futures::future::LocalBoxFuture;
 use pb::history_event::EventType;
 use pb::orchestrator_action::OrchestratorActionType as Action;
+use pb::send_entity_message_action::EntityMessageType as M;
 
 use crate::orchestration::context::{OrchestrationContext, State};
 use crate::types::{FailureDetails, TraceContext, from_timestamp, to_timestamp};
@@ -282,6 +283,52 @@ impl Run<'_> {
                 },
                 || format!("EventSent '{}' to '{}'", es.name, es.instance_id),
             ),
+            EventType::EntityOperationSignaled(sig) => self.confirm(
+                event.event_id,
+                |a| match a {
+                    Action::SendEntityMessage(pb::SendEntityMessageAction {
+                        entity_message_type: Some(M::EntityOperationSignaled(s)),
+                    }) if s.operation == sig.operation
+                        && s.target_instance_id == sig.target_instance_id =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(describe(other)),
+                },
+                || {
+                    format!(
+                        "EntityOperationSignaled '{}' to '{}'",
+                        sig.operation,
+                        sig.target_instance_id.as_deref().unwrap_or("")
+                    )
+                },
+            ),
+            EventType::EntityOperationCalled(call) => self.confirm(
+                event.event_id,
+                |a| match a {
+                    Action::SendEntityMessage(pb::SendEntityMessageAction {
+                        entity_message_type: Some(M::EntityOperationCalled(c)),
+                    }) if c.operation == call.operation
+                        && c.target_instance_id == call.target_instance_id =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(describe(other)),
+                },
+                || {
+                    format!(
+                        "EntityOperationCalled '{}' on '{}'",
+                        call.operation,
+                        call.target_instance_id.as_deref().unwrap_or("")
+                    )
+                },
+            ),
+            EventType::EntityOperationCompleted(c) => {
+                self.resolve_entity_call(&c.request_id, Ok(c.output.clone()))
+            }
+            EventType::EntityOperationFailed(f) => {
+                self.resolve_entity_call(&f.request_id, Err(failure(f.failure_details.as_ref())))
+            }
             EventType::TaskCompleted(tc) => {
                 self.resolve(tc.task_scheduled_id, Ok(tc.result.clone()))
             }
@@ -392,6 +439,24 @@ impl Run<'_> {
             None => tracing::debug!(
                 task_id = id,
                 "ignoring a result for an unknown or already completed task"
+            ),
+        }
+    }
+
+    fn resolve_entity_call(
+        &mut self,
+        request_id: &str,
+        outcome: Result<Option<String>, FailureDetails>,
+    ) {
+        let slot = self.state.borrow_mut().entity_calls.remove(request_id);
+        match slot {
+            Some(slot) => {
+                slot.resolve(outcome);
+                self.poll();
+            }
+            None => tracing::debug!(
+                request_id,
+                "ignoring an entity result for an unknown or already completed call"
             ),
         }
     }
@@ -579,6 +644,8 @@ fn is_held_while_suspended(kind: &EventType) -> bool {
             | EventType::TimerCreated(_)
             | EventType::SubOrchestrationInstanceCreated(_)
             | EventType::EventSent(_)
+            | EventType::EntityOperationSignaled(_)
+            | EventType::EntityOperationCalled(_)
     )
 }
 
@@ -597,7 +664,19 @@ fn describe(action: &Action) -> String {
         ),
         Action::CompleteOrchestration(_) => "completed".into(),
         Action::TerminateOrchestration(t) => format!("terminated '{}'", t.instance_id),
-        Action::SendEntityMessage(_) => "sent an entity message".into(),
+        Action::SendEntityMessage(m) => match &m.entity_message_type {
+            Some(M::EntityOperationSignaled(s)) => format!(
+                "signalled entity '{}' ({})",
+                s.target_instance_id.as_deref().unwrap_or(""),
+                s.operation
+            ),
+            Some(M::EntityOperationCalled(c)) => format!(
+                "called entity '{}' ({})",
+                c.target_instance_id.as_deref().unwrap_or(""),
+                c.operation
+            ),
+            _ => "sent an entity message".into(),
+        },
         Action::RewindOrchestration(_) => "rewound".into(),
     }
 }
