@@ -32,7 +32,8 @@ pub use entity::{
 };
 pub use error::{Error, is_transient_status};
 pub use orchestration::{
-    DurableTask, DurableTimer, NonDeterminismError, OrchestrationContext, RetryPolicy, TaskError,
+    DurableTask, DurableTimer, EntityLock, NonDeterminismError, OrchestrationContext, RetryPolicy,
+    TaskError,
 };
 pub use registry::Registry;
 pub use traceparent::TraceParent;

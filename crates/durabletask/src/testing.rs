@@ -251,6 +251,48 @@ impl HistoryBuilder {
         )
     }
 
+    /// The record of a lock request (action `id`) for `lock_set` (sorted entity ids).
+    pub fn entity_lock_requested(
+        &mut self,
+        id: i32,
+        section: &str,
+        lock_set: &[&str],
+    ) -> &mut Self {
+        let parent = self.instance_id.clone();
+        self.push(
+            id,
+            EventType::EntityLockRequested(pb::EntityLockRequestedEvent {
+                critical_section_id: section.into(),
+                lock_set: lock_set.iter().map(|s| s.to_string()).collect(),
+                position: 0,
+                parent_instance_id: Some(parent),
+            }),
+        )
+    }
+
+    /// The grant of critical section `section`.
+    pub fn entity_lock_granted(&mut self, section: &str) -> &mut Self {
+        self.push(
+            -1,
+            EventType::EntityLockGranted(pb::EntityLockGrantedEvent {
+                critical_section_id: section.into(),
+            }),
+        )
+    }
+
+    /// The record of an unlock (action `id`) sent to `target`.
+    pub fn entity_unlock_sent(&mut self, id: i32, section: &str, target: &str) -> &mut Self {
+        let parent = self.instance_id.clone();
+        self.push(
+            id,
+            EventType::EntityUnlockSent(pb::EntityUnlockSentEvent {
+                critical_section_id: section.into(),
+                parent_instance_id: Some(parent),
+                target_instance_id: Some(target.into()),
+            }),
+        )
+    }
+
     /// The result of entity call `request_id`.
     pub fn entity_completed(&mut self, request_id: &str, output: Option<&str>) -> &mut Self {
         self.push(

@@ -1600,3 +1600,83 @@ fn an_entity_signal_to_another_entity_than_recorded_is_non_deterministic() {
         "{msg}"
     );
 }
+
+fn locked_call() -> Registry {
+    reg(|ctx: OrchestrationContext, _: ()| async move {
+        // Given out of order: locked in order.
+        let (b, a) = (
+            durabletask::EntityId::new("counter", "b"),
+            durabletask::EntityId::new("counter", "a"),
+        );
+        let lock = ctx.lock_entities(&[b.clone(), a]).await?;
+        let value: i64 = ctx.call_entity(&b, "get", &()).await?;
+        lock.release();
+        Ok(value)
+    })
+}
+
+/// The lock request's section id and the call's request id among `r`'s actions.
+fn lock_section(r: &ExecutionResult) -> (String, Vec<String>) {
+    use pb::send_entity_message_action::EntityMessageType as M;
+    r.actions
+        .iter()
+        .find_map(|a| match &a.orchestrator_action_type {
+            Some(A::SendEntityMessage(pb::SendEntityMessageAction {
+                entity_message_type: Some(M::EntityLockRequested(l)),
+            })) => Some((l.critical_section_id.clone(), l.lock_set.clone())),
+            _ => None,
+        })
+        .expect("a lock request")
+}
+
+#[test]
+fn a_critical_section_locks_in_order_calls_and_releases() {
+    let r = locked_call();
+    let mut h = HistoryBuilder::new("i");
+    let first = run(&r, &h, vec![], h.clone().started("o", None).take());
+    let (section, set) = lock_section(&first);
+    assert_eq!(set, ["@counter@a", "@counter@b"], "sorted");
+    // Granted: the call goes out.
+    let mut h2 = h.clone();
+    let past = h2
+        .started("o", None)
+        .entity_lock_requested(0, &section, &["@counter@a", "@counter@b"])
+        .take();
+    let granted = run(
+        &r,
+        &h2,
+        past.clone(),
+        h2.clone().episode().entity_lock_granted(&section).take(),
+    );
+    let request = call_request_id(&granted);
+    // The result: the unlocks go out, one per entity, and the orchestration completes.
+    let past = h
+        .started("o", None)
+        .entity_lock_requested(0, &section, &["@counter@a", "@counter@b"])
+        .episode()
+        .entity_lock_granted(&section)
+        .entity_called(1, &request, "@counter@b", "get")
+        .take();
+    let done = run(
+        &r,
+        &h,
+        past,
+        h.clone()
+            .episode()
+            .entity_completed(&request, Some("3"))
+            .take(),
+    );
+    assert_eq!(output(&done), json!(3));
+    use pb::send_entity_message_action::EntityMessageType as M;
+    let unlocks: Vec<String> = done
+        .actions
+        .iter()
+        .filter_map(|a| match &a.orchestrator_action_type {
+            Some(A::SendEntityMessage(pb::SendEntityMessageAction {
+                entity_message_type: Some(M::EntityUnlockSent(u)),
+            })) => u.target_instance_id.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unlocks, ["@counter@a", "@counter@b"]);
+}

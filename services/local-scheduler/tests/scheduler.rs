@@ -1261,6 +1261,98 @@ async fn the_rust_client_drives_python_entities() {
     let _ = tokio::time::timeout(Duration::from_secs(10), python.wait()).await;
 }
 
+/// A Rust critical section: while a Rust orchestration holds the counter's lock, a client's
+/// signal waits; released, it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_critical_section_holds_the_entity_until_released() {
+    let s = Scheduler::start(Store::Memory, &[]).await;
+    let conn = s.connect("default").await;
+    let mut r = rust_entities();
+    r.add_orchestrator(
+        "rust_locked",
+        |ctx: durabletask::OrchestrationContext, key: String| async move {
+            let counter = EntityId::new("counter", &key);
+            let lock = ctx.lock_entities(std::slice::from_ref(&counter)).await?;
+            ctx.set_custom_status(&"locked");
+            ctx.wait_for_external_event::<()>("go").await?;
+            let value: i64 = ctx.call_entity(&counter, "get", &()).await?;
+            lock.release();
+            Ok(value)
+        },
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(Worker::new(&conn, r, WorkerOptions::default()).run(stop.clone()));
+    let client = Client::new(&conn);
+    let key = "locked-by-rust";
+    let counter = EntityId::new("counter", key);
+    let id = client
+        .schedule_new_orchestration("rust_locked", key, StartOptions::default())
+        .await
+        .expect("start");
+    for _ in 0..400 {
+        let m = client
+            .get_instance(&id, true)
+            .await
+            .expect("get")
+            .expect("exists");
+        if m.serialized_custom_status.as_deref() == Some("\"locked\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let locked = client
+        .query_entities(EntityQuery {
+            instance_id_starts_with: Some(counter.to_string()),
+            include_transient: true,
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(
+        locked.entities.first().and_then(|m| m.locked_by.clone()),
+        Some(id.clone())
+    );
+    client
+        .signal_entity(&counter, "add", &5, None)
+        .await
+        .expect("signal");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        client
+            .get_entity(&counter, true)
+            .await
+            .expect("get")
+            .is_none(),
+        "an operation ran on a locked entity"
+    );
+    client.raise_event(&id, "go", &()).await.expect("go");
+    let m = client
+        .wait_for_instance_completion(&id, true, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(m.output::<i64>().expect("json"), 0, "{m:?}");
+    let mut value = None;
+    for _ in 0..400 {
+        value = client
+            .get_entity(&counter, true)
+            .await
+            .expect("get")
+            .and_then(|m| m.state::<i64>().ok().flatten());
+        if value == Some(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        value,
+        Some(5),
+        "the waiting signal did not run after the release"
+    );
+    stop.cancel();
+    let _ = handle.await;
+}
+
 /// Signals acknowledged before a SIGKILL are all applied after the restart, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_signals_survive_sigkill() {

@@ -179,6 +179,8 @@ pub(crate) struct State {
     pub(crate) open: HashMap<i32, Rc<Slot>>,
     /// Entity calls awaiting their result, by request id.
     pub(crate) entity_calls: HashMap<String, Rc<Slot>>,
+    /// Lock requests awaiting their grant, by critical section id.
+    pub(crate) lock_grants: HashMap<String, Rc<Slot>>,
     /// Waiting `wait_for_external_event` calls, by lower-cased event name, oldest first.
     waiters: HashMap<String, VecDeque<Rc<Slot>>>,
     /// Events that arrived before anyone waited for them, in arrival order.
@@ -203,6 +205,7 @@ impl State {
             pending: BTreeMap::new(),
             open: HashMap::new(),
             entity_calls: HashMap::new(),
+            lock_grants: HashMap::new(),
             waiters: HashMap::new(),
             buffered_events: VecDeque::new(),
             custom_status: None,
@@ -600,6 +603,57 @@ impl OrchestrationContext {
         }
     }
 
+    /// Locks `entities` for this orchestration (a critical section): once granted, they run only
+    /// this orchestration's calls until [`EntityLock::release`]. Locks are taken in a fixed
+    /// (sorted) order, so two orchestrations locking overlapping sets cannot deadlock. If the
+    /// orchestration ends while holding them, the scheduler releases them.
+    pub fn lock_entities(
+        &self,
+        entities: &[crate::entity::EntityId],
+    ) -> impl Future<Output = Result<EntityLock, TaskError>> + use<> {
+        let section = self.new_guid().to_string();
+        let mut ids: Vec<String> = entities.iter().map(ToString::to_string).collect();
+        ids.sort();
+        ids.dedup();
+        let slot = {
+            let mut st = self.state.borrow_mut();
+            let request = pb::EntityLockRequestedEvent {
+                critical_section_id: section.clone(),
+                lock_set: ids.clone(),
+                position: 0,
+                parent_instance_id: Some(st.instance_id.clone()),
+            };
+            let (id, slot) = st.emit(
+                pb::orchestrator_action::OrchestratorActionType::SendEntityMessage(
+                    pb::SendEntityMessageAction {
+                        entity_message_type: Some(
+                            pb::send_entity_message_action::EntityMessageType::EntityLockRequested(
+                                request,
+                            ),
+                        ),
+                    },
+                ),
+            );
+            st.open.remove(&id);
+            st.lock_grants.insert(section.clone(), slot.clone());
+            slot
+        };
+        let granted: DurableTask<serde_json::Value> = DurableTask {
+            slot,
+            kind: TaskKind::Entity("lock".to_string()),
+            _out: PhantomData,
+        };
+        let ctx = self.clone();
+        async move {
+            granted.await?;
+            Ok(EntityLock {
+                ctx,
+                section,
+                entities: ids,
+            })
+        }
+    }
+
     /// Sends an event to another orchestration instance (fire and forget).
     pub fn send_event<I: Serialize + ?Sized>(&self, instance_id: &str, name: &str, data: &I) {
         let mut st = self.state.borrow_mut();
@@ -679,3 +733,42 @@ impl<F: Future + Unpin> Future for WhenAny<F> {
 
 /// Convenience for code that wants a boxed, type-erased task.
 pub type BoxedTask<T> = LocalBoxFuture<'static, Result<T, TaskError>>;
+
+/// Entities locked for an orchestration (see [`OrchestrationContext::lock_entities`]).
+#[must_use = "locked entities stay locked until released (or until the orchestration ends)"]
+pub struct EntityLock {
+    ctx: OrchestrationContext,
+    section: String,
+    entities: Vec<String>,
+}
+
+impl EntityLock {
+    /// The locked entities' ids (`@name@key`), sorted.
+    pub fn entities(&self) -> &[String] {
+        &self.entities
+    }
+
+    /// Ends the critical section: an unlock to each locked entity.
+    pub fn release(self) {
+        let mut st = self.ctx.state.borrow_mut();
+        let parent = st.instance_id.clone();
+        for target in &self.entities {
+            let (id, _) = st.emit(
+                pb::orchestrator_action::OrchestratorActionType::SendEntityMessage(
+                    pb::SendEntityMessageAction {
+                        entity_message_type: Some(
+                            pb::send_entity_message_action::EntityMessageType::EntityUnlockSent(
+                                pb::EntityUnlockSentEvent {
+                                    critical_section_id: self.section.clone(),
+                                    parent_instance_id: Some(parent.clone()),
+                                    target_instance_id: Some(target.clone()),
+                                },
+                            ),
+                        ),
+                    },
+                ),
+            );
+            st.open.remove(&id);
+        }
+    }
+}

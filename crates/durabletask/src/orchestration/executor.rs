@@ -323,6 +323,42 @@ impl Run<'_> {
                     )
                 },
             ),
+            EventType::EntityLockRequested(lock) => self.confirm(
+                event.event_id,
+                |a| match a {
+                    Action::SendEntityMessage(pb::SendEntityMessageAction {
+                        entity_message_type: Some(M::EntityLockRequested(l)),
+                    }) if l.lock_set == lock.lock_set => Ok(()),
+                    other => Err(describe(other)),
+                },
+                || format!("EntityLockRequested {:?}", lock.lock_set),
+            ),
+            EventType::EntityUnlockSent(unlock) => self.confirm(
+                event.event_id,
+                |a| match a {
+                    Action::SendEntityMessage(pb::SendEntityMessageAction {
+                        entity_message_type: Some(M::EntityUnlockSent(u)),
+                    }) if u.target_instance_id == unlock.target_instance_id => Ok(()),
+                    other => Err(describe(other)),
+                },
+                || {
+                    format!(
+                        "EntityUnlockSent to '{}'",
+                        unlock.target_instance_id.as_deref().unwrap_or("")
+                    )
+                },
+            ),
+            EventType::EntityLockGranted(g) => {
+                let slot = self
+                    .state
+                    .borrow_mut()
+                    .lock_grants
+                    .remove(&g.critical_section_id);
+                if let Some(slot) = slot {
+                    slot.resolve(Ok(None));
+                    self.poll();
+                }
+            }
             EventType::EntityOperationCompleted(c) => {
                 self.resolve_entity_call(&c.request_id, Ok(c.output.clone()))
             }
@@ -646,6 +682,8 @@ fn is_held_while_suspended(kind: &EventType) -> bool {
             | EventType::EventSent(_)
             | EventType::EntityOperationSignaled(_)
             | EventType::EntityOperationCalled(_)
+            | EventType::EntityLockRequested(_)
+            | EventType::EntityUnlockSent(_)
     )
 }
 
@@ -675,7 +713,12 @@ fn describe(action: &Action) -> String {
                 c.target_instance_id.as_deref().unwrap_or(""),
                 c.operation
             ),
-            _ => "sent an entity message".into(),
+            Some(M::EntityLockRequested(l)) => format!("locked entities {:?}", l.lock_set),
+            Some(M::EntityUnlockSent(u)) => format!(
+                "unlocked entity '{}'",
+                u.target_instance_id.as_deref().unwrap_or("")
+            ),
+            None => "sent an entity message".into(),
         },
         Action::RewindOrchestration(_) => "rewound".into(),
     }

@@ -4,7 +4,9 @@ pub mod context;
 pub mod executor;
 pub mod retry;
 
-pub use context::{BoxedTask, DurableTask, DurableTimer, OrchestrationContext, TaskError, WhenAny};
+pub use context::{
+    BoxedTask, DurableTask, DurableTimer, EntityLock, OrchestrationContext, TaskError, WhenAny,
+};
 pub use executor::{
     ExecutionResult, ExecutionStatus, NonDeterminismError, OrchestratorFn, execute,
 };
