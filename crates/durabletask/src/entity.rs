@@ -113,6 +113,8 @@ pub struct EntityContext {
     id: EntityId,
     operation: String,
     state: Option<String>,
+    /// Set by `delete_state` (a type-based entity then does not write its value back).
+    deleted: bool,
     actions: Vec<pb::operation_action::OperationActionType>,
 }
 
@@ -141,6 +143,7 @@ impl EntityContext {
     }
 
     pub fn set_state<T: Serialize>(&mut self, state: &T) -> Result<(), FailureDetails> {
+        self.deleted = false;
         self.state = Some(
             serde_json::to_string(state)
                 .map_err(|e| FailureDetails::new("StateSerializationError", e.to_string()))?,
@@ -151,6 +154,7 @@ impl EntityContext {
     /// Deletes the state: the entity no longer exists for clients.
     pub fn delete_state(&mut self) {
         self.state = None;
+        self.deleted = true;
     }
 
     /// Signals another entity (one-way), now or at `at`.
@@ -202,6 +206,30 @@ impl EntityContext {
         );
         Ok(())
     }
+}
+
+/// An entity written as a type: its value is the entity's state (`Default` before the first
+/// operation), and [`EntityType::dispatch`] runs the operation `ctx.operation()` names on it.
+/// Registered with [`crate::Registry::add_entity_type`]; the value is written back after each
+/// successful operation unless it called [`EntityContext::delete_state`].
+pub trait EntityType: Default + Serialize + DeserializeOwned + 'static {
+    fn dispatch(
+        &mut self,
+        ctx: &mut EntityContext,
+        input: serde_json::Value,
+    ) -> Result<serde_json::Value, FailureDetails>;
+}
+
+/// The entity function of a type-based entity `T`.
+pub(crate) fn erase_type<T: EntityType>() -> Arc<EntityFn> {
+    erase(|ctx: &mut EntityContext, input: serde_json::Value| {
+        let mut value: T = ctx.state::<T>()?.unwrap_or_default();
+        let out = value.dispatch(ctx, input)?;
+        if !ctx.deleted {
+            ctx.set_state(&value)?;
+        }
+        Ok(out)
+    })
 }
 
 /// The type-erased entity: context and JSON input in, JSON output out.
@@ -271,6 +299,7 @@ pub(crate) fn execute_batch(
             id: id.clone(),
             operation: operation.clone(),
             state: state.clone(),
+            deleted: false,
             actions: Vec::new(),
         };
         let outcome = match entity {
@@ -400,6 +429,63 @@ mod tests {
         );
         assert_eq!(r.operation_infos[3].request_id, "r-add-3");
         assert_eq!(r.completion_token, "t");
+    }
+
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Account {
+        balance: i64,
+        history: Vec<i64>,
+    }
+
+    impl EntityType for Account {
+        fn dispatch(
+            &mut self,
+            ctx: &mut EntityContext,
+            input: serde_json::Value,
+        ) -> Result<serde_json::Value, FailureDetails> {
+            let amount = input.as_i64().unwrap_or(0);
+            match ctx.operation() {
+                "deposit" => self.balance += amount,
+                "withdraw" if amount > self.balance => {
+                    return Err(FailureDetails::new("Insufficient", "not enough"));
+                }
+                "withdraw" => self.balance -= amount,
+                "close" => ctx.delete_state(),
+                _ => {}
+            }
+            self.history.push(amount);
+            Ok(serde_json::json!(self.balance))
+        }
+    }
+
+    #[test]
+    fn a_type_based_entity_keeps_its_value_as_state() {
+        let account = erase_type::<Account>();
+        let req = pb::EntityRequest {
+            instance_id: "@account@k".into(),
+            execution_id: String::new(),
+            entity_state: None,
+            operation_requests: vec![
+                signal("deposit", "100"),
+                signal("withdraw", "500"),
+                signal("withdraw", "30"),
+            ],
+        };
+        let r = execute_batch(Some(account.as_ref()), &req, "t".into());
+        let state: serde_json::Value =
+            serde_json::from_str(r.entity_state.as_deref().expect("state")).expect("json");
+        // The failed withdrawal left no trace, not even in the history.
+        assert_eq!(
+            state,
+            serde_json::json!({"balance": 70, "history": [100, 30]})
+        );
+        let closing = pb::EntityRequest {
+            entity_state: r.entity_state,
+            operation_requests: vec![signal("close", "0")],
+            ..req
+        };
+        let r = execute_batch(Some(account.as_ref()), &closing, "t2".into());
+        assert_eq!(r.entity_state, None, "closed: the state is deleted");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub use connection::{Authentication, ConfigError, Connection, ConnectionOptions}
 pub use durabletask_proto as proto;
 pub use entity::{
     CleanEntityStorageResult, EntityContext, EntityId, EntityMetadata, EntityPage, EntityQuery,
+    EntityType,
 };
 pub use error::{Error, is_transient_status};
 pub use orchestration::{

@@ -101,6 +101,13 @@ impl Registry {
         self
     }
 
+    /// Registers a type-based entity (see [`crate::entity::EntityType`]).
+    pub fn add_entity_type<T: crate::entity::EntityType>(&mut self, name: &str) -> &mut Self {
+        self.entities
+            .insert(name.to_lowercase(), crate::entity::erase_type::<T>());
+        self
+    }
+
     pub fn entity(&self, name: &str) -> Option<Arc<EntityFn>> {
         self.entities.get(name).cloned()
     }

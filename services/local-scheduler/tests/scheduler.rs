@@ -1036,6 +1036,30 @@ async fn python_sdk_entities_on_sqlite() {
     entities_all_pass(&s).await;
 }
 
+/// The suite's account entity as a Rust type: deposit, withdraw (refused past the balance),
+/// balance.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Balance(i64);
+
+impl durabletask::EntityType for Balance {
+    fn dispatch(
+        &mut self,
+        ctx: &mut EntityContext,
+        input: serde_json::Value,
+    ) -> Result<serde_json::Value, FailureDetails> {
+        let amount = input.as_i64().unwrap_or(0);
+        match ctx.operation() {
+            "deposit" => self.0 += amount,
+            "withdraw" if amount > self.0 => {
+                return Err(FailureDetails::new("ValueError", "insufficient funds"));
+            }
+            "withdraw" => self.0 -= amount,
+            _ => {}
+        }
+        Ok(serde_json::json!(self.0))
+    }
+}
+
 /// The suite's counter and account entities, in Rust, with the same operations.
 fn rust_entities() -> Registry {
     let mut r = Registry::new();
@@ -1061,19 +1085,8 @@ fn rust_entities() -> Registry {
             Ok(None)
         },
     );
-    r.add_entity("account", |ctx: &mut EntityContext, amount: Option<i64>| {
-        let balance = ctx.state::<i64>()?.unwrap_or(0);
-        let amount = amount.unwrap_or(0);
-        match ctx.operation() {
-            "deposit" => ctx.set_state(&(balance + amount))?,
-            "withdraw" if amount > balance => {
-                return Err(FailureDetails::new("ValueError", "insufficient funds"));
-            }
-            "withdraw" => ctx.set_state(&(balance - amount))?,
-            _ => {}
-        }
-        Ok(ctx.state::<i64>()?.unwrap_or(0))
-    });
+    // Type-based: its value is the state (a plain number, as the Python suite reads it).
+    r.add_entity_type::<Balance>("account");
     r
 }
 
