@@ -98,6 +98,7 @@ pub fn app(state: DashState) -> Router {
         .route("/", get(instances))
         .route("/instances/{id}", get(instance))
         .route("/instances/{id}/actions/{action}", post(act))
+        .route("/entities", get(entities))
         .route("/assets/dashboard.css", get(css))
         .route("/assets/dashboard.js", get(js))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such page.") })
@@ -255,6 +256,35 @@ fn page_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The list's filters, as the form sends them.
+/// The entities page's filters: an id prefix (`@name@` for one entity name) and the page.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct EntityListQuery {
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub page: String,
+}
+
+/// Durable entities, with their state, last change, lock holder and waiting operations; the
+/// SDKs' recurring schedules are entities named `schedule`, shown apart.
+async fn entities(State(state): State<DashState>, Query(q): Query<EntityListQuery>) -> Response {
+    let query = durabletask::EntityQuery {
+        instance_id_starts_with: Some(q.prefix.trim().to_string()).filter(|p| !p.is_empty()),
+        include_state: true,
+        include_transient: true,
+        page_size: Some(state.page_size),
+        continuation_token: Some(q.page.clone()).filter(|p| !p.is_empty()),
+        ..Default::default()
+    };
+    match state.client.query_entities(query).await {
+        Ok(found) => page(views::entities_page(&q, &found)),
+        Err(e) => page_error(
+            StatusCode::BAD_GATEWAY,
+            &format!("The scheduler did not answer the entity query: {e}"),
+        ),
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListQuery {
     #[serde(default)]

@@ -5,8 +5,8 @@ use durabletask::OrchestrationMetadata;
 use durabletask::history::EventSummary;
 use maud::{DOCTYPE, Markup, html};
 
-use crate::ListQuery;
 use crate::listing::{Counts, Listing};
+use crate::{EntityListQuery, ListQuery};
 
 /// The statuses a list can be filtered by, with the names the form uses (an operator's view:
 /// the scheduler's runtime statuses, named in `contract::status`).
@@ -54,6 +54,11 @@ fn layout(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
             body {
                 header {
                     a.home href="/" { "Durable Task dashboard" }
+                    nav aria-label="Sections" {
+                        a href="/" { "Instances" }
+                        " · "
+                        a href="/entities" { "Entities" }
+                    }
                 }
                 main { (body) }
             }
@@ -259,6 +264,73 @@ pub(crate) fn instance_page(
                         }
                     }
                 }
+            }
+        },
+    )
+}
+
+/// A state as JSON text, pretty when it parses.
+fn pretty_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| text.to_string())
+}
+
+/// The name the SDKs give the entity behind a recurring schedule.
+const SCHEDULE_ENTITY: &str = "schedule";
+
+pub(crate) fn entities_page(q: &EntityListQuery, page: &durabletask::EntityPage) -> Markup {
+    let (schedules, others): (Vec<_>, Vec<_>) = page
+        .entities
+        .iter()
+        .partition(|e| e.id.name == SCHEDULE_ENTITY);
+    let table = |rows: &[&durabletask::EntityMetadata], label: &str| {
+        html! {
+            table.entities aria-label=(label) {
+                thead { tr { th { "Entity" } th { "Key" } th { "State" } th { "Last modified" } th { "Locked by" } th { "Waiting" } } }
+                tbody {
+                    @for e in rows {
+                        tr data-entity=(e.id.to_string()) data-locked=(e.locked_by.is_some()) {
+                            td { (e.id.name) }
+                            td { code { (e.id.key) } }
+                            td { @match &e.serialized_state {
+                                Some(s) => pre.payload { (pretty_json(s)) },
+                                None => span.muted { "no state" },
+                            } }
+                            td { (time(e.last_modified)) }
+                            td { @match &e.locked_by {
+                                Some(holder) => a href={ "/instances/" (path_segment(holder)) } { (holder) },
+                                None => "—",
+                            } }
+                            td { (e.backlog_queue_size) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(
+        "Entities",
+        None,
+        html! {
+            h1 { "Entities" }
+            form.filters method="get" action="/entities" {
+                label { "Id prefix " input type="text" name="prefix" value=(q.prefix) placeholder="@counter@"; }
+                button type="submit" { "Filter" }
+            }
+            @if page.entities.is_empty() {
+                p.empty { "No entities." }
+            }
+            @if !schedules.is_empty() {
+                h2 { "Recurring schedules" }
+                (table(&schedules, "Schedules"))
+            }
+            @if !others.is_empty() {
+                h2 { "Entities" }
+                (table(&others, "Entities"))
+            }
+            @if let Some(token) = &page.continuation_token {
+                p { a.next href={ "/entities?prefix=" (query_value(&q.prefix)) "&page=" (query_value(token)) } { "Next page" } }
             }
         },
     )

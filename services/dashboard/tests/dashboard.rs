@@ -5,7 +5,10 @@
 mod common;
 
 use common::{in_order, png_size, screenshots, start, status, system};
-use durabletask::{Client, Connection, ConnectionOptions, StartOptions};
+use durabletask::{
+    Client, Connection, ConnectionOptions, EntityContext, EntityId, Registry, StartOptions, Worker,
+    WorkerOptions,
+};
 use serde_json::json;
 use test_support::browser::Tab;
 use test_support::http::request;
@@ -316,4 +319,137 @@ async fn slow_heads_and_never_reading_clients_are_cut_off() {
         peak < 64.0,
         "peak RSS {peak:.1} MiB (the chart's limit is 64 MiB)"
     );
+}
+
+/// Entities and recurring schedules in Chromium: state, last change, the lock holder (linked to
+/// its instance), waiting operations; a key holding markup is shown as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_and_schedules_show_their_state_and_locks_in_chromium() {
+    // A scheduler and the dashboard only: this test's worker runs every work item.
+    let scheduler = test_support::in_process::scheduler(&[]);
+    let endpoint = scheduler.endpoint();
+    let dashboard = test_support::net::free_port();
+    let _dash = test_support::process::spawn(
+        "dashboard",
+        &[
+            ("ENDPOINT", endpoint.clone()),
+            ("DASHBOARD__LISTEN", format!("127.0.0.1:{dashboard}")),
+        ],
+        dashboard,
+    )
+    .await;
+    let page = |path: &str| format!("http://127.0.0.1:{dashboard}{path}");
+    let conn = Connection::connect(ConnectionOptions::new(&endpoint, "default").expect("options"))
+        .await
+        .expect("connect");
+    let mut r = Registry::new();
+    r.add_entity("counter", |ctx: &mut EntityContext, n: i64| {
+        let value = ctx.state::<i64>()?.unwrap_or(0);
+        ctx.set_state(&(value + n))?;
+        Ok(())
+    });
+    // Stands in for the SDKs' schedule entity: its state is the schedule's description.
+    r.add_entity("schedule", |ctx: &mut EntityContext, every: u64| {
+        ctx.set_state(&json!({"status": "Active", "interval_seconds": every}))?;
+        Ok(())
+    });
+    r.add_orchestrator(
+        "hold",
+        |ctx: durabletask::OrchestrationContext, _: ()| async move {
+            let lock = ctx
+                .lock_entities(&[EntityId::new("counter", "held")])
+                .await?;
+            ctx.wait_for_external_event::<()>("never").await?;
+            lock.release();
+            Ok(())
+        },
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(Worker::new(&conn, r, WorkerOptions::default()).run(stop.clone()));
+    let client = Client::new(&conn);
+    let markup_key = "<b>bold</b>";
+    for (id, n) in [
+        (EntityId::new("counter", "a"), 5),
+        (EntityId::new("counter", markup_key), 1),
+    ] {
+        client
+            .signal_entity(&id, "add", &n, None)
+            .await
+            .expect("signal");
+    }
+    client
+        .signal_entity(
+            &EntityId::new("schedule", "nightly"),
+            "create",
+            &86_400,
+            None,
+        )
+        .await
+        .expect("signal");
+    let holder = client
+        .schedule_new_orchestration("hold", &(), StartOptions::default())
+        .await
+        .expect("start");
+    // Once the counter is locked, an operation sent to it waits.
+    for _ in 0..200 {
+        let held = client
+            .query_entities(durabletask::EntityQuery {
+                instance_id_starts_with: Some("@counter@held".into()),
+                include_transient: true,
+                ..Default::default()
+            })
+            .await
+            .expect("query");
+        if held.entities.first().is_some_and(|m| m.locked_by.is_some()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    client
+        .signal_entity(&EntityId::new("counter", "held"), "add", &1, None)
+        .await
+        .expect("signal");
+    let mut tab = Tab::open().await;
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..200 {
+        tab.goto(&page("/entities")).await;
+        rows = tab
+            .eval("[...document.querySelectorAll('tr[data-entity]')].map(r => [r.dataset.entity, r.dataset.locked, r.cells[2].textContent.trim(), r.cells[4].textContent.trim(), r.cells[5].textContent.trim()])")
+            .await;
+        let text = rows.to_string();
+        if text.contains("@counter@a") && text.contains(&holder) && text.contains("Active") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let rows = rows.as_array().expect("rows").clone();
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r[0] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(row("@counter@a")[2], "5");
+    let held = row("@counter@held");
+    assert_eq!(
+        (held[1].as_str(), held[3].as_str()),
+        (Some("true"), Some(holder.as_str()))
+    );
+    assert_eq!(held[4], "1", "its operation waits for the lock");
+    assert_eq!(row(&format!("@counter@{markup_key}"))[2], "1");
+    let escaped = tab.eval("document.querySelectorAll('td b').length").await;
+    assert_eq!(escaped, 0, "a key was rendered as markup");
+    let schedules = tab
+        .eval("[...document.querySelectorAll('table[aria-label=\"Schedules\"] tr[data-entity]')].map(r => r.dataset.entity)")
+        .await;
+    assert_eq!(schedules, json!(["@schedule@nightly"]));
+    // The holder's link opens its instance.
+    tab.click_and_load("tr[data-entity=\"@counter@held\"] td:nth-child(5) a")
+        .await;
+    assert!(tab.url().await.ends_with(&format!("/instances/{holder}")));
+    tab.goto(&page("/entities")).await;
+    tab.screenshot(&screenshots().join("entities.png"), None)
+        .await;
+    stop.cancel();
+    let _ = worker.await;
 }
