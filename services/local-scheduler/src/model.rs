@@ -174,6 +174,9 @@ pub struct Entity {
     pub lease: Option<String>,
     pub dispatched: Vec<pb::HistoryEvent>,
     pub locked_by: Option<String>,
+    /// Its share of the state estimate and of the backlog as last counted (see
+    /// `Engine::account_entity`).
+    pub counted: (usize, usize),
 }
 
 impl Entity {
@@ -186,6 +189,7 @@ impl Entity {
             lease: None,
             dispatched: Vec::new(),
             locked_by: None,
+            counted: (0, 0),
         }
     }
 
@@ -198,6 +202,7 @@ impl Entity {
             lease: None,
             dispatched: Vec::new(),
             locked_by: row.locked_by,
+            counted: (0, 0),
         }
     }
 

@@ -19,9 +19,13 @@ use chrono::Utc;
 use durabletask_proto as pb;
 use pb::history_event::EventType;
 
+use super::stats::event_bytes;
 use super::{Engine, EngineError, Lease, LeaseKind, StreamFilter, validate_name, validate_payload};
 use crate::model::{Change, Entity, event, from_ts};
 
+/// What an entity costs besides its id, state and queued operations (a guess in the spirit of
+/// the instances' overhead).
+const ENTITY_OVERHEAD_BYTES: usize = 400;
 /// Operations of one entity work item.
 const MAX_OPERATIONS_PER_BATCH: usize = 100;
 /// An entity id as DTS bounds an instance id, plus its two `@`s.
@@ -143,6 +147,7 @@ impl Engine {
             )));
         }
         self.hub(hub)?;
+        self.check_entity_room(hub)?;
         let request_id = if req.request_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -293,6 +298,7 @@ impl Engine {
     }
 
     fn persist_entity(&mut self, hub: &str, id: &str) {
+        self.account_entity(hub, id);
         if !self.record_instances {
             return;
         }
@@ -307,6 +313,56 @@ impl Engine {
             },
         };
         self.changes.push(change);
+    }
+
+    /// Counts the entity again into the hub's state estimate and backlog (or out, when it is
+    /// gone; `clean_entity_storage` takes a removed entity's share out itself).
+    fn account_entity(&mut self, hub: &str, id: &str) {
+        let Some(h) = self.hubs.get_mut(hub) else {
+            return;
+        };
+        let Some(e) = h.entities.get_mut(id) else {
+            return;
+        };
+        let bytes = ENTITY_OVERHEAD_BYTES
+            + e.id.len()
+            + e.state.as_ref().map_or(0, String::len)
+            + e.queue
+                .iter()
+                .chain(&e.dispatched)
+                .map(event_bytes)
+                .sum::<usize>();
+        let operations = e.queue.len() + e.dispatched.len();
+        let (old_bytes, old_operations) = std::mem::replace(&mut e.counted, (bytes, operations));
+        h.entity_bytes = h.entity_bytes - old_bytes + bytes;
+        h.entity_operations = h.entity_operations - old_operations + operations;
+        self.state_bytes = self
+            .state_bytes
+            .saturating_sub(old_bytes)
+            .saturating_add(bytes);
+    }
+
+    /// Refuses a new signal past the hub's backlog or the scheduler's state limit, as a start is
+    /// refused: operations already queued still run, and callers retry.
+    fn check_entity_room(&self, hub: &str) -> Result<(), EngineError> {
+        let Some(h) = self.hubs.get(hub) else {
+            return Ok(());
+        };
+        let l = &self.limits;
+        if l.max_backlog > 0 && h.entity_operations >= l.max_backlog {
+            return Err(EngineError::resource_exhausted(format!(
+                "task hub '{hub}' has {} entity operations waiting, its limit (max_backlog); try again when workers catch up",
+                h.entity_operations
+            )));
+        }
+        if l.max_state_bytes > 0 && self.state_bytes >= l.max_state_bytes {
+            return Err(EngineError::resource_exhausted(format!(
+                "the scheduler holds {} MiB of state, its limit (max_state_bytes, {} MiB); try again when workers catch up",
+                self.state_bytes >> 20,
+                l.max_state_bytes >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// The entity's metadata, when it exists (has state), with its state if asked.
@@ -418,9 +474,15 @@ impl Engine {
                 .filter(|e| e.is_empty())
                 .map(|e| e.id.clone())
                 .collect();
+            let mut freed = 0;
             for id in &removed {
-                h.entities.remove(id);
+                if let Some(e) = h.entities.remove(id) {
+                    h.entity_bytes -= e.counted.0;
+                    h.entity_operations -= e.counted.1;
+                    freed += e.counted.0;
+                }
             }
+            self.state_bytes = self.state_bytes.saturating_sub(freed);
         }
         for id in &removed {
             self.persist_entity(hub, id);
@@ -698,6 +760,7 @@ impl Engine {
         }
         for id in ids {
             self.settle_entity(hub, &id);
+            self.account_entity(hub, &id);
         }
     }
 
@@ -802,6 +865,63 @@ mod tests {
             got.entity.and_then(|m| m.serialized_state),
             Some("2".into())
         );
+    }
+
+    #[test]
+    fn signals_past_the_backlog_or_the_state_limit_are_refused_and_room_comes_back() {
+        let mut e = Engine::new(&["h".to_string()]).with_limits(super::super::Limits {
+            max_backlog: 3,
+            ..Default::default()
+        });
+        let any = StreamFilter::default();
+        for _ in 0..3 {
+            signal(&mut e, "@c@k", "add");
+        }
+        let refused = e.signal_entity(
+            "h",
+            pb::SignalEntityRequest {
+                instance_id: "@c@other".into(),
+                name: "add".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(&refused, Err(EngineError::ResourceExhausted(m)) if m.contains("max_backlog")),
+            "{refused:?}"
+        );
+        // Run them: the backlog empties and signals are taken again.
+        let item = e.take_entity("h", 1, &any).expect("work");
+        e.complete_entity(
+            "h",
+            pb::EntityBatchResult {
+                results: vec![pb::OperationResult::default(); 3],
+                entity_state: Some("3".into()),
+                completion_token: item.completion_token,
+                ..Default::default()
+            },
+        )
+        .expect("complete");
+        signal(&mut e, "@c@other", "add");
+
+        // The state limit: big inputs fill it.
+        let mut e = Engine::new(&["h".to_string()]).with_limits(super::super::Limits {
+            max_state_bytes: 100_000,
+            ..Default::default()
+        });
+        let big = |n: usize| pb::SignalEntityRequest {
+            instance_id: format!("@c@{n}"),
+            name: "set".into(),
+            input: Some(format!("\"{}\"", "x".repeat(30_000))),
+            ..Default::default()
+        };
+        let accepted = (0..10)
+            .take_while(|n| e.signal_entity("h", big(*n)).is_ok())
+            .count();
+        assert!(
+            (3..=4).contains(&accepted),
+            "{accepted} signals of 30 KB under 100 KB"
+        );
+        assert!(e.state_bytes() >= 100_000);
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct Hub {
     entity_ready_set: HashSet<String>,
     /// The entities each orchestration holds locked (from the entities' `locked_by`).
     locks: HashMap<String, std::collections::BTreeSet<String>>,
+    /// The entities' share of the state estimate, and their operations not yet applied (part of
+    /// the backlog `max_backlog` bounds), kept as entities change.
+    entity_bytes: usize,
+    entity_operations: usize,
 }
 
 /// The whole scheduler state.

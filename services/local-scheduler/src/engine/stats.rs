@@ -22,7 +22,7 @@ impl Engine {
                 h.instances.len()
             )));
         }
-        let backlog = h.ready.len() + h.activity_order.len();
+        let backlog = h.ready.len() + h.activity_order.len() + h.entity_operations;
         if l.max_backlog > 0 && backlog >= l.max_backlog {
             return Err(EngineError::resource_exhausted(format!(
                 "task hub '{hub}' has {backlog} work items waiting, its limit (max_backlog); try again when workers catch up"
@@ -54,6 +54,7 @@ impl Engine {
         for h in self.hubs.values_mut() {
             h.instances.settle();
             total += h.instances.bytes();
+            total += h.entity_bytes;
             total += h
                 .activities
                 .values()
@@ -148,7 +149,7 @@ const INSTANCE_OVERHEAD_BYTES: usize = 800;
 /// Likewise per event held in memory (a `HistoryEvent` is about 0.5 KiB before its strings).
 const EVENT_OVERHEAD_BYTES: usize = 512;
 
-fn event_bytes(e: &pb::HistoryEvent) -> usize {
+pub(super) fn event_bytes(e: &pb::HistoryEvent) -> usize {
     EVENT_OVERHEAD_BYTES + prost::Message::encoded_len(e)
 }
 
