@@ -19,6 +19,7 @@ use chrono::Utc;
 use durabletask_proto as pb;
 use pb::history_event::EventType;
 
+use super::query::MAX_QUERY_ANSWER_BYTES;
 use super::stats::event_bytes;
 use super::{Engine, EngineError, Lease, LeaseKind, StreamFilter, validate_name, validate_payload};
 use crate::model::{Change, Entity, event, from_ts};
@@ -415,6 +416,8 @@ impl Engine {
         };
         let mut entities = Vec::new();
         let mut last = None;
+        let mut bytes = 0;
+        let mut more = false;
         for (id, e) in h.entities.range((lower, std::ops::Bound::Unbounded)) {
             if !id.starts_with(prefix) {
                 break;
@@ -428,13 +431,18 @@ impl Engine {
             {
                 continue;
             }
-            if entities.len() == page {
+            // Bounded as it is built, as instance query pages are: past the byte cap the page
+            // ends early, with a continuation token.
+            if entities.len() == page || (bytes >= MAX_QUERY_ANSWER_BYTES && !entities.is_empty()) {
+                more = true;
                 break;
             }
-            entities.push(e.metadata(q.include_state));
+            let m = e.metadata(q.include_state);
+            bytes += prost::Message::encoded_len(&m);
+            entities.push(m);
             last = Some(id.clone());
         }
-        let more = entities.len() == page;
+
         Ok(pb::QueryEntitiesResponse {
             entities,
             continuation_token: if more { last } else { None },
@@ -922,6 +930,46 @@ mod tests {
             "{accepted} signals of 30 KB under 100 KB"
         );
         assert!(e.state_bytes() >= 100_000);
+    }
+
+    #[test]
+    fn an_entity_page_ends_at_the_byte_cap_with_a_token() {
+        let mut e = Engine::new(&["h".to_string()]);
+        let any = StreamFilter::default();
+        for i in 0..6 {
+            signal(&mut e, &format!("@c@{i}"), "set");
+        }
+        while let Some(item) = e.take_entity("h", 1, &any) {
+            e.complete_entity(
+                "h",
+                pb::EntityBatchResult {
+                    results: vec![pb::OperationResult::default()],
+                    entity_state: Some(format!("\"{}\"", "x".repeat(1_000_000))),
+                    completion_token: item.completion_token,
+                    ..Default::default()
+                },
+            )
+            .expect("complete");
+        }
+        let mut query = pb::EntityQuery {
+            include_state: true,
+            ..Default::default()
+        };
+        let mut seen = 0;
+        let mut pages = 0;
+        loop {
+            let page = e.query_entities("h", &query).expect("query");
+            let bytes: usize = page.entities.iter().map(prost::Message::encoded_len).sum();
+            assert!(bytes < 6 * 1024 * 1024, "a page of {bytes} bytes");
+            seen += page.entities.len();
+            pages += 1;
+            match page.continuation_token {
+                Some(t) => query.continuation_token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, 6);
+        assert!(pages >= 2, "six 1 MB states in {pages} page(s)");
     }
 
     #[test]
