@@ -29,6 +29,8 @@ use crate::model::{Change, Entity, event, from_ts};
 const ENTITY_OVERHEAD_BYTES: usize = 400;
 /// Operations of one entity work item.
 const MAX_OPERATIONS_PER_BATCH: usize = 100;
+/// Bytes of one entity work item's state and operations, past its first operation.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// An entity id as DTS bounds an instance id, plus its two `@`s.
 const MAX_ENTITY_ID_BYTES: usize = 256;
 /// Request ids are GUIDs in every SDK; bounded like the other fields.
@@ -104,25 +106,38 @@ fn runnable(e: &Entity) -> bool {
 
 /// The operations of the next batch, taken out of the queue: unlocked, those at the front up
 /// to the first lock message; locked, the holder's calls up to its unlock (the rest waits).
+/// At most `MAX_OPERATIONS_PER_BATCH` operations and, past the first, `MAX_BATCH_BYTES` of
+/// them with the state, so that a work item stays well under the gRPC message limit.
 fn take_batch(e: &mut Entity) -> Vec<pb::HistoryEvent> {
     let mut batch = Vec::new();
+    let mut bytes = e.state.as_ref().map_or(0, String::len);
+    let mut room = |batch: &Vec<pb::HistoryEvent>, m: &pb::HistoryEvent| {
+        let size = prost::Message::encoded_len(m);
+        if batch.len() >= MAX_OPERATIONS_PER_BATCH
+            || (!batch.is_empty() && bytes + size > MAX_BATCH_BYTES)
+        {
+            return false;
+        }
+        bytes += size;
+        true
+    };
     match e.locked_by.clone() {
         None => {
-            while batch.len() < MAX_OPERATIONS_PER_BATCH
-                && let Some(m) = e.queue.front()
+            while let Some(m) = e.queue.front()
                 && is_operation(m)
+                && room(&batch, m)
             {
                 batch.extend(e.queue.pop_front());
             }
         }
         Some(holder) => {
             let mut i = 0;
-            while i < e.queue.len() && batch.len() < MAX_OPERATIONS_PER_BATCH {
+            while i < e.queue.len() {
                 if !sent_by(&e.queue[i], &holder) {
                     i += 1;
                     continue;
                 }
-                if !is_operation(&e.queue[i]) {
+                if !is_operation(&e.queue[i]) || !room(&batch, &e.queue[i]) {
                     break;
                 }
                 batch.extend(e.queue.remove(i));
@@ -930,6 +945,32 @@ mod tests {
             "{accepted} signals of 30 KB under 100 KB"
         );
         assert!(e.state_bytes() >= 100_000);
+    }
+
+    #[test]
+    fn a_batch_of_large_operations_stays_under_the_byte_cap() {
+        let mut e = Engine::new(&["h".to_string()]);
+        for _ in 0..10 {
+            e.signal_entity(
+                "h",
+                pb::SignalEntityRequest {
+                    instance_id: "@c@k".into(),
+                    name: "set".into(),
+                    input: Some(format!("\"{}\"", "x".repeat(1_000_000))),
+                    ..Default::default()
+                },
+            )
+            .expect("signal");
+        }
+        let item = e
+            .take_entity("h", 1, &StreamFilter::default())
+            .expect("work");
+        let ops = operations(&item).len();
+        assert!(
+            (1..=4).contains(&ops),
+            "{ops} operations of 1 MB in one work item"
+        );
+        assert!(prost::Message::encoded_len(&item) < 5 * 1024 * 1024);
     }
 
     #[test]
