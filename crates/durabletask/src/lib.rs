@@ -6,6 +6,7 @@
 //!   stream.
 //! - [`entity`]: durable entities (ids, the operation context, batch execution).
 //! - [`orchestration`]: the context orchestrator code uses and the strict replay executor.
+//! - [`schedule`]: recurring schedules (on entities, as the other SDKs keep them).
 //! - [`testing`]: a fluent history builder for replay tests.
 
 pub mod activity;
@@ -18,6 +19,7 @@ pub mod history;
 pub mod orchestration;
 pub mod otel;
 pub mod registry;
+pub mod schedule;
 pub mod testing;
 mod traceparent;
 pub mod types;
@@ -37,6 +39,10 @@ pub use orchestration::{
     TaskError,
 };
 pub use registry::Registry;
+pub use schedule::{
+    ScheduleCreationOptions, ScheduleDescription, ScheduleError, ScheduleQuery, ScheduleStatus,
+    ScheduleUpdateOptions,
+};
 pub use traceparent::TraceParent;
 pub use types::{FailureDetails, OrchestrationMetadata, OrchestrationStatus, TraceContext};
 pub use worker::{

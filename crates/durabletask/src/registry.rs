@@ -108,6 +108,13 @@ impl Registry {
         self
     }
 
+    /// Registers the schedule entity and the orchestration clients change schedules through,
+    /// so this worker runs recurring schedules (see [`crate::schedule`]).
+    pub fn add_schedules(&mut self) -> &mut Self {
+        crate::schedule::entity::register(self);
+        self
+    }
+
     pub fn entity(&self, name: &str) -> Option<Arc<EntityFn>> {
         self.entities.get(name).cloned()
     }

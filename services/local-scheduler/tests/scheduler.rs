@@ -1060,7 +1060,8 @@ impl durabletask::EntityType for Balance {
     }
 }
 
-/// The suite's counter and account entities, in Rust, with the same operations.
+/// The suite's counter and account entities, in Rust, with the same operations; the schedule
+/// entity and the suite's `tick` orchestration.
 fn rust_entities() -> Registry {
     let mut r = Registry::new();
     r.add_entity(
@@ -1087,6 +1088,15 @@ fn rust_entities() -> Registry {
     );
     // Type-based: its value is the state (a plain number, as the Python suite reads it).
     r.add_entity_type::<Balance>("account");
+    // Recurring schedules, and the suite's `tick`: one run counts itself on a counter.
+    r.add_schedules();
+    r.add_orchestrator(
+        "tick",
+        |ctx: durabletask::OrchestrationContext, key: String| async move {
+            ctx.signal_entity(&EntityId::new("counter", &key), "add", &1, None);
+            Ok(key)
+        },
+    );
     r
 }
 
@@ -1137,7 +1147,7 @@ async fn python_clients_drive_rust_entities() {
     let stdout = entities_suite(&s, &["client-only"]).await;
     assert_eq!(
         stdout.lines().last().unwrap_or_default(),
-        "6 passed, 0 failed",
+        "7 passed, 0 failed",
         "{stdout}"
     );
     stop.cancel();

@@ -5,7 +5,8 @@ scheduler. Usage: entities_suite.py HOST:PORT [TASKHUB]
   entities_suite.py HOST:PORT signal-only RUN  signals 20 adds to @counter@<RUN>, no worker
   entities_suite.py HOST:PORT check RUN        runs a worker and expects @counter@<RUN> at 20
   entities_suite.py HOST:PORT client-only      the client scenarios, against another SDK's worker
-                                               (which must have the counter and account entities)
+                                               (which must have the counter and account
+                                               entities, the schedules and `tick`)
   entities_suite.py HOST:PORT worker           runs this suite's worker until stdin closes
 
 The two phases let a test kill and restart the scheduler in between.
@@ -393,6 +394,7 @@ CLIENT_ONLY = [
     query_and_paging,
     clean_removes_empty_entities,
     bad_input_is_refused,
+    recurring_schedule,
 ]
 
 
