@@ -168,6 +168,13 @@ pub struct Limits {
     /// `Retry-After`, before any check, until it is back under the rate. 0: no limit.
     pub auth_failures_per_second: u32,
     pub auth_failures_burst: u32,
+    /// The shortest interval of a recurring operation (at least 1, the scheduler's rule): each
+    /// run starts an operation that no start cap sees, so this bounds what one schedule costs.
+    pub min_recurring_interval_seconds: u64,
+    pub max_recurring_interval_seconds: u64,
+    /// Recurring operations a caller may have (with authentication off, all of them together);
+    /// past it a create gets `429` with `Retry-After` until one is deleted. 1 to 1000.
+    pub max_recurring_per_caller: usize,
 }
 
 impl Default for Limits {
@@ -190,6 +197,9 @@ impl Default for Limits {
             rate_limit_burst: 200,
             auth_failures_per_second: 10,
             auth_failures_burst: 50,
+            min_recurring_interval_seconds: 60,
+            max_recurring_interval_seconds: 366 * 24 * 3600,
+            max_recurring_per_caller: 100,
         }
     }
 }
@@ -311,6 +321,17 @@ impl service_kit::settings::Validate for Settings {
             if value == 0 {
                 return Err(format!("`{key}` must be at least 1"));
             }
+        }
+        if self.limits.min_recurring_interval_seconds == 0 {
+            return Err("`min_recurring_interval_seconds` must be at least 1".into());
+        }
+        if self.limits.max_recurring_interval_seconds < self.limits.min_recurring_interval_seconds {
+            return Err("`max_recurring_interval_seconds` must be at least \
+                        `min_recurring_interval_seconds`"
+                .into());
+        }
+        if !(1..=1000).contains(&self.limits.max_recurring_per_caller) {
+            return Err("`max_recurring_per_caller` must be between 1 and 1000".into());
         }
         if self.limits.rate_limit_per_second > 0 && self.limits.rate_limit_burst == 0 {
             return Err(
@@ -540,5 +561,40 @@ mod tests {
     fn the_configuration_page_documents_every_setting_with_its_default() {
         let defaults = service_kit::settings::flat_defaults::<Settings>(&SOURCE);
         test_support::readme::assert_documented("GATEWAY", &defaults);
+    }
+
+    #[test]
+    fn recurring_limits_out_of_range_are_refused_naming_the_key() {
+        use service_kit::settings::Validate;
+        let base = || Settings {
+            auth: Some("none".parse().expect("auth")),
+            ..Settings::default()
+        };
+        assert_eq!(base().validate(), Ok(()));
+        type Patch = fn(&mut Limits);
+        let cases: [(Patch, &str); 4] = [
+            (
+                |l| l.min_recurring_interval_seconds = 0,
+                "`min_recurring_interval_seconds`",
+            ),
+            (
+                |l| l.max_recurring_interval_seconds = 59,
+                "`max_recurring_interval_seconds`",
+            ),
+            (
+                |l| l.max_recurring_per_caller = 0,
+                "`max_recurring_per_caller`",
+            ),
+            (
+                |l| l.max_recurring_per_caller = 1001,
+                "`max_recurring_per_caller`",
+            ),
+        ];
+        for (patch, key) in cases {
+            let mut s = base();
+            patch(&mut s.limits);
+            let e = s.validate().unwrap_err();
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 }

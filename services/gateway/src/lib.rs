@@ -34,6 +34,7 @@ mod state;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,6 +53,9 @@ pub use model::{
 pub use openapi::ApiDoc;
 pub use problem::{Problem, ProblemDetails};
 pub use routes::history::{HistoryEntry, OperationHistory};
+pub use routes::recurring::{
+    RecurringLinks, RecurringOperation, RecurringPage, RecurringRequest, RecurringStatus,
+};
 pub use routes::sample::{SampleAccepted, SampleStartRequest, SampleStatus};
 pub use run::run;
 pub use state::{AppState, Shared};
@@ -60,7 +64,9 @@ pub use state::{AppState, Shared};
 /// requests with the template the router matched, and the OpenAPI document lists the same
 /// handlers.
 pub fn app(state: AppState) -> Router {
-    use routes::{cancel, events, history, list, process, purge, result, sample, status};
+    use routes::{
+        cancel, events, history, list, process, purge, recurring, result, sample, status,
+    };
     let limit = state.config.limits.max_body_bytes;
     let api = Router::new()
         .route(
@@ -76,6 +82,22 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/operations", get(list::list))
         .route("/api/operations/{id}/history", get(history::history))
+        .route(
+            "/api/recurring",
+            get(recurring::list).post(recurring::create.layer(from_fn(run_to_completion))),
+        )
+        .route(
+            "/api/recurring/{id}",
+            get(recurring::get_one).delete(recurring::delete.layer(from_fn(run_to_completion))),
+        )
+        .route(
+            "/api/recurring/{id}/pause",
+            post(recurring::pause).layer(from_fn(run_to_completion)),
+        )
+        .route(
+            "/api/recurring/{id}/resume",
+            post(recurring::resume).layer(from_fn(run_to_completion)),
+        )
         // The original sample's routes, with its field names.
         .route(
             "/api/start-operation",

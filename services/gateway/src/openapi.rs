@@ -28,6 +28,12 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         crate::routes::list::list,
         crate::routes::history::history,
         crate::routes::purge::purge,
+        crate::routes::recurring::create,
+        crate::routes::recurring::list,
+        crate::routes::recurring::get_one,
+        crate::routes::recurring::pause,
+        crate::routes::recurring::resume,
+        crate::routes::recurring::delete,
         crate::routes::sample::sample_start,
         crate::routes::sample::sample_status,
     ),
@@ -51,9 +57,15 @@ use contract::{ProcessRequest, ProcessResult, SampleResult};
         crate::routes::history::OperationHistory,
         crate::routes::history::HistoryEntry,
         crate::routes::events::StatusEvent,
+        crate::routes::recurring::RecurringRequest,
+        crate::routes::recurring::RecurringOperation,
+        crate::routes::recurring::RecurringStatus,
+        crate::routes::recurring::RecurringLinks,
+        crate::routes::recurring::RecurringPage,
     )),
     tags(
         (name = "operations", description = "The async request-reply API"),
+        (name = "recurring", description = "Operations started again at an interval, each run an operation in the caller's list"),
         (name = "sample compatibility", description = "The original Python sample's routes and field names"),
     )
 )]
@@ -84,6 +96,16 @@ impl ApiDoc {
             });
             property("ProcessRequest", "delay_seconds", &|p| {
                 p.maximum = Some(max_delay.into());
+            });
+            property("RecurringRequest", "name", &|p| {
+                p.max_length = Some(config.limits.max_name_chars);
+            });
+            property("RecurringRequest", "delay_seconds", &|p| {
+                p.maximum = Some(max_delay.into());
+            });
+            property("RecurringRequest", "interval_seconds", &|p| {
+                p.minimum = Some(config.limits.min_recurring_interval_seconds.into());
+                p.maximum = Some(config.limits.max_recurring_interval_seconds.into());
             });
             property("SampleStartRequest", "processing_time", &|p| {
                 p.maximum = Some(max_delay.into());

@@ -5,6 +5,8 @@
 //! - `async_http_api_orchestrator` → `process_long_running_operation`: the original Python
 //!   sample's pair with its input and output shapes, so either half of the sample can be
 //!   swapped for ours.
+//! - the schedule entity and its operation orchestration: the gateway's recurring operations
+//!   (and any SDK's schedules) run here.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use contract::{ProcessRequest, ProcessResult, SampleInput, SampleResult};
 
 pub fn registry(worker_name: String) -> Registry {
     let mut r = Registry::new();
+    r.add_schedules();
     r.add_orchestrator(
         PROCESS_ORCHESTRATION,
         |ctx: OrchestrationContext, req: ProcessRequest| async move {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::operations as op;
-use super::wire::{Configuration, CreateInput, OperationRequest, State, UpdateInput, iso};
+use super::wire::{Configuration, CreateInput, OperationRequest, State, UpdateInput};
 use super::{SCHEDULE_ENTITY, SCHEDULE_OPERATION_ORCHESTRATOR, ScheduleStatus};
 use crate::entity::{EntityContext, EntityId};
 use crate::orchestration::OrchestrationContext;
@@ -265,7 +265,7 @@ fn run(ctx: &mut EntityContext, input: Value, now: DateTime<Utc>) -> Result<(), 
             .orchestration_instance_id
             .clone()
             .filter(|i| !i.is_empty())
-            .unwrap_or_else(|| format!("{}-{}", c.schedule_id, iso(due)));
+            .unwrap_or_else(|| super::run_instance_id(&c.schedule_id, due));
         ctx.start_orchestration(
             &c.orchestration_name,
             &c.input().unwrap_or(Value::Null),

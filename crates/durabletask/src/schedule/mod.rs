@@ -41,6 +41,11 @@ pub mod operations {
     pub const DELETE: &str = "delete";
 }
 
+/// The instance id of a schedule's run at `at`, unless the schedule names one for every run.
+pub fn run_instance_id(schedule_id: &str, at: DateTime<Utc>) -> String {
+    format!("{schedule_id}-{}", wire::iso(at))
+}
+
 /// Why a schedule's settings are refused, naming the field.
 pub(crate) fn check_interval(interval: Duration) -> Result<(), String> {
     if interval.is_zero() {

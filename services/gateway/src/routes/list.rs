@@ -36,6 +36,8 @@ pub(crate) struct ListQuery {
     page_size: Option<u32>,
     /// Opaque token from a previous page's `nextLink`.
     continuation_token: Option<String>,
+    /// Only the operations the runs of this recurring operation started.
+    recurring: Option<String>,
     /// Admins only: the operations of this owner (`jwt:<identity>` or `key:<key id>`). Others
     /// always see their own.
     owner: Option<String>,
@@ -87,6 +89,15 @@ pub(crate) async fn list(
         (None, Role::Admin) => None,
         (None, Role::User) => Some(state.ids.prefix_of(&caller)).filter(|p| !p.is_empty()),
     };
+    // A recurring operation's runs are `<its id>-<run time>`; its id carries the owner's prefix,
+    // so another caller's is refused like any id it may not see.
+    let prefix = match &q.recurring {
+        Some(id) if !caller.may_see(&state.ids, id) || id.is_empty() => {
+            return Err(bad_query(format!("no recurring operation with id '{id}'")));
+        }
+        Some(id) => Some(format!("{id}-")),
+        None => prefix,
+    };
     let statuses = match q.status.as_deref() {
         None => vec![],
         Some(list) => {
@@ -137,8 +148,12 @@ pub(crate) async fn list(
     let value = page
         .instances
         .iter()
-        // A callback's delivery runs as an instance of its own, not an operation.
-        .filter(|m| m.name != contract::CALLBACK_ORCHESTRATION)
+        // A callback's delivery, or a change to a recurring operation, runs as an instance of its
+        // own, not an operation.
+        .filter(|m| {
+            m.name != contract::CALLBACK_ORCHESTRATION
+                && m.name != durabletask::schedule::SCHEDULE_OPERATION_ORCHESTRATOR
+        })
         .map(|m| OperationSummary {
             id: m.instance_id.clone(),
             name: m.name.clone(),
@@ -159,6 +174,7 @@ pub(crate) async fn list(
             ("created_from", &q.created_from),
             ("created_to", &q.created_to),
             ("owner", &q.owner),
+            ("recurring", &q.recurring),
         ] {
             if let Some(v) = v {
                 params.push(format!("{k}={}", encode(v)));

@@ -7,6 +7,7 @@ pub(crate) mod history;
 pub(crate) mod list;
 pub(crate) mod process;
 pub(crate) mod purge;
+pub(crate) mod recurring;
 pub(crate) mod result;
 pub(crate) mod sample;
 pub(crate) mod status;

@@ -30,6 +30,31 @@ impl FieldRules for ProcessRequest {
     }
 }
 
+/// The request with its name trimmed, within the limits; else a `422` naming the field. (A
+/// recurring operation's request meets the same rules.)
+pub(crate) fn checked(state: &AppState, req: &ProcessRequest) -> Result<ProcessRequest, Problem> {
+    let name = req.name.trim();
+    if name.is_empty() {
+        return Err(invalid("`name` must not be empty"));
+    }
+    if name.chars().count() > state.config.limits.max_name_chars {
+        return Err(invalid(format!(
+            "`name` must be at most {} characters",
+            state.config.limits.max_name_chars
+        )));
+    }
+    if req.delay_seconds > state.config.limits.max_delay_seconds {
+        return Err(invalid(format!(
+            "`delay_seconds` must be between 0 and {}",
+            state.config.limits.max_delay_seconds
+        )));
+    }
+    Ok(ProcessRequest {
+        name: name.to_string(),
+        delay_seconds: req.delay_seconds,
+    })
+}
+
 /// Starts `process_request` and answers at once.
 #[utoipa::path(
     post,
@@ -64,26 +89,7 @@ pub(crate) async fn start_process(
     CallbackUrl(callback): CallbackUrl,
     JsonBody(req): JsonBody<ProcessRequest>,
 ) -> Result<Response, Problem> {
-    let name = req.name.trim();
-    if name.is_empty() {
-        return Err(invalid("`name` must not be empty"));
-    }
-    if name.chars().count() > state.config.limits.max_name_chars {
-        return Err(invalid(format!(
-            "`name` must be at most {} characters",
-            state.config.limits.max_name_chars
-        )));
-    }
-    if req.delay_seconds > state.config.limits.max_delay_seconds {
-        return Err(invalid(format!(
-            "`delay_seconds` must be between 0 and {}",
-            state.config.limits.max_delay_seconds
-        )));
-    }
-    let input = ProcessRequest {
-        name: name.to_string(),
-        delay_seconds: req.delay_seconds,
-    };
+    let input = checked(&state, &req)?;
     // The operation's id: from the key (a retry finds the same one), else random and
     // unguessable, under the caller's prefix.
     let id = match &key {
