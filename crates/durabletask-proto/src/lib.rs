@@ -11,6 +11,11 @@ include!(concat!(env!("OUT_DIR"), "/durabletask.rs"));
 
 pub use prost_types::{Duration, Timestamp};
 
+/// The encoded `FileDescriptorSet` of the wire contract (imports included): what a generic
+/// walk of a message needs to know which of its fields are messages, and of which type.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/durabletask_descriptor.bin"));
+
 /// Re-exported so downstream crates can name the generated modules without depending on tonic paths.
 pub use task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
 pub use task_hub_sidecar_service_server::{TaskHubSidecarService, TaskHubSidecarServiceServer};

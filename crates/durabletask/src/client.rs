@@ -73,6 +73,7 @@ pub struct PurgeResult {
 #[derive(Clone)]
 pub struct Client {
     grpc: GrpcClient,
+    payloads: Option<crate::payload::Payloads>,
 }
 
 impl Client {
@@ -83,7 +84,40 @@ impl Client {
         )
         .max_decoding_message_size(MAX_DECODE_BYTES)
         .max_encoding_message_size(MAX_DECODE_BYTES);
-        Self { grpc }
+        Self {
+            grpc,
+            payloads: None,
+        }
+    }
+
+    /// With large payloads (the claim check): inputs, event data and entity inputs over the
+    /// threshold are stored and sent as tokens, and tokens in what comes back are read back.
+    pub fn with_payloads(mut self, payloads: crate::payload::Payloads) -> Self {
+        self.payloads = Some(payloads);
+        self
+    }
+
+    async fn outgoing<M: prost::Message + Default>(
+        &self,
+        msg: &mut M,
+        type_name: &str,
+        instance_id: &str,
+    ) -> Result<(), Error> {
+        if let Some(p) = &self.payloads {
+            p.externalize(msg, type_name, Some(instance_id)).await?;
+        }
+        Ok(())
+    }
+
+    async fn incoming<M: prost::Message + Default>(
+        &self,
+        msg: &mut M,
+        type_name: &str,
+    ) -> Result<(), Error> {
+        if let Some(p) = &self.payloads {
+            p.internalize(msg, type_name).await?;
+        }
+        Ok(())
     }
 
     /// Checks that the scheduler answers and knows our task hub.
@@ -116,7 +150,7 @@ impl Client {
         let instance_id = options
             .instance_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let req = pb::CreateInstanceRequest {
+        let mut req = pb::CreateInstanceRequest {
             instance_id,
             name: name.to_string(),
             version: options.version,
@@ -135,6 +169,9 @@ impl Client {
                 .map(TraceContext::to_proto),
             request_time: Some(to_timestamp(Utc::now())),
         };
+        let id = req.instance_id.clone();
+        self.outgoing(&mut req, "CreateInstanceRequest", &id)
+            .await?;
         let resp = self.grpc.clone().start_instance(req).await?.into_inner();
         Ok(resp.instance_id)
     }
@@ -149,7 +186,8 @@ impl Client {
             instance_id: instance_id.to_string(),
             get_inputs_and_outputs: fetch_payloads,
         };
-        let resp = self.grpc.clone().get_instance(req).await?.into_inner();
+        let mut resp = self.grpc.clone().get_instance(req).await?.into_inner();
+        self.incoming(&mut resp, "GetInstanceResponse").await?;
         Ok(state_of(resp))
     }
 
@@ -165,12 +203,13 @@ impl Client {
             get_inputs_and_outputs: fetch_payloads,
         });
         req.set_timeout(timeout);
-        let resp = self
+        let mut resp = self
             .grpc
             .clone()
             .wait_for_instance_start(req)
             .await?
             .into_inner();
+        self.incoming(&mut resp, "GetInstanceResponse").await?;
         Ok(state_of(resp))
     }
 
@@ -187,12 +226,13 @@ impl Client {
             get_inputs_and_outputs: fetch_payloads,
         });
         req.set_timeout(timeout);
-        let resp = self
+        let mut resp = self
             .grpc
             .clone()
             .wait_for_instance_completion(req)
             .await?
             .into_inner();
+        self.incoming(&mut resp, "GetInstanceResponse").await?;
         Ok(state_of(resp))
     }
 
@@ -202,11 +242,13 @@ impl Client {
         event_name: &str,
         data: &I,
     ) -> Result<(), Error> {
-        let req = pb::RaiseEventRequest {
+        let mut req = pb::RaiseEventRequest {
             instance_id: instance_id.to_string(),
             name: event_name.to_string(),
             input: Some(serde_json::to_string(data)?),
         };
+        self.outgoing(&mut req, "RaiseEventRequest", instance_id)
+            .await?;
         self.grpc.clone().raise_event(req).await?;
         Ok(())
     }
@@ -218,11 +260,13 @@ impl Client {
         output: &O,
         recursive: bool,
     ) -> Result<(), Error> {
-        let req = pb::TerminateRequest {
+        let mut req = pb::TerminateRequest {
             instance_id: instance_id.to_string(),
             output: Some(serde_json::to_string(output)?),
             recursive,
         };
+        self.outgoing(&mut req, "TerminateRequest", instance_id)
+            .await?;
         self.grpc.clone().terminate_instance(req).await?;
         Ok(())
     }
@@ -305,7 +349,8 @@ impl Client {
             Err(s) => return Err(s.into()),
         };
         let mut events = Vec::new();
-        while let Some(chunk) = stream.message().await? {
+        while let Some(mut chunk) = stream.message().await? {
+            self.incoming(&mut chunk, "HistoryChunk").await?;
             events.extend(chunk.events);
         }
         Ok(Some(events))
@@ -350,7 +395,8 @@ impl Client {
                 fetch_inputs_and_outputs: query.fetch_inputs_and_outputs,
             }),
         };
-        let resp = self.grpc.clone().query_instances(req).await?.into_inner();
+        let mut resp = self.grpc.clone().query_instances(req).await?.into_inner();
+        self.incoming(&mut resp, "QueryInstancesResponse").await?;
         let instances = resp
             .orchestration_state
             .into_iter()
@@ -377,7 +423,7 @@ impl Client {
         input: &I,
         at: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
-        let req = pb::SignalEntityRequest {
+        let mut req = pb::SignalEntityRequest {
             instance_id: entity.to_string(),
             name: operation.to_string(),
             input: Some(serde_json::to_string(input)?),
@@ -386,6 +432,8 @@ impl Client {
             parent_trace_context: None,
             request_time: Some(to_timestamp(Utc::now())),
         };
+        let id = req.instance_id.clone();
+        self.outgoing(&mut req, "SignalEntityRequest", &id).await?;
         self.grpc.clone().signal_entity(req).await?;
         Ok(())
     }
@@ -400,7 +448,8 @@ impl Client {
             instance_id: entity.to_string(),
             include_state,
         };
-        let resp = self.grpc.clone().get_entity(req).await?.into_inner();
+        let mut resp = self.grpc.clone().get_entity(req).await?.into_inner();
+        self.incoming(&mut resp, "GetEntityResponse").await?;
         if !resp.exists {
             return Ok(None);
         }
@@ -426,7 +475,8 @@ impl Client {
                 continuation_token: query.continuation_token,
             }),
         };
-        let resp = self.grpc.clone().query_entities(req).await?.into_inner();
+        let mut resp = self.grpc.clone().query_entities(req).await?.into_inner();
+        self.incoming(&mut resp, "QueryEntitiesResponse").await?;
         Ok(EntityPage {
             entities: resp
                 .entities

@@ -30,6 +30,9 @@ pub enum Error {
     Serialization(#[from] serde_json::Error),
     #[error("the scheduler returned an invalid response: {0}")]
     Protocol(String),
+    /// A large payload could not be stored or read back (the claim check).
+    #[error(transparent)]
+    Payload(#[from] crate::payload::PayloadError),
 }
 
 impl Error {
@@ -50,7 +53,9 @@ impl Error {
 
     /// Worth retrying later, by [`is_transient_status`]. A client-side deadline is transient too.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::DeadlineExceeded(_)) || self.status().is_some_and(is_transient_status)
+        matches!(self, Self::DeadlineExceeded(_))
+            || matches!(self, Self::Payload(p) if p.is_transient())
+            || self.status().is_some_and(is_transient_status)
     }
 }
 

@@ -6,6 +6,7 @@
 //!   stream.
 //! - [`entity`]: durable entities (ids, the operation context, batch execution).
 //! - [`orchestration`]: the context orchestrator code uses and the strict replay executor.
+//! - [`payload`]: large payloads (the claim check the SDKs share, in Azure Blob Storage).
 //! - [`schedule`]: recurring schedules (on entities, as the other SDKs keep them).
 //! - [`testing`]: a fluent history builder for replay tests.
 
@@ -18,6 +19,7 @@ mod error;
 pub mod history;
 pub mod orchestration;
 pub mod otel;
+pub mod payload;
 pub mod registry;
 pub mod schedule;
 pub mod testing;

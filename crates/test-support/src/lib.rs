@@ -15,6 +15,7 @@
 //! - [`oidc`]: an identity provider (keys, hand-signed tokens, discovery and JWKS over HTTP).
 //! - [`readme`]: the configuration tables of `docs/configuration.md`, checked against the settings' defaults.
 
+pub mod azurite;
 pub mod browser;
 pub mod clients;
 pub mod exposition;

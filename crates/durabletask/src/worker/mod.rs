@@ -29,6 +29,7 @@ use crate::connection::{Caller, Connection, MAX_DECODE_BYTES, default_worker_id}
 use crate::orchestration::executor::{execute, failure_response};
 
 mod drain;
+mod payloads;
 
 use crate::registry::Registry;
 use crate::types::{FailureDetails, TraceContext};
@@ -59,6 +60,10 @@ pub struct WorkerOptions {
     pub worker_id: Option<String>,
     /// Told about every work item, stream state change and finished orchestration (metrics).
     pub observer: Option<Arc<dyn WorkerObserver>>,
+    /// Large payloads (the claim check): read back in work items, stored from completions over
+    /// the threshold; the worker then tells the scheduler it has the `LARGE_PAYLOADS`
+    /// capability.
+    pub payloads: Option<crate::payload::Payloads>,
 }
 
 /// The kinds of work this worker runs.
@@ -146,6 +151,7 @@ impl Default for WorkerOptions {
             versions: None,
             worker_id: None,
             observer: None,
+            payloads: None,
         }
     }
 }
@@ -193,6 +199,7 @@ struct Shared {
     abort: CancellationToken,
     stats: Arc<WorkerStats>,
     observer: Option<Arc<dyn WorkerObserver>>,
+    payloads: Option<crate::payload::Payloads>,
 }
 
 impl Shared {
@@ -253,6 +260,7 @@ impl Worker {
             abort: CancellationToken::new(),
             stats: Arc::new(WorkerStats::default()),
             observer: options.observer.clone(),
+            payloads: options.payloads.clone(),
         });
         let (ready, _) = watch::channel(false);
         Self {
@@ -414,7 +422,7 @@ impl Worker {
             } else {
                 0
             },
-            capabilities: vec![],
+            capabilities: self.shared.capabilities(),
             work_item_filters: filters,
         }
     }
@@ -498,16 +506,43 @@ fn orchestration_name(req: &pb::OrchestratorRequest) -> Option<String> {
     execution_started(req).map(|(n, _)| n)
 }
 
-async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token: String) {
+async fn run_orchestration(shared: &Shared, mut req: pb::OrchestratorRequest, token: String) {
+    use payloads::PayloadOutcome;
     let started = execution_started(&req);
     let name = started.as_ref().map(|(n, _)| n.clone());
     let label = name.clone().unwrap_or_default();
     let since = shared.started(WorkItemKind::Orchestration, &label);
     let trace = crate::otel::orchestration_trace_id(&req);
-    let response = match name
+    let instance_id = req.instance_id.clone();
+    let hand_back = |e: crate::payload::PayloadError, token: String| {
+        let (label, trace, instance_id) = (label.clone(), trace.clone(), instance_id.clone());
+        async move {
+            tracing::warn!(%instance_id, error = %e, "the payload store failed; handing the orchestration work item back");
+            shared.store_backoff().await;
+            abandon_orchestration(shared, token).await;
+            shared.finished(
+                WorkItemKind::Orchestration,
+                &label,
+                WorkItemOutcome::Abandoned,
+                since,
+                trace.as_deref(),
+            );
+        }
+    };
+    let unreadable = match shared.read_payloads(&mut req, "OrchestratorRequest").await {
+        Ok(()) => None,
+        Err(PayloadOutcome::Retry(e)) => return hand_back(e, token).await,
+        Err(PayloadOutcome::Fail(f)) => Some(f),
+    };
+    let mut response = match name
         .as_deref()
         .map(|n| (n, shared.registry.orchestrator(n)))
     {
+        _ if unreadable.is_some() => failure_response(
+            &req.instance_id,
+            token,
+            unreadable.as_ref().expect("checked"),
+        ),
         Some((_, Some(orchestrator))) => {
             let context = crate::otel::orchestration_log_context(&req, &label);
             let _entered = context.enter();
@@ -530,6 +565,16 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
             failure_response(&req.instance_id, token, &f)
         }
     };
+    match shared
+        .write_payloads(&mut response, "OrchestratorResponse", &req.instance_id)
+        .await
+    {
+        Ok(()) => {}
+        Err(PayloadOutcome::Retry(e)) => return hand_back(e, response.completion_token).await,
+        Err(PayloadOutcome::Fail(f)) => {
+            response = failure_response(&req.instance_id, response.completion_token, &f);
+        }
+    }
     let result = deliver(|| {
         let mut grpc = shared.grpc.clone();
         let r = response.clone();
@@ -586,13 +631,53 @@ async fn run_orchestration(shared: &Shared, req: pb::OrchestratorRequest, token:
     }
 }
 
-async fn run_entity(shared: &Shared, req: pb::EntityRequest, token: String) {
+async fn run_entity(shared: &Shared, mut req: pb::EntityRequest, token: String) {
+    use payloads::PayloadOutcome;
     let name = crate::entity::EntityId::parse(&req.instance_id)
         .map(|id| id.name)
         .unwrap_or_default();
     let since = shared.started(WorkItemKind::Entity, &name);
     let entity = shared.registry.entity(&name);
-    let result = crate::entity::execute_batch(entity.as_deref(), &req, token);
+    let entity_id = req.instance_id.clone();
+    let hand_back = |e: crate::payload::PayloadError, token: String| {
+        let (name, entity_id) = (name.clone(), entity_id.clone());
+        async move {
+            tracing::warn!(entity = %entity_id, error = %e, "the payload store failed; handing the entity work item back");
+            shared.store_backoff().await;
+            let mut grpc = shared.grpc.clone();
+            if grpc
+                .abandon_task_entity_work_item(pb::AbandonEntityTaskRequest {
+                    completion_token: token,
+                })
+                .await
+                .is_ok()
+            {
+                bump(&shared.stats.work_items_abandoned);
+            }
+            shared.finished(
+                WorkItemKind::Entity,
+                &name,
+                WorkItemOutcome::Abandoned,
+                since,
+                None,
+            );
+        }
+    };
+    let mut result = match shared.read_payloads(&mut req, "EntityRequest").await {
+        Ok(()) => crate::entity::execute_batch(entity.as_deref(), &req, token),
+        Err(PayloadOutcome::Retry(e)) => return hand_back(e, token).await,
+        Err(PayloadOutcome::Fail(f)) => payloads::failed_batch(&req, token, f),
+    };
+    match shared
+        .write_payloads(&mut result, "EntityBatchResult", &req.instance_id)
+        .await
+    {
+        Ok(()) => {}
+        Err(PayloadOutcome::Retry(e)) => return hand_back(e, result.completion_token).await,
+        Err(PayloadOutcome::Fail(f)) => {
+            result = payloads::failed_batch(&req, result.completion_token, f);
+        }
+    }
     let failed = result.results.iter().any(|r| {
         matches!(
             r.result_type,
@@ -617,7 +702,18 @@ async fn run_entity(shared: &Shared, req: pb::EntityRequest, token: String) {
     }
 }
 
-async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) {
+async fn run_activity(shared: &Shared, mut req: pb::ActivityRequest, token: String) {
+    use payloads::PayloadOutcome;
+    let unreadable = match shared.read_payloads(&mut req, "ActivityRequest").await {
+        Ok(()) => None,
+        Err(PayloadOutcome::Retry(e)) => {
+            tracing::warn!(name = %req.name, error = %e, "the payload store failed; handing the activity work item back");
+            shared.store_backoff().await;
+            abandon_activity(shared, token).await;
+            return;
+        }
+        Err(PayloadOutcome::Fail(f)) => Some(f),
+    };
     let instance_id = req
         .orchestration_instance
         .as_ref()
@@ -638,6 +734,7 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
     let trace = crate::otel::trace_id_of(req.parent_trace_context.as_ref());
     let span = crate::otel::ActivitySpan::start(&req, &instance_id);
     let outcome = match shared.registry.activity(&req.name) {
+        _ if unreadable.is_some() => unreadable.map(Err),
         None => Some(Err(FailureDetails::new(
             "ActivityTaskNotFound",
             format!(
@@ -677,13 +774,36 @@ async fn run_activity(shared: &Shared, req: pb::ActivityRequest, token: String) 
         Ok(r) => (r, None),
         Err(f) => (None, Some(f.to_proto())),
     };
-    let response = pb::ActivityResponse {
+    let mut response = pb::ActivityResponse {
         instance_id: instance_id.clone(),
         task_id: req.task_id,
         result,
         failure_details,
         completion_token: token,
     };
+    match shared
+        .write_payloads(&mut response, "ActivityResponse", &instance_id)
+        .await
+    {
+        Ok(()) => {}
+        Err(PayloadOutcome::Retry(e)) => {
+            tracing::warn!(name = %req.name, error = %e, "the payload store failed; handing the activity work item back");
+            shared.store_backoff().await;
+            abandon_activity(shared, response.completion_token).await;
+            shared.finished(
+                WorkItemKind::Activity,
+                &req.name,
+                WorkItemOutcome::Abandoned,
+                since,
+                trace.as_deref(),
+            );
+            return;
+        }
+        Err(PayloadOutcome::Fail(f)) => {
+            response.result = None;
+            response.failure_details = Some(f.to_proto());
+        }
+    }
     let delivered = deliver(|| {
         let mut grpc = shared.grpc.clone();
         let r = response.clone();
