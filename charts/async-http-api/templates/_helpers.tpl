@@ -65,6 +65,25 @@ it holds no secret, only the endpoint, hub, authentication mode and client id). 
 {{- end }}
 {{- end -}}
 
+{{/* Large payloads (the claim check), for the service whose variables start with the given
+prefix: the connection string from its Secret, when one is named. */}}
+{{- define "aha.payloadEnv" -}}
+{{- $v := .root.Values.payloads -}}
+{{- if $v.secret.name }}
+- name: {{ .prefix }}__PAYLOAD_CONNECTION_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.secret.name }}
+      key: {{ $v.secret.key }}
+- name: {{ .prefix }}__PAYLOAD_CONTAINER
+  value: {{ $v.container | quote }}
+- name: {{ .prefix }}__PAYLOAD_THRESHOLD_BYTES
+  value: {{ $v.thresholdBytes | int64 | quote }}
+- name: {{ .prefix }}__PAYLOAD_MAX_BYTES
+  value: {{ $v.maxBytes | int64 | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "aha.commonEnv" -}}
 - name: RUST_LOG
   value: {{ .Values.logging.filter | quote }}

@@ -74,6 +74,8 @@ pub struct PurgeResult {
 pub struct Client {
     grpc: GrpcClient,
     payloads: Option<crate::payload::Payloads>,
+    /// Whether tokens in answers are read back (see [`Client::leaving_tokens_unread`]).
+    read_tokens: bool,
 }
 
 impl Client {
@@ -87,6 +89,7 @@ impl Client {
         Self {
             grpc,
             payloads: None,
+            read_tokens: true,
         }
     }
 
@@ -94,6 +97,14 @@ impl Client {
     /// threshold are stored and sent as tokens, and tokens in what comes back are read back.
     pub fn with_payloads(mut self, payloads: crate::payload::Payloads) -> Self {
         self.payloads = Some(payloads);
+        self
+    }
+
+    /// Stores large payloads of requests, but leaves the tokens in answers as they are (their
+    /// `serialized_*` fields hold `blob:v1:…`): for a caller that streams large payloads from the
+    /// store itself rather than hold them whole.
+    pub fn leaving_tokens_unread(mut self) -> Self {
+        self.read_tokens = false;
         self
     }
 
@@ -114,7 +125,7 @@ impl Client {
         msg: &mut M,
         type_name: &str,
     ) -> Result<(), Error> {
-        if let Some(p) = &self.payloads {
+        if let Some(p) = self.payloads.as_ref().filter(|_| self.read_tokens) {
             p.internalize(msg, type_name).await?;
         }
         Ok(())

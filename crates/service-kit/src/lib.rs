@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod callbacks;
 pub mod http_server;
 pub mod metrics;
+pub mod payloads;
 pub mod run;
 pub mod settings;
 pub mod telemetry;

@@ -59,6 +59,9 @@ pub struct Settings {
     pub jwt: JwtSettings,
     /// Where completion callbacks may go (`callback_*`).
     pub callbacks: service_kit::callbacks::Targets,
+    /// Large payloads (`payload_*`): a result the worker stored in blob storage is streamed
+    /// from there by `/api/result/{id}`. Give the worker's.
+    pub payloads: service_kit::payloads::PayloadSettings,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             limits: Limits::default(),
             jwt: JwtSettings::default(),
             callbacks: Default::default(),
+            payloads: Default::default(),
         }
     }
 }
@@ -290,11 +294,13 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
             field: "callbacks",
             prefix: service_kit::callbacks::Targets::PREFIX,
         },
+        service_kit::payloads::PayloadSettings::SECTION,
     ],
 };
 
 impl service_kit::settings::Validate for Settings {
     fn validate(&self) -> Result<(), String> {
+        self.payloads.store()?;
         if self.admin_listen == self.listen {
             return Err("`admin_listen` must differ from `listen`: metrics and probes are not part of the public API".into());
         }

@@ -22,8 +22,14 @@ pub async fn run(s: Settings) -> Result<(), RunError> {
     let conn = Connection::connect(conn_options)
         .await
         .map_err(RunError::Connect)?;
+    // Large inputs go to the payload store; large results are streamed from it by the result
+    // route, so the client leaves their tokens unread.
+    let client = match s.payloads.payloads().map_err(RunError::Config)? {
+        Some(p) => Client::new(&conn).with_payloads(p).leaving_tokens_unread(),
+        None => Client::new(&conn),
+    };
     let state = AppState::secured(
-        Client::new(&conn),
+        client,
         s.clone(),
         authenticator(&s)?,
         Ids::new(s.id_secret.as_deref()),

@@ -40,6 +40,8 @@ pub struct Shared {
     pub long_poll_shares: Arc<crate::shares::PerCaller>,
     /// Each caller's starts in flight in this replica, for the cap of unfinished operations.
     pub starts_in_flight: Arc<crate::shares::StartLedger>,
+    /// Where large results are (`payload_*`): streamed from there, never held whole.
+    pub payload_store: Option<Arc<durabletask::payload::BlobPayloadStore>>,
 }
 
 impl AppState {
@@ -82,6 +84,8 @@ impl AppState {
             starts_in_flight: crate::shares::StartLedger::new(
                 config.limits.max_starts_in_flight_per_caller,
             ),
+            // Validated at start-up, as the policy above.
+            payload_store: config.payloads.store().ok().flatten(),
             config,
             metrics: GatewayMetrics::default(),
             draining: CancellationToken::new(),

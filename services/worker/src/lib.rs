@@ -86,6 +86,7 @@ pub async fn serve(
         // A worker that runs one kind asks the scheduler for its names only.
         use_work_item_filters: settings.runs != Runs::All,
         versions: settings.versions().map_err(RunError::Config)?,
+        payloads: settings.payloads.payloads().map_err(RunError::Config)?,
         ..Default::default()
     };
     let worker = Worker::new(&conn, registry, options);

@@ -44,6 +44,9 @@ pub struct Settings {
     /// Where callbacks may go (`callback_allow_http`, `callback_hosts`,
     /// `callback_allowed_networks`): keep them equal to the gateway's.
     pub callback_targets: service_kit::callbacks::Targets,
+    /// Large payloads (`payload_*`): inputs, results and states over the threshold in blob
+    /// storage.
+    pub payloads: service_kit::payloads::PayloadSettings,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             replays_versions: Vec::new(),
             callbacks: CallbackDelivery::default(),
             callback_targets: Default::default(),
+            payloads: Default::default(),
         }
     }
 }
@@ -126,12 +130,14 @@ pub const SOURCE: service_kit::settings::Source<'static> = service_kit::settings
             field: "callback_targets",
             prefix: service_kit::callbacks::Targets::PREFIX,
         },
+        service_kit::payloads::PayloadSettings::SECTION,
     ],
     help: "ENDPOINT, TASKHUB and DURABLE_TASK_SCHEDULER_CONNECTION_STRING work as in the original sample.\n`worker versions [--free <version>]` prints the unfinished operations per orchestration version; with --free, exits 0 when that version has none (its workers can go), 1 otherwise.",
 };
 
 impl service_kit::settings::Validate for Settings {
     fn validate(&self) -> Result<(), String> {
+        self.payloads.store()?;
         if self.max_concurrent_orchestrations < 1 {
             return Err("`max_concurrent_orchestrations` must be at least 1".into());
         }

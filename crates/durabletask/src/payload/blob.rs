@@ -189,11 +189,13 @@ impl BlobPayloadStore {
         &self.container
     }
 
+    /// The container and blob a token names. Only this store's container: a token is data that
+    /// came through the scheduler, and must not make this process read elsewhere in the account.
     fn parse_token<'t>(&self, token: &'t str) -> Result<(&'t str, &'t str), PayloadError> {
         token
             .strip_prefix(TOKEN_PREFIX)
             .and_then(|rest| rest.split_once(':'))
-            .filter(|(c, b)| !c.is_empty() && !b.is_empty() && check_container(c).is_ok())
+            .filter(|(c, b)| *c == self.container && !b.is_empty())
             .ok_or_else(|| PayloadError::BadToken(token.to_string()))
     }
 
@@ -496,7 +498,14 @@ mod tests {
             s.parse_token("blob:v1:payloads:a:b/c").expect("token"),
             ("payloads", "a:b/c")
         );
-        for bad in ["blob:v1:payloads", "blob:v1::x", "blob:v2:payloads:x", "x"] {
+        for bad in [
+            "blob:v1:payloads",
+            "blob:v1::x",
+            "blob:v2:payloads:x",
+            "x",
+            // Another container of the account: not this store's to read.
+            "blob:v1:secrets:x",
+        ] {
             assert!(s.parse_token(bad).is_err(), "{bad}");
         }
         assert_eq!(encode_path("a b/c:d+e"), "a%20b/c%3Ad%2Be");
