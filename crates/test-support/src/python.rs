@@ -29,6 +29,12 @@ pub fn script(name: &str) -> PathBuf {
 
 /// Starts a Python helper and waits for its READY line. Killed when dropped.
 pub async fn spawn_python(args: &[String]) -> Child {
+    spawn_python_until(args, "READY").await
+}
+
+/// Starts a Python program and waits until it prints the line `ready` (its stdin stays open:
+/// a worker runs until it closes). Killed when dropped.
+pub async fn spawn_python_until(args: &[String], ready: &str) -> Child {
     let mut child = Command::new(python())
         .args(args)
         .stdin(Stdio::piped())
@@ -41,7 +47,7 @@ pub async fn spawn_python(args: &[String]) -> Child {
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim() == "READY" {
+            if line.trim() == ready {
                 return true;
             }
         }

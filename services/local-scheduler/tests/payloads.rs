@@ -14,7 +14,6 @@ use durabletask::{
 use test_support::azurite::Azurite;
 use test_support::in_process::{Running, scheduler};
 use test_support::python as pyenv;
-use tokio::io::AsyncBufReadExt;
 
 const CONTAINER: &str = "payloads-test";
 const FIVE_MB: usize = 5 * 1024 * 1024;
@@ -253,24 +252,14 @@ async fn an_outage_of_the_store_delays_work_and_loses_none() {
 
 /// The official Python SDK's worker on its own claim check, until dropped.
 async fn python_worker(s: &Running, azurite: &Azurite) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(pyenv::python())
-        .arg(peer())
-        .arg(s.addr.to_string())
-        .arg(azurite.connection_string())
-        .arg(CONTAINER)
-        .arg("worker")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python worker");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the worker starts in time")
-        .expect("read");
-    assert_eq!(line.as_deref(), Some("worker started"));
-    child
+    let args = [
+        peer().display().to_string(),
+        s.addr.to_string(),
+        azurite.connection_string(),
+        CONTAINER.into(),
+        "worker".into(),
+    ];
+    pyenv::spawn_python_until(&args, "worker started").await
 }
 
 fn peer() -> std::path::PathBuf {

@@ -13,7 +13,6 @@ use durabletask::{
 };
 use test_support::in_process::{Running, scheduler};
 use test_support::python as pyenv;
-use tokio::io::AsyncBufReadExt;
 
 async fn connect(s: &Running) -> Connection {
     Connection::connect(ConnectionOptions::new(&s.endpoint(), "default").expect("options"))
@@ -65,22 +64,12 @@ fn is_refused_transition(e: &ScheduleError, operation: &str) -> bool {
 async fn python_worker(s: &Running) -> tokio::process::Child {
     let suite =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/entities_suite.py");
-    let mut child = tokio::process::Command::new(pyenv::python())
-        .arg(suite)
-        .arg(s.addr.to_string())
-        .arg("worker")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python worker");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the worker starts in time")
-        .expect("read");
-    assert_eq!(line.as_deref(), Some("worker started"));
-    child
+    let args = [
+        suite.display().to_string(),
+        s.addr.to_string(),
+        "worker".into(),
+    ];
+    pyenv::spawn_python_until(&args, "worker started").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,16 +175,7 @@ pub(super) async fn hand_back(shared: &Shared, item: pb::WorkItem) -> bool {
             (WorkItemKind::Activity, req.name, (trace, since))
         }
         Some(Request::EntityRequest(_) | Request::EntityRequestV2(_)) => {
-            let mut grpc = shared.grpc.clone();
-            if grpc
-                .abandon_task_entity_work_item(pb::AbandonEntityTaskRequest {
-                    completion_token: token,
-                })
-                .await
-                .is_ok()
-            {
-                bump(&shared.stats.work_items_abandoned);
-            }
+            super::items::abandon_entity(shared, token).await;
             return true;
         }
         Some(Request::HealthPing(_)) => {

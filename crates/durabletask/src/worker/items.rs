@@ -174,16 +174,7 @@ pub(super) async fn run_entity(shared: &Shared, mut req: pb::EntityRequest, toke
         async move {
             tracing::warn!(entity = %entity_id, error = %e, "the payload store failed; handing the entity work item back");
             shared.store_backoff().await;
-            let mut grpc = shared.grpc.clone();
-            if grpc
-                .abandon_task_entity_work_item(pb::AbandonEntityTaskRequest {
-                    completion_token: token,
-                })
-                .await
-                .is_ok()
-            {
-                bump(&shared.stats.work_items_abandoned);
-            }
+            abandon_entity(shared, token).await;
             shared.finished(
                 WorkItemKind::Entity,
                 &name,
@@ -409,6 +400,21 @@ where
                 attempt += 1;
             }
             Err(s) => return Err(s),
+        }
+    }
+}
+
+pub(super) async fn abandon_entity(shared: &Shared, token: String) {
+    let mut grpc = shared.grpc.clone();
+    match grpc
+        .abandon_task_entity_work_item(pb::AbandonEntityTaskRequest {
+            completion_token: token,
+        })
+        .await
+    {
+        Ok(_) => bump(&shared.stats.work_items_abandoned),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "could not abandon entity work item; it will be redelivered after its lease")
         }
     }
 }
