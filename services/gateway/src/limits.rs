@@ -92,14 +92,10 @@ pub fn caller_limiter(config: &Settings) -> Option<CallerLimiter> {
     )
 }
 
-/// The route layer after authentication: `429` past the caller's rate, with `Retry-After` and
+/// After authentication (`auth::admit`): `429` past the caller's share or rate, with `Retry-After` and
 /// the IETF `RateLimit-Policy` / `RateLimit` fields (on every answer, so clients can pace
 /// themselves before they are refused).
-pub(crate) async fn per_caller(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn per_caller(state: &AppState, mut request: Request, next: Next) -> Response {
     use governor::clock::{Clock, DefaultClock};
     let owner = request
         .extensions()
