@@ -148,6 +148,7 @@ bench: venv ## Benchmarks: replay, worker and scheduler throughput, the worker f
 	cargo bench -p durabletask --bench worker_throughput
 	cargo bench -p local-scheduler --bench scheduler_throughput
 	cargo bench -p local-scheduler --bench scheduler_state
+	cargo bench -p local-scheduler --bench store_writes
 	cargo build --release --locked -p local-scheduler -p worker
 	cargo bench -p worker --bench fleet_chaos
 	cargo bench -p gateway --bench gateway_throughput

@@ -20,7 +20,7 @@ mod metrics;
 pub mod model;
 mod server;
 pub mod settings;
-mod store;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -236,6 +236,41 @@ impl Collector for StateCollector {
         ] {
             counter(&mut encoder, name, help, &[("", "", v)])?;
         }
+        if let Some(store) = self.shared.store_stats() {
+            for (name, help, v) in [
+                (
+                    "dts_local_store_transactions",
+                    "SQLite transactions written (group commit: many operations' changes each)",
+                    load(&store.transactions),
+                ),
+                (
+                    "dts_local_store_operations",
+                    "Engine operations whose changes were written (divided by the transactions: the batch size)",
+                    load(&store.operations),
+                ),
+                (
+                    "dts_local_store_wal_frames",
+                    "Pages (4 KiB) written to the WAL",
+                    load(&store.wal_frames),
+                ),
+                (
+                    "dts_local_store_checkpoints",
+                    "WAL checkpoints completed",
+                    load(&store.checkpoints),
+                ),
+            ] {
+                counter(&mut encoder, name, help, &[("", "", v)])?;
+            }
+            let seconds = load(&store.write_nanos) as f64 / 1e9;
+            let mut family = encoder.encode_descriptor(
+                "dts_local_store_write_seconds",
+                "Time spent writing transactions (callers wait for it)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(seconds)
+                .encode(family.encode_family(&Vec::<(&str, &str)>::new())?)?;
+        }
         let conns = &self.connections;
         gauge(
             &mut encoder,

@@ -46,6 +46,10 @@ pub struct Settings {
     /// A cap on the SQLite file, in bytes (0: none). Past it, writes fail as on a full disk,
     /// and the scheduler stops (fail-stop).
     pub sqlite_max_bytes: u64,
+    /// WAL frames (pages of 4 KiB) after which the WAL is copied into the database file, on a
+    /// thread of its own, off the callers' path. More: fewer copies of pages that change often,
+    /// a larger WAL file (and a longer replay of it after a crash).
+    pub sqlite_checkpoint_frames: u32,
     /// Instances per task hub, finished ones included (0: no limit); past it, starts are refused
     /// with `RESOURCE_EXHAUSTED` until retention or a purge makes room.
     pub max_instances: usize,
@@ -89,6 +93,7 @@ impl Default for Settings {
             sqlite_path: ".data/local-scheduler.db".into(),
             sqlite_synchronous: Synchronous::Normal,
             sqlite_max_bytes: 0,
+            sqlite_checkpoint_frames: crate::store::CHECKPOINT_FRAMES,
             lease_seconds: 120,
             max_dispatches: 5,
             max_instances: 25_000,
@@ -117,6 +122,9 @@ impl service_kit::settings::Validate for Settings {
             .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(format!("`task_hubs`: '{h}' is not a valid task hub name"));
+        }
+        if !(1..=1_000_000).contains(&self.sqlite_checkpoint_frames) {
+            return Err("`sqlite_checkpoint_frames` must be from 1 to 1000000".into());
         }
         if self.lease_seconds < 1 {
             return Err("`lease_seconds` must be at least 1".into());
@@ -175,6 +183,7 @@ impl Settings {
         crate::store::StoreOptions {
             synchronous: self.sqlite_synchronous,
             max_bytes: self.sqlite_max_bytes,
+            checkpoint_frames: self.sqlite_checkpoint_frames,
             busy_timeout: std::time::Duration::from_secs(5),
         }
     }
@@ -205,6 +214,11 @@ mod tests {
             ("LOCAL_SCHEDULER__STORE", "postgres", "`store`"),
             ("LOCAL_SCHEDULER__LEASE_SECONDS", "0", "`lease_seconds`"),
             ("LOCAL_SCHEDULER__LEASE_SECONDS", "soon", "lease_seconds"),
+            (
+                "LOCAL_SCHEDULER__SQLITE_CHECKPOINT_FRAMES",
+                "0",
+                "`sqlite_checkpoint_frames`",
+            ),
             ("LOCAL_SCHEDULER__BOGUS", "1", "bogus"),
         ] {
             let env = [(var.to_string(), value.to_string())];

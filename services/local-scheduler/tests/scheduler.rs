@@ -866,10 +866,25 @@ async fn two_workers_share_the_load() {
 // ------------------------------------------------------------- durability
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_and_restart_loses_nothing() {
-    let db = temp_db("restart");
+async fn sigkill_and_restart_loses_nothing_with_synchronous_normal() {
+    sigkill_and_restart_loses_nothing("normal").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_loses_nothing_with_synchronous_full() {
+    sigkill_and_restart_loses_nothing("full").await;
+}
+
+/// SIGKILL while the writer commits group after group and the checkpoint thread copies the WAL
+/// (every 8 pages here, so checkpoints run all through): every start that was answered survives.
+async fn sigkill_and_restart_loses_nothing(synchronous: &str) {
+    let db = temp_db(&format!("restart-{synchronous}"));
     let port = free_port();
-    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    let env = [
+        ("LOCAL_SCHEDULER__SQLITE_SYNCHRONOUS", synchronous),
+        ("LOCAL_SCHEDULER__SQLITE_CHECKPOINT_FRAMES", "8"),
+    ];
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &env).await;
     let conn = s.connect("default").await;
     let client = Client::new(&conn);
     let worker = scenarios::start_worker(&conn);
@@ -894,11 +909,26 @@ async fn sigkill_and_restart_loses_nothing() {
         .await
         .expect("start");
     tokio::time::sleep(Duration::from_millis(700)).await;
+    let metrics = s.metrics().await;
+    let (transactions, operations, frames, checkpoints) = (
+        counter(&metrics, "dts_local_store_transactions_total"),
+        counter(&metrics, "dts_local_store_operations_total"),
+        counter(&metrics, "dts_local_store_wal_frames_total"),
+        counter(&metrics, "dts_local_store_checkpoints_total"),
+    );
+    assert!(
+        transactions > 0 && operations >= 201 && frames >= transactions,
+        "the writer's counts:\n{metrics}"
+    );
+    assert!(
+        checkpoints > 0,
+        "checkpoints ran before the kill:\n{metrics}"
+    );
     s.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Same file, same port: the worker reconnects by itself.
-    let s = Scheduler::start_on(port, Store::Sqlite(&db), &[]).await;
+    let s = Scheduler::start_on(port, Store::Sqlite(&db), &env).await;
     client
         .raise_event(&waiting, "Approval", &"after restart")
         .await

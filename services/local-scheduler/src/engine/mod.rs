@@ -319,10 +319,22 @@ impl Engine {
         }
         match self.hubs.get_mut(hub).and_then(|h| h.instances.get_mut(id)) {
             Some(i) => {
+                // A finished instance keeps its history on disk only (it is written now):
+                // memory then holds its row, and the server reads the history back for the
+                // rare request that needs it (StreamInstanceHistory, rewind). Its history moves
+                // into the change rather than being copied.
+                let history = if i.history_on_disk.is_some() {
+                    None
+                } else if is_terminal(i.row.status) {
+                    i.history_on_disk = Some(children_of(&i.history));
+                    Some(std::mem::take(&mut i.history))
+                } else {
+                    Some(i.history.clone())
+                };
                 self.changes.push(Change::PutInstance {
                     hub: hub.to_string(),
                     row: Box::new(i.row.clone()),
-                    history: i.history_on_disk.is_none().then(|| i.history.clone()),
+                    history,
                     // Messages out with a worker come first: they are older than the inbox.
                     inbox: undispatched(&i.dispatched)
                         .iter()
@@ -330,13 +342,6 @@ impl Engine {
                         .cloned()
                         .collect(),
                 });
-                // A finished instance keeps its history on disk only (it was just written):
-                // memory then holds its row, and the server reads the history back for the
-                // rare request that needs it (StreamInstanceHistory, rewind).
-                if is_terminal(i.row.status) && i.history_on_disk.is_none() {
-                    i.history_on_disk = Some(children_of(&i.history));
-                    i.history = Vec::new();
-                }
                 // An emptied queue keeps its buffer (events are 512 bytes: an inbox that once
                 // held four holds 2 KiB); a finished instance keeps it for as long as it is kept.
                 if is_terminal(i.row.status) {

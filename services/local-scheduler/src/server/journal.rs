@@ -10,14 +10,21 @@
 //!
 //! The engine lock is no longer held while SQLite writes, so the engine serves other calls
 //! during a transaction, and repeated writes of one instance within a batch collapse to one.
+//!
+//! Checkpoints (copying the WAL's pages into the database file, so that the WAL can start over)
+//! happen off the callers' path: once the WAL passes `sqlite_checkpoint_frames`, a second thread
+//! with its own connection copies what is committed while the writer goes on; the writer then
+//! copies the few frames written meanwhile, after answering a batch, and the next transaction
+//! writes the WAL from its start.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::model::Change;
-use crate::store::SqliteStore;
+use crate::store::{Checkpointer, SqliteStore};
 
 /// How long the idle writer sleeps before checking that the journal still exists.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
@@ -31,6 +38,34 @@ pub struct Journal {
     /// Set when a transaction failed: nothing after it will be durable.
     failed: OnceLock<String>,
     store: Arc<Mutex<SqliteStore>>,
+    /// `None` when no second connection could be opened: the writer then checkpoints alone.
+    background: Option<Background>,
+    pub stats: StoreStats,
+}
+
+/// What the writer has done, for `/metrics`: with the transactions' count and time, the
+/// operations per transaction (how well group commit batches) and the time each takes.
+#[derive(Default)]
+pub struct StoreStats {
+    pub transactions: AtomicU64,
+    /// Engine operations written (each caller's changes count once).
+    pub operations: AtomicU64,
+    pub wal_frames: AtomicU64,
+    pub write_nanos: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+/// The checkpoint thread's state, as the writer and it hand it over.
+struct Background {
+    phase: Mutex<Phase>,
+    signal: Condvar,
+}
+
+enum Phase {
+    Idle,
+    Requested,
+    Running,
+    Done(Result<(), String>),
 }
 
 #[derive(Default)]
@@ -43,18 +78,41 @@ struct Queue {
 impl Journal {
     /// Starts the writer thread on `store` (shared with readers of stored histories).
     pub fn start(store: Arc<Mutex<SqliteStore>>) -> Arc<Self> {
+        let checkpointer = store
+            .lock()
+            .map_err(|_| "the store lock is poisoned".to_string())
+            .and_then(|s| s.checkpointer().map_err(|e| e.to_string()));
+        let checkpointer = match checkpointer {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no second store connection; the writer checkpoints alone");
+                None
+            }
+        };
         let journal = Arc::new(Self {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
             durable: watch::Sender::new(0),
             failed: OnceLock::new(),
             store,
+            background: checkpointer.as_ref().map(|_| Background {
+                phase: Mutex::new(Phase::Idle),
+                signal: Condvar::new(),
+            }),
+            stats: StoreStats::default(),
         });
         let weak = Arc::downgrade(&journal);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || write_batches(&weak))
             .expect("spawn the store writer");
+        if let Some(checkpointer) = checkpointer {
+            let weak = Arc::downgrade(&journal);
+            std::thread::Builder::new()
+                .name("store-checkpoint".into())
+                .spawn(move || checkpoint_in_background(&weak, &checkpointer))
+                .expect("spawn the store checkpointer");
+        }
         journal
     }
 
@@ -118,6 +176,7 @@ impl Drop for FailOnPanic<'_> {
 
 /// The writer: takes everything queued, writes it in one transaction, publishes its number.
 fn write_batches(journal: &Weak<Journal>) {
+    let mut written_up_to = 0;
     loop {
         let Some(j) = journal.upgrade() else {
             return;
@@ -138,14 +197,35 @@ fn write_batches(journal: &Weak<Journal>) {
             }
             (std::mem::take(&mut q.changes), q.last)
         };
+        let began = Instant::now();
         let written = j
             .store
             .lock()
             .map_err(|_| "the store lock is poisoned".to_string())
-            .and_then(|mut s| s.apply(changes).map_err(|e| e.to_string()));
+            .and_then(|mut s| {
+                let before = s.wal_frames();
+                s.apply(changes)
+                    .map(|()| s.wal_frames().saturating_sub(before))
+                    .map_err(|e| e.to_string())
+            });
         match written {
-            Ok(()) => {
+            Ok(frames) => {
                 j.durable.send_replace(seq);
+                let stats = &j.stats;
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .operations
+                    .fetch_add(seq - written_up_to, Ordering::Relaxed);
+                written_up_to = seq;
+                stats
+                    .wal_frames
+                    .fetch_add(u64::from(frames), Ordering::Relaxed);
+                stats.write_nanos.fetch_add(
+                    u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                // After the answer: the callers of this batch do not wait for it.
+                checkpoint_step(&j);
             }
             Err(reason) => {
                 let _ = j.failed.set(reason);
@@ -154,6 +234,79 @@ fn write_batches(journal: &Weak<Journal>) {
                 return;
             }
         }
+    }
+}
+
+/// The writer's part of a checkpoint, after each transaction: start one in the background when
+/// the WAL is due, finish one the background has done (the frames written since), or, with no
+/// background thread, do it all.
+fn checkpoint_step(j: &Journal) {
+    let Ok(mut store) = j.store.lock() else {
+        return;
+    };
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "could not checkpoint the store's WAL (nothing is lost; trying again later)");
+    };
+    let done = || j.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+    let Some(bg) = &j.background else {
+        if store.checkpoint_due() {
+            match store.checkpoint() {
+                Ok(()) => {
+                    done();
+                }
+                Err(e) => failed(&e),
+            }
+        }
+        return;
+    };
+    let mut phase = bg.phase.lock().unwrap_or_else(|e| e.into_inner());
+    match std::mem::replace(&mut *phase, Phase::Idle) {
+        Phase::Idle if store.checkpoint_due() => {
+            *phase = Phase::Requested;
+            bg.signal.notify_one();
+        }
+        Phase::Done(Ok(())) => {
+            drop(phase);
+            match store.checkpoint() {
+                Ok(()) => {
+                    done();
+                }
+                Err(e) => failed(&e),
+            }
+        }
+        Phase::Done(Err(e)) => {
+            failed(&e);
+            store.defer_checkpoint();
+        }
+        other => *phase = other,
+    }
+}
+
+/// The checkpoint thread: copies the WAL into the database file when the writer asks.
+fn checkpoint_in_background(journal: &Weak<Journal>, checkpointer: &Checkpointer) {
+    loop {
+        let Some(j) = journal.upgrade() else {
+            return;
+        };
+        let Some(bg) = &j.background else {
+            return;
+        };
+        {
+            let mut phase = bg.phase.lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(*phase, Phase::Requested) {
+                phase = bg
+                    .signal
+                    .wait_timeout(phase, IDLE_CHECK)
+                    .map(|(p, _)| p)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            if !matches!(*phase, Phase::Requested) {
+                continue;
+            }
+            *phase = Phase::Running;
+        }
+        let result = checkpointer.checkpoint().map_err(|e| e.to_string());
+        *bg.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Done(result);
     }
 }
 

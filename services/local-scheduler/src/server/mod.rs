@@ -165,6 +165,11 @@ impl Shared {
             .map_err(|e| Status::unavailable(format!("could not read the history: {e}")))
     }
 
+    /// The store writer's counts (`None` in memory).
+    pub fn store_stats(&self) -> Option<&journal::StoreStats> {
+        self.journal.as_ref().map(|j| &j.stats)
+    }
+
     /// Health of what readiness depends on: no failure, neither lock poisoned.
     pub fn health(&self) -> Result<(), String> {
         if let Some(reason) = self.failure() {
@@ -205,12 +210,15 @@ impl Shared {
             let seq = self.journal.as_ref().map(|j| j.queue(changes));
             (result, touched, timer_added, seq)
         };
-        self.committed(seq).await?;
+        // Woken before the change is durable: dispatch loops and long polls read through
+        // `observe`, which waits for it, so a work item goes out with this caller's answer
+        // (after the same transaction) rather than after the one that follows it.
         self.work.notify_waiters();
         self.wake(&touched);
         if timer_added {
             self.timers.notify_one();
         }
+        self.committed(seq).await?;
         result.map_err(Into::into)
     }
 

@@ -17,6 +17,11 @@ use crate::model::{
     Change, EntityRow, Instance, InstanceRow, children_of, from_ts, is_terminal, ts,
 };
 
+mod checkpoint;
+
+use checkpoint::note_wal_frames;
+pub use checkpoint::{CHECKPOINT_FRAMES, Checkpointer};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
@@ -27,6 +32,10 @@ pub enum StoreError {
 
 pub struct SqliteStore {
     conn: rusqlite::Connection,
+    /// WAL frames after which a checkpoint is due.
+    checkpoint_frames: u32,
+    /// WAL frames at which the next checkpoint is due (later after a failed one).
+    checkpoint_at: u32,
 }
 
 /// Everything a hub had on disk.
@@ -67,6 +76,8 @@ pub struct StoreOptions {
     pub synchronous: crate::settings::Synchronous,
     /// A cap on the database file (0: none). Past it, writes fail as on a full disk.
     pub max_bytes: u64,
+    /// WAL frames after which a checkpoint is due.
+    pub checkpoint_frames: u32,
     /// How long a write waits for a lock held by another connection.
     pub busy_timeout: std::time::Duration,
 }
@@ -97,6 +108,8 @@ impl SqliteStore {
                 (options.max_bytes / page_size).max(1),
             )?;
         }
+        // Replaces SQLite's automatic checkpoint: see `checkpoint::CHECKPOINT_FRAMES`.
+        conn.wal_hook(Some(note_wal_frames));
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS instances (
                 hub TEXT NOT NULL, instance_id TEXT NOT NULL, meta TEXT NOT NULL,
@@ -111,7 +124,11 @@ impl SqliteStore {
                 hub TEXT NOT NULL, id TEXT NOT NULL, state TEXT, modified_ms INTEGER NOT NULL,
                 queue BLOB NOT NULL, locked_by TEXT, PRIMARY KEY (hub, id));",
         )?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            checkpoint_frames: options.checkpoint_frames.max(1),
+            checkpoint_at: options.checkpoint_frames.max(1),
+        })
     }
 
     /// An instance's stored history (`None`: no such instance).
@@ -186,12 +203,8 @@ impl SqliteStore {
                     let meta = serde_json::to_string(&row)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     match history {
-                        Some(history) => tx
-                            .prepare_cached(
-                                "INSERT OR REPLACE INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                            )?
-                            .execute(params![
+                        Some(history) => {
+                            let values = params![
                                 hub,
                                 row.instance_id,
                                 meta,
@@ -200,7 +213,25 @@ impl SqliteStore {
                                 opt_bytes(&row.trace),
                                 encode_events(&history),
                                 encode_events(&inbox)
-                            ])?,
+                            ];
+                            // An update in place leaves the (hub, id) index as it is; a replace
+                            // would delete and insert its entry, a write to a random page of it
+                            // for every change of an instance.
+                            let updated = tx
+                                .prepare_cached(
+                                    "UPDATE instances SET meta = ?3, failure = ?4, parent = ?5, trace = ?6, history = ?7, inbox = ?8
+                                     WHERE hub = ?1 AND instance_id = ?2",
+                                )?
+                                .execute(values)?;
+                            if updated == 0 {
+                                tx.prepare_cached(
+                                    "INSERT INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
+                                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                )?
+                                .execute(values)?;
+                            }
+                            updated
+                        }
                         // The history is on disk only: everything but it.
                         None => tx
                             .prepare_cached(
@@ -400,6 +431,7 @@ impl SqliteStore {
             &StoreOptions {
                 synchronous: crate::settings::Synchronous::Normal,
                 max_bytes,
+                checkpoint_frames: CHECKPOINT_FRAMES,
                 busy_timeout: std::time::Duration::from_secs(1),
             },
         )

@@ -1,0 +1,153 @@
+//! Checkpoints: the WAL copied into the database file off the callers' path (see
+//! `server::journal` for who runs them when).
+
+use super::{SqliteStore, StoreError};
+
+/// WAL frames (4 KiB pages) after which a checkpoint starts, by default
+/// (`sqlite_checkpoint_frames`). SQLite's own automatic checkpoint
+/// (at 1,000 frames) ran inside `COMMIT`, so every caller of that batch waited for its page
+/// copies and `fsync`s; now a second connection copies the pages on another thread while the
+/// writer goes on, and the writer finishes with the few frames written meanwhile
+/// (see `server::journal`).
+pub const CHECKPOINT_FRAMES: u32 = 8_192;
+
+thread_local! {
+    /// The frames in the WAL after this thread's last commit, as SQLite's WAL hook reports them
+    /// (the hook is a plain function, and commits happen on the committing thread).
+    static WAL_FRAMES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+pub(super) fn note_wal_frames(
+    _: &rusqlite::hooks::Wal,
+    frames: std::ffi::c_int,
+) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(u32::try_from(frames).unwrap_or(0));
+    Ok(())
+}
+
+impl SqliteStore {
+    /// The frames in the WAL after this thread's last commit.
+    pub fn wal_frames(&self) -> u32 {
+        WAL_FRAMES.get()
+    }
+
+    /// Whether the WAL has grown past the threshold by this thread's commits.
+    pub fn checkpoint_due(&self) -> bool {
+        WAL_FRAMES.get() >= self.checkpoint_at
+    }
+
+    /// Copies the WAL's remaining pages into the database file, so that the next transaction
+    /// writes the WAL from its start again (no other connection writes, so it completes). A
+    /// failure loses nothing (the WAL still holds every commit); the next try then waits for
+    /// as many frames again.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let frames = WAL_FRAMES.get();
+        match passive_checkpoint(&self.conn) {
+            Ok(()) => {
+                WAL_FRAMES.set(0);
+                self.checkpoint_at = self.checkpoint_frames;
+                Ok(())
+            }
+            Err(e) => {
+                self.checkpoint_at = frames.saturating_add(self.checkpoint_frames);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for as many frames again before the next checkpoint (after a failed one elsewhere).
+    pub fn defer_checkpoint(&mut self) {
+        self.checkpoint_at = WAL_FRAMES.get().saturating_add(self.checkpoint_frames);
+    }
+
+    /// A second connection to the same file, for checkpoints on another thread.
+    pub fn checkpointer(&self) -> Result<Checkpointer, StoreError> {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| StoreError::Corrupt("the store has no file".into()))?;
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // The same `fsync`s as the writer's connection would make.
+        let synchronous: i64 = self
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        Ok(Checkpointer { conn })
+    }
+}
+
+/// Copies what it can of the WAL into the database file without blocking the writer.
+fn passive_checkpoint(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+/// Checkpoints from its own connection, concurrently with the writer's transactions.
+pub struct Checkpointer {
+    conn: rusqlite::Connection,
+}
+
+impl Checkpointer {
+    /// Copies the frames committed so far into the database file.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        passive_checkpoint(&self.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Change, InstanceRow};
+    use durabletask_proto as pb;
+
+    #[test]
+    fn the_writer_checkpoints_past_the_threshold_and_the_wal_starts_over() {
+        let (mut store, dir) = SqliteStore::open_for_test(0);
+        let put = |id: &str| Change::PutInstance {
+            hub: "h".into(),
+            row: Box::new(InstanceRow::for_test(
+                id,
+                "n",
+                pb::OrchestrationStatus::Running as i32,
+                chrono::Utc::now(),
+            )),
+            // 256 KiB of history: 64 pages a row.
+            history: Some(vec![pb::HistoryEvent {
+                event_id: 1,
+                event_type: Some(pb::history_event::EventType::ExecutionStarted(
+                    pb::ExecutionStartedEvent {
+                        name: "x".repeat(256 * 1024),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }]),
+            inbox: Vec::new(),
+        };
+        let mut rows = 0;
+        while !store.checkpoint_due() {
+            store.apply(vec![put(&format!("i{rows}"))]).expect("apply");
+            rows += 1;
+            assert!(
+                rows < 200,
+                "no checkpoint due after {rows} rows of 64 pages"
+            );
+        }
+        assert!(rows >= 32, "due only past the threshold ({rows} rows)");
+        store.checkpoint().expect("checkpoint");
+        assert!(!store.checkpoint_due());
+        store.apply(vec![put("next")]).expect("apply");
+        let frames = WAL_FRAMES.get();
+        assert!(
+            frames < 200,
+            "the WAL starts over after a checkpoint ({frames} frames)"
+        );
+        for id in ["i0", "next"] {
+            let history = store.history("h", id).expect("read").expect("kept");
+            assert_eq!(history.len(), 1, "{id} reads back");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
