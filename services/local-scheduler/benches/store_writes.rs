@@ -2,7 +2,8 @@
 //! activity) is four writes of its instance (started; the activity scheduled; its result
 //! delivered; completed) and an activity row put and deleted, 64 operations in flight, each
 //! transaction holding one step of each (what group commit hands the writer at 64 connections).
-//! Prints the writer's time (its transactions and checkpoints, not making the changes) and the WAL frames (4 KiB pages) written per operation, with the
+//! Prints the writer's time (its transactions and checkpoints; not making the changes, which the
+//! engine encodes under its lock) and the WAL frames (4 KiB pages) written per operation, with the
 //! checkpoints as the journal makes them; frames per operation do not depend on the machine.
 //!
 //! `cargo bench -p local-scheduler --bench store_writes` (in `make bench`). No assertions.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use durabletask_proto as pb;
-use local_scheduler::model::{Change, InstanceRow};
+use local_scheduler::model::{Change, InstanceRow, StoredInstance};
 use local_scheduler::settings::Synchronous;
 use local_scheduler::store::{SqliteStore, StoreOptions};
 
@@ -91,33 +92,33 @@ fn instance(id: &str, step: usize) -> Change {
         }
     }
     let now = Utc::now();
+    let row = InstanceRow {
+        instance_id: id.into(),
+        execution_id: uuid::Uuid::new_v4().simple().to_string(),
+        name: "async_http_api_orchestrator".into(),
+        version: None,
+        status: if step == 3 {
+            pb::OrchestrationStatus::Completed as i32
+        } else {
+            pb::OrchestrationStatus::Running as i32
+        },
+        created: now,
+        last_updated: now,
+        completed: (step == 3).then_some(now),
+        scheduled_start: None,
+        input: Some(input),
+        output: (step == 3).then_some(output),
+        custom_status: None,
+        failure: None,
+        tags: HashMap::new(),
+        parent: None,
+        trace: None,
+        lost_dispatches: 0,
+    };
+    // As the engine makes it: encoded from its own state under its lock.
     Change::PutInstance {
         hub: HUB.into(),
-        row: Box::new(InstanceRow {
-            instance_id: id.into(),
-            execution_id: uuid::Uuid::new_v4().simple().to_string(),
-            name: "async_http_api_orchestrator".into(),
-            version: None,
-            status: if step == 3 {
-                pb::OrchestrationStatus::Completed as i32
-            } else {
-                pb::OrchestrationStatus::Running as i32
-            },
-            created: now,
-            last_updated: now,
-            completed: (step == 3).then_some(now),
-            scheduled_start: None,
-            input: Some(input),
-            output: (step == 3).then_some(output),
-            custom_status: None,
-            failure: None,
-            tags: HashMap::new(),
-            parent: None,
-            trace: None,
-            lost_dispatches: 0,
-        }),
-        history: Some(history),
-        inbox,
+        instance: Box::new(StoredInstance::encode(&row, Some(&history), inbox.iter())),
     }
 }
 

@@ -59,7 +59,8 @@ pub use validate::{
 };
 
 use crate::model::{
-    ActivityItem, Change, Instance, InstanceRow, children_of, event, is_terminal, status_i32, ts,
+    ActivityItem, Change, Instance, InstanceRow, StoredInstance, children_of, event, is_terminal,
+    status_i32, ts,
 };
 
 /// Why the engine refused an operation. The gRPC service maps each kind to its status code;
@@ -321,26 +322,20 @@ impl Engine {
             Some(i) => {
                 // A finished instance keeps its history on disk only (it is written now):
                 // memory then holds its row, and the server reads the history back for the
-                // rare request that needs it (StreamInstanceHistory, rewind). Its history moves
-                // into the change rather than being copied.
-                let history = if i.history_on_disk.is_some() {
-                    None
-                } else if is_terminal(i.row.status) {
+                // rare request that needs it (StreamInstanceHistory, rewind).
+                let instance = StoredInstance::encode(
+                    &i.row,
+                    i.history_on_disk.is_none().then_some(i.history.as_slice()),
+                    // Messages out with a worker come first: they are older than the inbox.
+                    undispatched(&i.dispatched).iter().chain(i.inbox.iter()),
+                );
+                if is_terminal(i.row.status) && i.history_on_disk.is_none() {
                     i.history_on_disk = Some(children_of(&i.history));
-                    Some(std::mem::take(&mut i.history))
-                } else {
-                    Some(i.history.clone())
-                };
+                    i.history = Vec::new();
+                }
                 self.changes.push(Change::PutInstance {
                     hub: hub.to_string(),
-                    row: Box::new(i.row.clone()),
-                    history,
-                    // Messages out with a worker come first: they are older than the inbox.
-                    inbox: undispatched(&i.dispatched)
-                        .iter()
-                        .chain(i.inbox.iter())
-                        .cloned()
-                        .collect(),
+                    instance: Box::new(instance),
                 });
                 // An emptied queue keeps its buffer (events are 512 bytes: an inbox that once
                 // held four holds 2 KiB); a finished instance keeps it for as long as it is kept.

@@ -321,9 +321,11 @@ mod tests {
         row.input = Some("x".repeat(payload_bytes));
         vec![Change::PutInstance {
             hub: "h".into(),
-            row: Box::new(row),
-            history: Some(vec![pb::HistoryEvent::default()]),
-            inbox: Vec::new(),
+            instance: Box::new(crate::model::StoredInstance::encode(
+                &row,
+                Some(&[pb::HistoryEvent::default()]),
+                [].iter(),
+            )),
         }]
     }
 

@@ -99,22 +99,21 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Change, InstanceRow};
+    use crate::model::{Change, InstanceRow, StoredInstance};
     use durabletask_proto as pb;
 
     #[test]
     fn the_writer_checkpoints_past_the_threshold_and_the_wal_starts_over() {
         let (mut store, dir) = SqliteStore::open_for_test(0);
-        let put = |id: &str| Change::PutInstance {
-            hub: "h".into(),
-            row: Box::new(InstanceRow::for_test(
+        let put = |id: &str| {
+            let row = InstanceRow::for_test(
                 id,
                 "n",
                 pb::OrchestrationStatus::Running as i32,
                 chrono::Utc::now(),
-            )),
+            );
             // 256 KiB of history: 64 pages a row.
-            history: Some(vec![pb::HistoryEvent {
+            let history = [pb::HistoryEvent {
                 event_id: 1,
                 event_type: Some(pb::history_event::EventType::ExecutionStarted(
                     pb::ExecutionStartedEvent {
@@ -123,8 +122,11 @@ mod tests {
                     },
                 )),
                 ..Default::default()
-            }]),
-            inbox: Vec::new(),
+            }];
+            Change::PutInstance {
+                hub: "h".into(),
+                instance: Box::new(StoredInstance::encode(&row, Some(&history), [].iter())),
+            }
         };
         let mut rows = 0;
         while !store.checkpoint_due() {

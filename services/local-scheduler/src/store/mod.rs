@@ -14,7 +14,7 @@ use prost::Message;
 use rusqlite::params;
 
 use crate::model::{
-    Change, EntityRow, Instance, InstanceRow, children_of, from_ts, is_terminal, ts,
+    Change, EntityRow, Instance, InstanceRow, children_of, encode_events, from_ts, is_terminal, ts,
 };
 
 mod checkpoint;
@@ -47,22 +47,6 @@ pub struct Loaded {
     pub activities: Vec<(String, pb::ActivityRequest)>,
     pub timers: Vec<(DateTime<Utc>, u64, String, pb::HistoryEvent)>,
     pub entities: Vec<EntityRow>,
-}
-
-/// The events as a `HistoryChunk` (field 1, repeated), encoded from the borrowed events: building
-/// a `HistoryChunk` first would copy every event (the store writes whole histories).
-fn encode_events(events: &[pb::HistoryEvent]) -> Vec<u8> {
-    use prost::encoding::message;
-    let len = events.iter().map(|e| message::encoded_len(1, e)).sum();
-    let mut buf = Vec::with_capacity(len);
-    for e in events {
-        message::encode(1, e, &mut buf);
-    }
-    buf
-}
-
-fn opt_bytes<M: Message>(m: &Option<M>) -> Option<Vec<u8>> {
-    m.as_ref().map(Message::encode_to_vec)
 }
 
 fn decode_opt<M: Message + Default>(b: Option<Vec<u8>>) -> Result<Option<M>, StoreError> {
@@ -165,11 +149,9 @@ impl SqliteStore {
         let mut last_first: Vec<Change> = Vec::with_capacity(changes.len());
         for c in changes.into_iter().rev() {
             let (key, whole) = match &c {
-                Change::PutInstance {
-                    hub, row, history, ..
-                } => (
-                    Some((hub.clone(), row.instance_id.clone())),
-                    history.is_some(),
+                Change::PutInstance { hub, instance } => (
+                    Some((hub.clone(), instance.instance_id.clone())),
+                    instance.history.is_some(),
                 ),
                 Change::DeleteInstance { hub, instance_id } => {
                     (Some((hub.clone(), instance_id.clone())), true)
@@ -194,25 +176,19 @@ impl SqliteStore {
         let tx = self.conn.transaction()?;
         for c in last_first.into_iter().rev() {
             match c {
-                Change::PutInstance {
-                    hub,
-                    row,
-                    history,
-                    inbox,
-                } => {
-                    let meta = serde_json::to_string(&row)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    match history {
+                Change::PutInstance { hub, instance } => {
+                    let i = *instance;
+                    match i.history {
                         Some(history) => {
                             let values = params![
                                 hub,
-                                row.instance_id,
-                                meta,
-                                opt_bytes(&row.failure),
-                                opt_bytes(&row.parent),
-                                opt_bytes(&row.trace),
-                                encode_events(&history),
-                                encode_events(&inbox)
+                                i.instance_id,
+                                i.meta,
+                                i.failure,
+                                i.parent,
+                                i.trace,
+                                history,
+                                i.inbox
                             ];
                             // An update in place leaves the (hub, id) index as it is; a replace
                             // would delete and insert its entry, a write to a random page of it
@@ -230,24 +206,24 @@ impl SqliteStore {
                                 )?
                                 .execute(values)?;
                             }
-                            updated
                         }
                         // The history is on disk only: everything but it.
-                        None => tx
-                            .prepare_cached(
+                        None => {
+                            tx.prepare_cached(
                                 "UPDATE instances SET meta = ?3, failure = ?4, parent = ?5, trace = ?6, inbox = ?7
                                  WHERE hub = ?1 AND instance_id = ?2",
                             )?
                             .execute(params![
                                 hub,
-                                row.instance_id,
-                                meta,
-                                opt_bytes(&row.failure),
-                                opt_bytes(&row.parent),
-                                opt_bytes(&row.trace),
-                                encode_events(&inbox)
-                            ])?,
-                    };
+                                i.instance_id,
+                                i.meta,
+                                i.failure,
+                                i.parent,
+                                i.trace,
+                                i.inbox
+                            ])?;
+                        }
+                    }
                 }
                 Change::DeleteInstance { hub, instance_id } => {
                     tx.prepare_cached("DELETE FROM instances WHERE hub = ?1 AND instance_id = ?2")?
@@ -289,7 +265,7 @@ impl SqliteStore {
                         entity.id,
                         entity.state,
                         entity.last_modified.timestamp_millis(),
-                        encode_events(&entity.queue),
+                        encode_events(entity.queue.iter()),
                         entity.locked_by
                     ])?;
                 }
@@ -448,6 +424,18 @@ mod tests {
         Box::new(InstanceRow::for_test(id, "n", status as i32, Utc::now()))
     }
 
+    /// An instance write as the engine makes it (hub `h`, empty inbox).
+    fn put_instance(row: Box<InstanceRow>, history: Option<Vec<pb::HistoryEvent>>) -> Change {
+        Change::PutInstance {
+            hub: "h".into(),
+            instance: Box::new(crate::model::StoredInstance::encode(
+                &row,
+                history.as_deref(),
+                [].iter(),
+            )),
+        }
+    }
+
     fn event(id: i32) -> pb::HistoryEvent {
         pb::HistoryEvent {
             event_id: id,
@@ -461,14 +449,14 @@ mod tests {
         let chunk = pb::HistoryChunk {
             events: events.clone(),
         };
-        assert_eq!(encode_events(&events), chunk.encode_to_vec());
+        assert_eq!(encode_events(events.iter()), chunk.encode_to_vec());
         assert_eq!(
-            pb::HistoryChunk::decode(encode_events(&events).as_slice())
+            pb::HistoryChunk::decode(encode_events(events.iter()).as_slice())
                 .expect("decode")
                 .events,
             events
         );
-        assert!(encode_events(&[]).is_empty());
+        assert!(encode_events([].iter()).is_empty());
     }
 
     #[test]
@@ -480,30 +468,13 @@ mod tests {
         // instance written twice in full.
         store
             .apply(vec![
-                Change::PutInstance {
-                    hub: "h".into(),
-                    row: row("a", S::Running),
-                    history: Some(vec![event(1), event(2)]),
-                    inbox: Vec::new(),
-                },
-                Change::PutInstance {
-                    hub: "h".into(),
-                    row: row("b", S::Running),
-                    history: Some(vec![event(1)]),
-                    inbox: Vec::new(),
-                },
-                Change::PutInstance {
-                    hub: "h".into(),
-                    row: row("a", S::Completed),
-                    history: None,
-                    inbox: Vec::new(),
-                },
-                Change::PutInstance {
-                    hub: "h".into(),
-                    row: row("b", S::Completed),
-                    history: Some(vec![event(1), event(2), event(3)]),
-                    inbox: Vec::new(),
-                },
+                put_instance(row("a", S::Running), Some(vec![event(1), event(2)])),
+                put_instance(row("b", S::Running), Some(vec![event(1)])),
+                put_instance(row("a", S::Completed), None),
+                put_instance(
+                    row("b", S::Completed),
+                    Some(vec![event(1), event(2), event(3)]),
+                ),
             ])
             .expect("apply");
         let a = store
@@ -527,12 +498,7 @@ mod tests {
         // A deletion later in the batch removes what came before it.
         store
             .apply(vec![
-                Change::PutInstance {
-                    hub: "h".into(),
-                    row: row("a", S::Completed),
-                    history: None,
-                    inbox: Vec::new(),
-                },
+                put_instance(row("a", S::Completed), None),
                 Change::DeleteInstance {
                     hub: "h".into(),
                     instance_id: "a".into(),
