@@ -261,15 +261,23 @@ impl Collector for StateCollector {
             ] {
                 counter(&mut encoder, name, help, &[("", "", v)])?;
             }
-            let seconds = load(&store.write_nanos) as f64 / 1e9;
-            let mut family = encoder.encode_descriptor(
-                "dts_local_store_write_seconds",
-                "Time spent writing transactions (callers wait for it)",
-                None,
-                MetricType::Counter,
-            )?;
-            ConstCounter::new(seconds)
-                .encode(family.encode_family(&Vec::<(&str, &str)>::new())?)?;
+            for (name, help, nanos) in [
+                (
+                    "dts_local_store_write_seconds",
+                    "Time spent writing transactions (callers wait for it)",
+                    &store.write_nanos,
+                ),
+                (
+                    "dts_local_store_writer_checkpoint_seconds",
+                    "Time the writer spent copying the WAL itself (changes queued meanwhile wait for it)",
+                    &store.writer_checkpoint_nanos,
+                ),
+            ] {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(load(nanos) as f64 / 1e9)
+                    .encode(family.encode_family(&Vec::<(&str, &str)>::new())?)?;
+            }
         }
         let conns = &self.connections;
         gauge(

@@ -924,6 +924,12 @@ async fn sigkill_and_restart_loses_nothing(synchronous: &str) {
         checkpoints > 0,
         "checkpoints ran before the kill:\n{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dts_local_store_writer_checkpoint_seconds_total ")),
+        "the writer's own checkpoint time is shown:\n{metrics}"
+    );
     s.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
 

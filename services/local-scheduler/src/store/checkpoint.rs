@@ -7,9 +7,16 @@ use super::{SqliteStore, StoreError};
 /// (`sqlite_checkpoint_frames`). SQLite's own automatic checkpoint
 /// (at 1,000 frames) ran inside `COMMIT`, so every caller of that batch waited for its page
 /// copies and `fsync`s; now a second connection copies the pages on another thread while the
-/// writer goes on, and the writer finishes with the few frames written meanwhile
-/// (see `server::journal`).
+/// writer goes on (see `server::journal`).
 pub const CHECKPOINT_FRAMES: u32 = 8_192;
+
+/// Rounds of one background checkpoint at most: each copies what the writer committed during
+/// the one before, so the rounds shrink towards the frames of a few transactions.
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// A round that copied no more frames than this ends the catching up: what is left is about
+/// as small as it gets while the writer goes on.
+const CAUGHT_UP_FRAMES: u32 = 64;
 
 thread_local! {
     /// The frames in the WAL after this thread's last commit, as SQLite's WAL hook reports them
@@ -36,6 +43,23 @@ impl SqliteStore {
         WAL_FRAMES.get() >= self.checkpoint_at
     }
 
+    /// Whether the WAL has grown as much again since it was due: the writer then copies it even
+    /// with callers waiting, so that the WAL stays bounded.
+    pub fn checkpoint_overdue(&self) -> bool {
+        WAL_FRAMES.get() >= self.checkpoint_at.saturating_add(self.checkpoint_frames)
+    }
+
+    /// Whether the WAL started over since it was due (a checkpoint elsewhere caught up with the
+    /// writer): it only grows otherwise. The next checkpoint is then due at the threshold again
+    /// (it may have been put off by a failed one).
+    pub fn wal_started_over(&mut self) -> bool {
+        let over = WAL_FRAMES.get() < self.checkpoint_at;
+        if over {
+            self.checkpoint_at = self.checkpoint_frames;
+        }
+        over
+    }
+
     /// Copies the WAL's remaining pages into the database file, so that the next transaction
     /// writes the WAL from its start again (no other connection writes, so it completes). A
     /// failure loses nothing (the WAL still holds every commit); the next try then waits for
@@ -43,7 +67,7 @@ impl SqliteStore {
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         let frames = WAL_FRAMES.get();
         match passive_checkpoint(&self.conn) {
-            Ok(()) => {
+            Ok(_) => {
                 WAL_FRAMES.set(0);
                 self.checkpoint_at = self.checkpoint_frames;
                 Ok(())
@@ -78,10 +102,11 @@ impl SqliteStore {
     }
 }
 
-/// Copies what it can of the WAL into the database file without blocking the writer.
-fn passive_checkpoint(conn: &rusqlite::Connection) -> Result<(), StoreError> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    Ok(())
+/// Copies what it can of the WAL into the database file without blocking the writer; returns
+/// how many of the WAL's frames are in the database file now (0 when the WAL started over).
+fn passive_checkpoint(conn: &rusqlite::Connection) -> Result<u32, StoreError> {
+    let copied: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(2))?;
+    Ok(u32::try_from(copied).unwrap_or(0))
 }
 
 /// Checkpoints from its own connection, concurrently with the writer's transactions.
@@ -90,9 +115,20 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Copies the frames committed so far into the database file.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        passive_checkpoint(&self.conn)
+    /// Copies the frames committed so far into the database file, then, in more rounds, those
+    /// committed meanwhile, until a round is small. When a round caught up with the writer
+    /// entirely, the writer's next transaction starts the WAL over.
+    pub fn catch_up(&self) -> Result<(), StoreError> {
+        let mut copied = passive_checkpoint(&self.conn)?;
+        for _ in 1..CATCH_UP_ROUNDS {
+            let before = copied;
+            copied = passive_checkpoint(&self.conn)?;
+            // Fewer than before: the WAL started over, everything was copied.
+            if copied <= before.saturating_add(CAUGHT_UP_FRAMES) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -178,51 +178,34 @@ impl SqliteStore {
             match c {
                 Change::PutInstance { hub, instance } => {
                     let i = *instance;
-                    match i.history {
-                        Some(history) => {
-                            let values = params![
-                                hub,
-                                i.instance_id,
-                                i.meta,
-                                i.failure,
-                                i.parent,
-                                i.trace,
-                                history,
-                                i.inbox
-                            ];
-                            // An update in place leaves the (hub, id) index as it is; a replace
-                            // would delete and insert its entry, a write to a random page of it
-                            // for every change of an instance.
-                            let updated = tx
-                                .prepare_cached(
-                                    "UPDATE instances SET meta = ?3, failure = ?4, parent = ?5, trace = ?6, history = ?7, inbox = ?8
-                                     WHERE hub = ?1 AND instance_id = ?2",
-                                )?
-                                .execute(values)?;
-                            if updated == 0 {
-                                tx.prepare_cached(
-                                    "INSERT INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
-                                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                                )?
-                                .execute(values)?;
-                            }
-                        }
-                        // The history is on disk only: everything but it.
-                        None => {
-                            tx.prepare_cached(
-                                "UPDATE instances SET meta = ?3, failure = ?4, parent = ?5, trace = ?6, inbox = ?7
-                                 WHERE hub = ?1 AND instance_id = ?2",
-                            )?
-                            .execute(params![
-                                hub,
-                                i.instance_id,
-                                i.meta,
-                                i.failure,
-                                i.parent,
-                                i.trace,
-                                i.inbox
-                            ])?;
-                        }
+                    // Without a history, the row's is on disk already and stays.
+                    let whole = i.history.is_some();
+                    let values = params![
+                        hub,
+                        i.instance_id,
+                        i.meta,
+                        i.failure,
+                        i.parent,
+                        i.trace,
+                        i.history,
+                        i.inbox
+                    ];
+                    // An update in place leaves the (hub, id) index as it is; a replace would
+                    // delete and insert its entry, a write to a random page of it for every
+                    // change of an instance.
+                    let updated = tx
+                        .prepare_cached(
+                            "UPDATE instances SET meta = ?3, failure = ?4, parent = ?5, trace = ?6,
+                                 history = COALESCE(?7, history), inbox = ?8
+                             WHERE hub = ?1 AND instance_id = ?2",
+                        )?
+                        .execute(values)?;
+                    if updated == 0 && whole {
+                        tx.prepare_cached(
+                            "INSERT INTO instances (hub, instance_id, meta, failure, parent, trace, history, inbox)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        )?
+                        .execute(values)?;
                     }
                 }
                 Change::DeleteInstance { hub, instance_id } => {
@@ -397,6 +380,14 @@ impl SqliteStore {
     /// A store in a new temporary directory (to remove afterwards), capped at `max_bytes`
     /// (0: no cap).
     pub fn open_for_test(max_bytes: u64) -> (Self, std::path::PathBuf) {
+        Self::open_for_test_with(max_bytes, CHECKPOINT_FRAMES)
+    }
+
+    /// As [`Self::open_for_test`], with checkpoints past `checkpoint_frames`.
+    pub fn open_for_test_with(
+        max_bytes: u64,
+        checkpoint_frames: u32,
+    ) -> (Self, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "store-{}-{}",
             std::process::id(),
@@ -407,7 +398,7 @@ impl SqliteStore {
             &StoreOptions {
                 synchronous: crate::settings::Synchronous::Normal,
                 max_bytes,
-                checkpoint_frames: CHECKPOINT_FRAMES,
+                checkpoint_frames,
                 busy_timeout: std::time::Duration::from_secs(1),
             },
         )
