@@ -72,6 +72,9 @@ pub struct PurgeResult {
 /// A task hub client. Cheap to clone; all clones share one HTTP/2 connection.
 #[derive(Clone)]
 pub struct Client {
+    /// Its calls' futures are boxed where they are awaited (`Box::pin(self.grpc...)`): a tonic
+    /// call is a future of about 3 KB, which would make each caller's future as large, and
+    /// callers' futures are moved (boxed by middleware, spawned) several times per request.
     grpc: GrpcClient,
     payloads: Option<crate::payload::Payloads>,
     /// Whether tokens in answers are read back (see [`Client::leaving_tokens_unread`]).
@@ -115,7 +118,7 @@ impl Client {
         instance_id: &str,
     ) -> Result<(), Error> {
         if let Some(p) = &self.payloads {
-            p.externalize(msg, type_name, Some(instance_id)).await?;
+            Box::pin(p.externalize(msg, type_name, Some(instance_id))).await?;
         }
         Ok(())
     }
@@ -126,7 +129,7 @@ impl Client {
         type_name: &str,
     ) -> Result<(), Error> {
         if let Some(p) = self.payloads.as_ref().filter(|_| self.read_tokens) {
-            p.internalize(msg, type_name).await?;
+            Box::pin(p.internalize(msg, type_name)).await?;
         }
         Ok(())
     }
@@ -135,7 +138,7 @@ impl Client {
     pub async fn hello(&self, timeout: Duration) -> Result<(), Error> {
         let mut req = tonic::Request::new(());
         req.set_timeout(timeout);
-        self.grpc.clone().hello(req).await?;
+        Box::pin(self.grpc.clone().hello(req)).await?;
         Ok(())
     }
 
@@ -183,7 +186,9 @@ impl Client {
         let id = req.instance_id.clone();
         self.outgoing(&mut req, "CreateInstanceRequest", &id)
             .await?;
-        let resp = self.grpc.clone().start_instance(req).await?.into_inner();
+        let resp = Box::pin(self.grpc.clone().start_instance(req))
+            .await?
+            .into_inner();
         Ok(resp.instance_id)
     }
 
@@ -197,7 +202,9 @@ impl Client {
             instance_id: instance_id.to_string(),
             get_inputs_and_outputs: fetch_payloads,
         };
-        let mut resp = self.grpc.clone().get_instance(req).await?.into_inner();
+        let mut resp = Box::pin(self.grpc.clone().get_instance(req))
+            .await?
+            .into_inner();
         self.incoming(&mut resp, "GetInstanceResponse").await?;
         Ok(state_of(resp))
     }
@@ -214,10 +221,7 @@ impl Client {
             get_inputs_and_outputs: fetch_payloads,
         });
         req.set_timeout(timeout);
-        let mut resp = self
-            .grpc
-            .clone()
-            .wait_for_instance_start(req)
+        let mut resp = Box::pin(self.grpc.clone().wait_for_instance_start(req))
             .await?
             .into_inner();
         self.incoming(&mut resp, "GetInstanceResponse").await?;
@@ -237,10 +241,7 @@ impl Client {
             get_inputs_and_outputs: fetch_payloads,
         });
         req.set_timeout(timeout);
-        let mut resp = self
-            .grpc
-            .clone()
-            .wait_for_instance_completion(req)
+        let mut resp = Box::pin(self.grpc.clone().wait_for_instance_completion(req))
             .await?
             .into_inner();
         self.incoming(&mut resp, "GetInstanceResponse").await?;
@@ -260,7 +261,7 @@ impl Client {
         };
         self.outgoing(&mut req, "RaiseEventRequest", instance_id)
             .await?;
-        self.grpc.clone().raise_event(req).await?;
+        Box::pin(self.grpc.clone().raise_event(req)).await?;
         Ok(())
     }
 
@@ -278,7 +279,7 @@ impl Client {
         };
         self.outgoing(&mut req, "TerminateRequest", instance_id)
             .await?;
-        self.grpc.clone().terminate_instance(req).await?;
+        Box::pin(self.grpc.clone().terminate_instance(req)).await?;
         Ok(())
     }
 
@@ -287,7 +288,7 @@ impl Client {
             instance_id: instance_id.to_string(),
             reason: reason.map(str::to_string),
         };
-        self.grpc.clone().suspend_instance(req).await?;
+        Box::pin(self.grpc.clone().suspend_instance(req)).await?;
         Ok(())
     }
 
@@ -296,7 +297,7 @@ impl Client {
             instance_id: instance_id.to_string(),
             reason: reason.map(str::to_string),
         };
-        self.grpc.clone().resume_instance(req).await?;
+        Box::pin(self.grpc.clone().resume_instance(req)).await?;
         Ok(())
     }
 
@@ -306,7 +307,7 @@ impl Client {
             instance_id: instance_id.to_string(),
             reason: reason.map(str::to_string),
         };
-        self.grpc.clone().rewind_instance(req).await?;
+        Box::pin(self.grpc.clone().rewind_instance(req)).await?;
         Ok(())
     }
 
@@ -316,10 +317,7 @@ impl Client {
             instance_id: instance_id.to_string(),
             restart_with_new_instance_id: new_instance_id,
         };
-        Ok(self
-            .grpc
-            .clone()
-            .restart_instance(req)
+        Ok(Box::pin(self.grpc.clone().restart_instance(req))
             .await?
             .into_inner()
             .instance_id)
@@ -339,7 +337,9 @@ impl Client {
             is_orchestration: true,
         };
         Ok(purge_result(
-            self.grpc.clone().purge_instances(req).await?.into_inner(),
+            Box::pin(self.grpc.clone().purge_instances(req))
+                .await?
+                .into_inner(),
         ))
     }
 
@@ -354,7 +354,7 @@ impl Client {
             execution_id: None,
             for_work_item_processing: false,
         };
-        let mut stream = match self.grpc.clone().stream_instance_history(req).await {
+        let mut stream = match Box::pin(self.grpc.clone().stream_instance_history(req)).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
             Err(s) => return Err(s.into()),
@@ -386,7 +386,9 @@ impl Client {
             is_orchestration: true,
         };
         Ok(purge_result(
-            self.grpc.clone().purge_instances(req).await?.into_inner(),
+            Box::pin(self.grpc.clone().purge_instances(req))
+                .await?
+                .into_inner(),
         ))
     }
 
@@ -406,7 +408,9 @@ impl Client {
                 fetch_inputs_and_outputs: query.fetch_inputs_and_outputs,
             }),
         };
-        let mut resp = self.grpc.clone().query_instances(req).await?.into_inner();
+        let mut resp = Box::pin(self.grpc.clone().query_instances(req))
+            .await?
+            .into_inner();
         self.incoming(&mut resp, "QueryInstancesResponse").await?;
         let instances = resp
             .orchestration_state
@@ -445,7 +449,7 @@ impl Client {
         };
         let id = req.instance_id.clone();
         self.outgoing(&mut req, "SignalEntityRequest", &id).await?;
-        self.grpc.clone().signal_entity(req).await?;
+        Box::pin(self.grpc.clone().signal_entity(req)).await?;
         Ok(())
     }
 
@@ -459,7 +463,9 @@ impl Client {
             instance_id: entity.to_string(),
             include_state,
         };
-        let mut resp = self.grpc.clone().get_entity(req).await?.into_inner();
+        let mut resp = Box::pin(self.grpc.clone().get_entity(req))
+            .await?
+            .into_inner();
         self.incoming(&mut resp, "GetEntityResponse").await?;
         if !resp.exists {
             return Ok(None);
@@ -486,7 +492,9 @@ impl Client {
                 continuation_token: query.continuation_token,
             }),
         };
-        let mut resp = self.grpc.clone().query_entities(req).await?.into_inner();
+        let mut resp = Box::pin(self.grpc.clone().query_entities(req))
+            .await?
+            .into_inner();
         self.incoming(&mut resp, "QueryEntitiesResponse").await?;
         Ok(EntityPage {
             entities: resp
@@ -517,10 +525,7 @@ impl Client {
                 remove_empty_entities,
                 release_orphaned_locks,
             };
-            let resp = self
-                .grpc
-                .clone()
-                .clean_entity_storage(req)
+            let resp = Box::pin(self.grpc.clone().clean_entity_storage(req))
                 .await?
                 .into_inner();
             total.empty_entities_removed += resp.empty_entities_removed.max(0) as u32;
@@ -548,5 +553,33 @@ fn purge_result(r: pb::PurgeInstancesResponse) -> PurgeResult {
     PurgeResult {
         deleted_instance_count: r.deleted_instance_count.max(0) as u32,
         is_complete: r.is_complete.unwrap_or(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, Fut: Future, F: Fn(A, B, C, D) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn call_futures_stay_small() {
+        // A tonic call alone is about 3 KB, and the start's was 7 KB with the payload store's:
+        // both are boxed, so callers' futures, moved several times per request, stay small.
+        for (name, size) in [
+            (
+                "schedule_new_orchestration_raw",
+                future_size(&Client::schedule_new_orchestration_raw),
+            ),
+            (
+                "wait_for_instance_completion",
+                future_size(&Client::wait_for_instance_completion),
+            ),
+        ] {
+            assert!(size <= 1_536, "{name}'s future is {size} bytes");
+        }
     }
 }

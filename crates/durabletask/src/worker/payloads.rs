@@ -41,7 +41,9 @@ impl Shared {
         type_name: &str,
     ) -> Result<(), PayloadOutcome> {
         match &self.payloads {
-            Some(p) => p.internalize(msg, type_name).await.map_err(outcome),
+            Some(p) => Box::pin(p.internalize(msg, type_name))
+                .await
+                .map_err(outcome),
             None => Ok(()),
         }
     }
@@ -54,8 +56,7 @@ impl Shared {
         instance_id: &str,
     ) -> Result<(), PayloadOutcome> {
         match &self.payloads {
-            Some(p) => p
-                .externalize(msg, type_name, Some(instance_id))
+            Some(p) => Box::pin(p.externalize(msg, type_name, Some(instance_id)))
                 .await
                 .map_err(outcome),
             None => Ok(()),
