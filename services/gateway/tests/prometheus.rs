@@ -116,6 +116,8 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     assert!(ok, "promtool check rules: {out}");
 
     // The system: scheduler, two workers, gateway, each with its metrics port.
+    let store_dir = std::env::temp_dir().join(format!("prom-store-{}", std::process::id()));
+    std::fs::create_dir_all(&store_dir).expect("store dir");
     let sched_port = free_port();
     let sched_admin = free_port();
     let _sched = spawn(
@@ -126,7 +128,12 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
                 "LOCAL_SCHEDULER__ADMIN_LISTEN",
                 format!("127.0.0.1:{sched_admin}"),
             ),
-            ("LOCAL_SCHEDULER__STORE", "memory".into()),
+            // SQLite, as in a cluster: its store's metrics are in the alert rules.
+            ("LOCAL_SCHEDULER__STORE", "sqlite".into()),
+            (
+                "LOCAL_SCHEDULER__SQLITE_PATH",
+                store_dir.join("store.db").display().to_string(),
+            ),
         ],
         sched_port,
     )
@@ -276,7 +283,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     // The alert rules: loaded and healthy in the server, every expression valid, every signal
     // with data (the failure ratio too: operations failed above).
     let exprs = rule_exprs(&std::fs::read_to_string(&rules_file).expect("rules"));
-    assert_eq!(exprs.len(), 8, "{exprs:?}");
+    assert_eq!(exprs.len(), 9, "{exprs:?}");
     for expr in &exprs {
         let v = query(prom_port, expr).await;
         assert_eq!(v["status"], "success", "{expr}: {v}");
@@ -297,7 +304,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
         .iter()
         .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
         .collect();
-    assert_eq!(loaded.len(), 8, "{rules}");
+    assert_eq!(loaded.len(), 9, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }
@@ -348,5 +355,7 @@ async fn prometheus_scrapes_everything_and_every_dashboard_and_alert_query_retur
     }
     println!("dashboard queries:\n{}", report.join("\n"));
     drop(workers);
+    drop(_sched);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&store_dir);
 }
