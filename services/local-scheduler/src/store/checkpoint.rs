@@ -138,32 +138,36 @@ mod tests {
     use crate::model::{Change, InstanceRow, StoredInstance};
     use durabletask_proto as pb;
 
+    /// A new instance with `history_bytes` of history (4 KiB pages: `history_bytes` / 4096 of
+    /// them, about).
+    fn put_with(id: &str, history_bytes: usize) -> Change {
+        let row = InstanceRow::for_test(
+            id,
+            "n",
+            pb::OrchestrationStatus::Running as i32,
+            chrono::Utc::now(),
+        );
+        let history = [pb::HistoryEvent {
+            event_id: 1,
+            event_type: Some(pb::history_event::EventType::ExecutionStarted(
+                pb::ExecutionStartedEvent {
+                    name: "x".repeat(history_bytes),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }];
+        Change::PutInstance {
+            hub: "h".into(),
+            instance: Box::new(StoredInstance::encode(&row, Some(&history), [].iter())),
+        }
+    }
+
     #[test]
     fn the_writer_checkpoints_past_the_threshold_and_the_wal_starts_over() {
         let (mut store, dir) = SqliteStore::open_for_test(0);
-        let put = |id: &str| {
-            let row = InstanceRow::for_test(
-                id,
-                "n",
-                pb::OrchestrationStatus::Running as i32,
-                chrono::Utc::now(),
-            );
-            // 256 KiB of history: 64 pages a row.
-            let history = [pb::HistoryEvent {
-                event_id: 1,
-                event_type: Some(pb::history_event::EventType::ExecutionStarted(
-                    pb::ExecutionStartedEvent {
-                        name: "x".repeat(256 * 1024),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }];
-            Change::PutInstance {
-                hub: "h".into(),
-                instance: Box::new(StoredInstance::encode(&row, Some(&history), [].iter())),
-            }
-        };
+        // 256 KiB of history: 64 pages a row.
+        let put = |id: &str| put_with(id, 256 * 1024);
         let mut rows = 0;
         while !store.checkpoint_due() {
             store.apply(vec![put(&format!("i{rows}"))]).expect("apply");
@@ -186,6 +190,46 @@ mod tests {
             let history = store.history("h", id).expect("read").expect("kept");
             assert_eq!(history.len(), 1, "{id} reads back");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn overdue_as_many_frames_past_due_and_started_over_after_a_checkpoint_elsewhere() {
+        let (mut store, dir) = SqliteStore::open_for_test_with(0, 64);
+        let mut rows = 0;
+        let mut put = |store: &mut SqliteStore| {
+            store
+                .apply(vec![put_with(&format!("i{rows}"), 16 * 1024)])
+                .expect("apply");
+            rows += 1;
+            assert!(rows < 500, "{rows} rows of 4 pages");
+        };
+        while !store.checkpoint_due() {
+            put(&mut store);
+        }
+        assert!(!store.checkpoint_overdue(), "due before overdue");
+        assert!(
+            !store.wal_started_over(),
+            "the WAL only grows without a checkpoint"
+        );
+        while !store.checkpoint_overdue() {
+            put(&mut store);
+        }
+        assert!(store.wal_frames() >= 128, "{} frames", store.wal_frames());
+        // As the background thread does it, from its own connection; the writer idle meanwhile,
+        // so the rounds catch up with it entirely.
+        store
+            .checkpointer()
+            .expect("a second connection")
+            .catch_up()
+            .expect("checkpoint");
+        put(&mut store);
+        assert!(
+            store.wal_started_over(),
+            "the next transaction starts the WAL over ({} frames)",
+            store.wal_frames()
+        );
+        assert!(!store.checkpoint_due() && !store.checkpoint_overdue());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
