@@ -203,42 +203,39 @@ fn write_batches(journal: &Weak<Journal>) {
             (std::mem::take(&mut q.changes), q.last)
         };
         let began = Instant::now();
-        let written = j
-            .store
-            .lock()
-            .map_err(|_| "the store lock is poisoned".to_string())
-            .and_then(|mut s| {
-                let before = s.wal_frames();
-                s.apply(changes)
-                    .map(|()| s.wal_frames().saturating_sub(before))
-                    .map_err(|e| e.to_string())
-            });
-        match written {
-            Ok(frames) => {
-                j.durable.send_replace(seq);
-                let stats = &j.stats;
-                stats.transactions.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .operations
-                    .fetch_add(seq - written_up_to, Ordering::Relaxed);
-                written_up_to = seq;
-                stats
-                    .wal_frames
-                    .fetch_add(u64::from(frames), Ordering::Relaxed);
-                stats
-                    .write_nanos
-                    .fetch_add(nanos_since(began), Ordering::Relaxed);
-                // After the answer: the callers of this batch do not wait for it.
-                checkpoint_step(&j);
-            }
-            Err(reason) => {
-                let _ = j.failed.set(reason);
-                // Wakes every waiter, which then sees the failure.
-                j.durable.send_modify(|_| {});
-                return;
-            }
+        // One lock for the transaction and the checkpoint step after it.
+        let Ok(mut store) = j.store.lock() else {
+            fail(&j, "the store lock is poisoned".into());
+            return;
+        };
+        let before = store.wal_frames();
+        if let Err(e) = store.apply(changes) {
+            fail(&j, e.to_string());
+            return;
         }
+        let frames = store.wal_frames().saturating_sub(before);
+        j.durable.send_replace(seq);
+        let stats = &j.stats;
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats
+            .operations
+            .fetch_add(seq - written_up_to, Ordering::Relaxed);
+        written_up_to = seq;
+        stats
+            .wal_frames
+            .fetch_add(u64::from(frames), Ordering::Relaxed);
+        stats
+            .write_nanos
+            .fetch_add(nanos_since(began), Ordering::Relaxed);
+        // After the answer: the callers of this batch do not wait for it.
+        checkpoint_step(&j, &mut store);
     }
+}
+
+/// A failed transaction: nothing after it will be durable, and every waiter sees why.
+fn fail(j: &Journal, reason: String) {
+    let _ = j.failed.set(reason);
+    j.durable.send_modify(|_| {});
 }
 
 fn nanos_since(t: Instant) -> u64 {
@@ -249,13 +246,10 @@ fn nanos_since(t: Instant) -> u64 {
 /// the WAL is due; when the background is done, see whether the WAL started over, and if not,
 /// send it round again, or copy the rest itself once the WAL has doubled. With no background
 /// thread, the writer does it all.
-fn checkpoint_step(j: &Journal) {
-    let Ok(mut store) = j.store.lock() else {
-        return;
-    };
+fn checkpoint_step(j: &Journal, store: &mut SqliteStore) {
     let Some(bg) = &j.background else {
         if store.checkpoint_due() {
-            writer_checkpoint(j, &mut store);
+            writer_checkpoint(j, store);
         }
         return;
     };
@@ -272,7 +266,7 @@ fn checkpoint_step(j: &Journal) {
         }
         Phase::Done(Ok(())) if store.checkpoint_overdue() => {
             drop(phase);
-            writer_checkpoint(j, &mut store);
+            writer_checkpoint(j, store);
         }
         Phase::Done(Ok(())) => {
             // Not caught up: the writer committed during the last round. Go round again.

@@ -65,7 +65,6 @@ impl SqliteStore {
     /// failure loses nothing (the WAL still holds every commit); the next try then waits for
     /// as many frames again.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let frames = WAL_FRAMES.get();
         match passive_checkpoint(&self.conn) {
             Ok(_) => {
                 WAL_FRAMES.set(0);
@@ -73,7 +72,7 @@ impl SqliteStore {
                 Ok(())
             }
             Err(e) => {
-                self.checkpoint_at = frames.saturating_add(self.checkpoint_frames);
+                self.defer_checkpoint();
                 Err(e)
             }
         }
