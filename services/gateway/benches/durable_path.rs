@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use durabletask::{Client, Connection, ConnectionOptions};
 use test_support::http::KeepAlive;
 use test_support::net::{free_port, wait_port};
-use test_support::process::spawn_path;
+use test_support::process::{cpu_seconds, spawn_path};
 use test_support::python as pyenv;
 use tokio::process::{Child, Command};
 
@@ -72,6 +72,9 @@ struct Measured {
     starts_per_second: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
+    /// CPU per operation in µs of the scheduler (or server), the worker and the front end, from
+    /// the first start to the last completion: where the shared cores go.
+    cpu_us_per_op: [f64; 3],
 }
 
 fn quiet(mut c: Command) -> Child {
@@ -82,7 +85,8 @@ fn quiet(mut c: Command) -> Child {
         .expect("start a helper")
 }
 
-/// A fresh stack: (processes, scheduler endpoint, front end port).
+/// A fresh stack: (processes, scheduler endpoint, front end port). The processes come in the
+/// order scheduler (or server), worker, front end.
 async fn start(stack: Stack, dir: &std::path::Path) -> (Vec<Child>, String, u16) {
     let front = free_port();
     let mut children = Vec::new();
@@ -161,6 +165,9 @@ async fn measure(stack: Stack, dir: &std::path::Path, pace: Option<f64>) -> Meas
     ));
     let next = Arc::new(AtomicUsize::new(0));
     let ids = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
+    assert_eq!(pids.len(), 3, "{stack:?}: scheduler, worker and front end");
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
     let begin = Instant::now();
     let begin_wall = chrono::Utc::now();
     let mut tasks = Vec::new();
@@ -243,6 +250,10 @@ async fn measure(stack: Stack, dir: &std::path::Path, pace: Option<f64>) -> Meas
     let all_done = (last_completion.expect("completions") - begin_wall)
         .to_std()
         .expect("after the first start");
+    let mut cpu_us_per_op = [0.0; 3];
+    for (i, pid) in pids.iter().enumerate() {
+        cpu_us_per_op[i] = (cpu_seconds(*pid) - cpu_before[i]) * 1e6 / n as f64;
+    }
     drop(children);
 
     latencies.sort_by(|a, b| a.total_cmp(b));
@@ -252,6 +263,7 @@ async fn measure(stack: Stack, dir: &std::path::Path, pace: Option<f64>) -> Meas
         starts_per_second: n as f64 / starts_done.as_secs_f64(),
         start_p50_ms: pct(0.5),
         start_p99_ms: pct(0.99),
+        cpu_us_per_op,
     }
 }
 
@@ -313,27 +325,25 @@ fn main() {
             "durable path end to end: {CONNECTIONS} keep-alive connections start the sample's operation (processing_time 0) while the worker runs them, on {}; best of {ROUNDS} interleaved runs",
             machine()
         );
-        println!("| stack | operations | end to end ops/s | starts/s | start p50 ms | start p99 ms |");
-        println!("|---|---|---|---|---|---|");
-        for (stack, m) in stacks.iter().zip(&best) {
+        println!("| stack | operations | end to end ops/s | starts/s | start p50 ms | start p99 ms | CPU µs per operation (scheduler / worker / front end) |");
+        println!("|---|---|---|---|---|---|---|");
+        let row = |label: &str, operations: usize, m: &Measured| {
+            let [s, w, f] = m.cpu_us_per_op;
             println!(
-                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
-                stack.label(),
-                stack.operations(),
-                m.ops_per_second,
-                m.starts_per_second,
-                m.start_p50_ms,
-                m.start_p99_ms
+                "| {label} | {operations} | {:.0} | {:.0} | {:.1} | {:.1} | {s:.0} / {w:.0} / {f:.0} |",
+                m.ops_per_second, m.starts_per_second, m.start_p50_ms, m.start_p99_ms
             );
+        };
+        for (stack, m) in stacks.iter().zip(&best) {
+            row(stack.label(), stack.operations(), m);
         }
-        println!(
-            "| {}, {PACED_RATE:.0} starts/s offered (open loop) | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
-            Stack::OursSqlite.label(),
+        row(
+            &format!(
+                "{}, {PACED_RATE:.0} starts/s offered (open loop)",
+                Stack::OursSqlite.label()
+            ),
             Stack::OursSqlite.operations(),
-            paced.ops_per_second,
-            paced.starts_per_second,
-            paced.start_p50_ms,
-            paced.start_p99_ms
+            &paced,
         );
         let (py, mem, sql) = (best[0], best[1], best[2]);
         println!();
