@@ -109,11 +109,16 @@ pub(crate) async fn start_idempotent(
             state.metrics.deduplicated.inc();
             Ok(id)
         }
-        _ => Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
-            "Unprocessable Content",
-            "this Idempotency-Key was already used with a different request body",
-        )),
+        _ => Err(key_reused()),
     }
+}
+
+/// `key` was used before with another request.
+pub(crate) fn key_reused() -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "Unprocessable Content",
+        "this Idempotency-Key was already used with a different request body",
+    )
 }

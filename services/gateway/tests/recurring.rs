@@ -291,6 +291,123 @@ async fn a_recurring_operation_runs_pauses_resumes_and_is_its_callers_alone() {
     assert_eq!(status, 201, "room again after deleting: {v}");
 }
 
+/// A create under `Idempotency-Key` `idem`.
+async fn create_keyed(
+    port: u16,
+    key: &str,
+    idem: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, Value) {
+    http_with_headers(
+        port,
+        "POST",
+        "/api/recurring",
+        Some(body),
+        &[("x-api-key", key), ("idempotency-key", idem)],
+    )
+    .await
+}
+
+/// A caller's recurring operations' ids, sorted.
+async fn ids_of(port: u16, key: &str) -> Vec<String> {
+    let (status, _, v) = call(port, key, "GET", "/api/recurring", None).await;
+    assert_eq!(status, 200, "{v}");
+    let mut ids: Vec<String> = v["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_retried_with_an_idempotency_key_makes_one_recurring_operation() {
+    let s = setup().await;
+    let port = s.port;
+    // Nanoseconds in the start: the schedule keeps microseconds, and a retry is still the same.
+    let start = "2031-01-02T03:04:05.123456789Z";
+    let body = format!(
+        r#"{{"name":"weekly","delay_seconds":0,"interval_seconds":604800,"start_at":"{start}"}}"#
+    );
+    let (status, headers, first) = create_keyed(port, ALICE, "weekly-1", &body).await;
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        path_of(hdr(&headers, "location").expect("Location")),
+        format!("/api/recurring/{id}")
+    );
+
+    // The retry: the same one, and still one.
+    let (status, headers, again) = create_keyed(port, ALICE, "weekly-1", &body).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["id"], first["id"], "{again}");
+    assert_eq!(
+        again["created_at"], first["created_at"],
+        "not made again: {again}"
+    );
+    assert_eq!(
+        path_of(hdr(&headers, "location").expect("Location")),
+        format!("/api/recurring/{id}")
+    );
+    assert_eq!(ids_of(port, ALICE).await, vec![id.clone()]);
+
+    // The key with another body: refused, and the first is as it was.
+    let other = body.replace("weekly", "daily");
+    let (status, _, v) = create_keyed(port, ALICE, "weekly-1", &other).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["type"]
+            .as_str()
+            .expect("type")
+            .ends_with("/idempotency-key-reused"),
+        "{v}"
+    );
+    let (_, _, doc) = call(port, ALICE, "GET", &format!("/api/recurring/{id}"), None).await;
+    assert_eq!(doc["name"], "weekly", "{doc}");
+    assert_eq!(ids_of(port, ALICE).await, vec![id.clone()]);
+
+    // Bob's same key is Bob's own.
+    let (status, _, bobs) = create_keyed(port, BOB, "weekly-1", &body).await;
+    assert_eq!(status, 201, "{bobs}");
+    assert_ne!(bobs["id"], first["id"]);
+    assert_eq!(ids_of(port, ALICE).await, vec![id.clone()]);
+
+    // At the cap (2), a retry still finds its own; a new key is refused.
+    let (status, _, unkeyed) = call(port, ALICE, "POST", "/api/recurring", Some(&body)).await;
+    assert_eq!(status, 201, "{unkeyed}");
+    assert_ne!(unkeyed["id"], first["id"], "no key: a new one");
+    let (status, _, again) = create_keyed(port, ALICE, "weekly-1", &body).await;
+    assert_eq!((status, &again["id"]), (201, &first["id"]), "{again}");
+    let (status, headers, v) = create_keyed(port, ALICE, "weekly-2", &body).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(hdr(&headers, "retry-after").is_some());
+    assert_eq!(ids_of(port, ALICE).await.len(), 2);
+
+    // After a delete, the key makes it again.
+    let (status, _, v) = call(port, ALICE, "DELETE", &format!("/api/recurring/{id}"), None).await;
+    assert_eq!(status, 204, "{v}");
+    let (status, _, made) = create_keyed(port, ALICE, "weekly-1", &other).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(
+        (made["id"].as_str(), made["name"].as_str()),
+        (Some(id.as_str()), Some("daily"))
+    );
+
+    // A malformed key is a 400, and makes nothing.
+    let (status, _, v) = create_keyed(port, ALICE, &"k".repeat(256), &body).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["type"]
+            .as_str()
+            .expect("type")
+            .ends_with("/invalid-idempotency-key"),
+        "{v}"
+    );
+    assert_eq!(ids_of(port, ALICE).await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_recurring_input_gets_a_problem_naming_the_field_and_creates_nothing() {
     let s = setup().await;

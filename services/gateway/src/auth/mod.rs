@@ -75,6 +75,9 @@ pub struct Ids {
 /// Namespace of the ids derived from idempotency keys without a secret.
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x3b8e_51d2_7c40_4a1f_9e63_0d5a_c2f8_7b19);
+/// Likewise for recurring operations.
+const RECURRING_IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x8c1f_6a3e_52d9_4b07_a4e8_19f2_d06b_3c75);
 
 impl Ids {
     pub fn new(secret: Option<&str>) -> Self {
@@ -120,10 +123,31 @@ impl Ids {
 
     /// The operation id of `caller`'s start with idempotency key `key`.
     pub fn idempotent_id(&self, caller: &Caller, key: &str) -> String {
+        self.keyed_id(caller, "idempotency", &IDEMPOTENCY_NAMESPACE, key)
+    }
+
+    /// The id of `caller`'s recurring operation created with idempotency key `key`: another
+    /// id than a start's with the same key, so that one key may serve both.
+    pub fn idempotent_recurring_id(&self, caller: &Caller, key: &str) -> String {
+        self.keyed_id(
+            caller,
+            "idempotency-recurring",
+            &RECURRING_IDEMPOTENCY_NAMESPACE,
+            key,
+        )
+    }
+
+    fn keyed_id(
+        &self,
+        caller: &Caller,
+        purpose: &str,
+        namespace: &uuid::Uuid,
+        key: &str,
+    ) -> String {
         let owner = caller.owner.as_deref().unwrap_or("");
-        match self.keyed(&["idempotency", owner, key]) {
+        match self.keyed(&[purpose, owner, key]) {
             Some(mac) => format!("{}{}", self.prefix_of(caller), &mac[..32]),
-            None => uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
+            None => uuid::Uuid::new_v5(namespace, key.as_bytes())
                 .simple()
                 .to_string(),
         }
@@ -350,6 +374,17 @@ mod tests {
         assert_ne!(
             ids.idempotent_id(&user("ab"), "c"),
             ids.idempotent_id(&user("a"), "bc")
+        );
+        // A recurring operation's key: stable, the caller's own, and not a start's id.
+        let ra = ids.idempotent_recurring_id(&a, "k");
+        assert_eq!(ra, ids.idempotent_recurring_id(&a, "k"));
+        assert_ne!(ra, ka);
+        assert_ne!(ra, ids.idempotent_recurring_id(&b, "k"));
+        assert!(a.may_see(&ids, &ra) && !b.may_see(&ids, &ra));
+        let open = Ids::new(None);
+        assert_ne!(
+            open.idempotent_recurring_id(&a, "k"),
+            open.idempotent_id(&a, "k")
         );
     }
 

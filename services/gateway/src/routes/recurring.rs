@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Caller, Role};
-use crate::edge::Edge;
+use crate::edge::{Edge, IdempotencyKey};
 use crate::extract::{ApiQuery, FieldRules, JsonBody};
+use crate::idempotency::key_reused;
 use crate::json::{JSON, json_response};
 use crate::links::encode;
 use crate::model::rfc3339;
@@ -256,13 +257,17 @@ fn parse_time(
     path = "/api/recurring",
     tag = "recurring",
     request_body(content = RecurringRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r#"^(?:"[ !#-\[\]-~]{1,253}"|[!#-~](?:[ !#-~]{0,253}[!#-~])?)$"#,
+            description = "Repeat a create safely: the same key and body return the same recurring operation (`201`, even at the cap); the same key with another body is refused (422). 1-255 printable ASCII. After a delete, the key creates a new one."),
+    ),
     responses(
-        (status = 201, description = "Created; its runs start at its interval", body = RecurringOperation,
+        (status = 201, description = "Created (or, with an `Idempotency-Key` used before with this body, the one it created); its runs start at its interval", body = RecurringOperation,
             headers(("Location" = String, description = "The recurring operation"))),
-        (status = 400, description = "Malformed JSON", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = crate::ProblemDetails, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong, missing or unknown fields: an interval out of range, a time that is not RFC 3339, an end in the past or before the start", body = crate::ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong, missing or unknown fields: an interval out of range, a time that is not RFC 3339, an end in the past or before the start; or an `Idempotency-Key` used before with another body", body = crate::ProblemDetails, content_type = "application/problem+json"),
         (status = 429, description = "The caller has `max_recurring_per_caller` recurring operations; delete one first", body = crate::ProblemDetails, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         super::SchedulerProblems,
     ),
@@ -271,6 +276,7 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     edge: Edge,
     caller: Caller,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(req): JsonBody<RecurringRequest>,
 ) -> Result<Response, Problem> {
     let request = super::process::checked(
@@ -299,11 +305,33 @@ pub(crate) async fn create(
             return Err(invalid("`end_at` must be after `start_at`"));
         }
     }
-    let prefix = state.ids.prefix_of(&caller);
+    // From the key, a retry names the same recurring operation; else random, under the
+    // caller's prefix.
+    let id = match &key {
+        Some(key) => state.ids.idempotent_recurring_id(&caller, key),
+        None => state.ids.new_id(&caller),
+    };
+    let mut options = ScheduleCreationOptions::new(
+        &id,
+        PROCESS_ORCHESTRATION,
+        Duration::from_secs(req.interval_seconds),
+    )
+    .map_err(invalid)?;
+    options.orchestration_input = serde_json::to_value(&request).ok();
+    options.start_at = start_at;
+    options.end_at = end_at;
     let schedules = state
         .client
         .schedules()
         .with_timeout(state.config.dts_timeout());
+    if key.is_some()
+        && let Some(existing) = call(&state, "GetEntity", schedules.describe(&id)).await?
+    {
+        // Made already: the same answer for the same request (even at the cap), a refusal for
+        // another.
+        return created(&edge, existing, &options, true);
+    }
+    let prefix = state.ids.prefix_of(&caller);
     let cap = limits.max_recurring_per_caller;
     let query = ScheduleQuery {
         schedule_id_prefix: Some(prefix.clone()),
@@ -320,18 +348,35 @@ pub(crate) async fn create(
         )
         .retry_after(60));
     }
-    let id = state.ids.new_id(&caller);
-    let mut options = ScheduleCreationOptions::new(
-        &id,
-        PROCESS_ORCHESTRATION,
-        Duration::from_secs(req.interval_seconds),
-    )
-    .map_err(invalid)?;
-    options.orchestration_input = serde_json::to_value(&request).ok();
-    options.start_at = start_at;
-    options.end_at = end_at;
     call(&state, "CreateSchedule", schedules.create(&options)).await?;
-    let doc = describe(&state, &edge, &id).await?;
+    let made = call(&state, "GetEntity", schedules.describe(&id))
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    // With a key, a concurrent request with the same key and another body may have replaced
+    // ours: what is read back tells.
+    created(&edge, made, &options, key.is_some())
+}
+
+/// `201` with recurring operation `d`. Under an `Idempotency-Key` (`keyed`), only if `d` is what
+/// `options` make; else the key was used with another request (`422`).
+fn created(
+    edge: &Edge,
+    d: ScheduleDescription,
+    options: &ScheduleCreationOptions,
+    keyed: bool,
+) -> Result<Response, Problem> {
+    // Times are kept to the microsecond.
+    let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
+    let same = d.orchestration_name.as_deref() == Some(options.orchestration_name.as_str())
+        && d.orchestration_input == options.orchestration_input
+        && d.interval == Some(options.interval)
+        && micros(d.start_at) == micros(options.start_at)
+        && micros(d.end_at) == micros(options.end_at);
+    if keyed && !same {
+        return Err(key_reused());
+    }
+    let id = d.schedule_id.clone();
+    let doc = document(edge, d).ok_or_else(|| not_found(&id))?;
     let mut resp = json_response(StatusCode::CREATED, &doc, JSON);
     location(&mut resp, &doc.links.this)?;
     resp.headers_mut().remove("operation-location");
