@@ -353,5 +353,14 @@ fn main() {
             sql.ops_per_second / py.ops_per_second,
             sql.ops_per_second / mem.ops_per_second
         );
+        // Issue 24's goals for this bench (starts only, 10x, is `gateway_throughput`'s).
+        let mark = |ok: bool| if ok { "met" } else { "not met" };
+        println!(
+            "goals: SQLite / Python at least 10x: {}; SQLite / in memory at least 0.70: {}; start p99 on SQLite under 20 ms: {} ({:.1} ms)",
+            mark(sql.ops_per_second >= 10.0 * py.ops_per_second),
+            mark(sql.ops_per_second >= 0.70 * mem.ops_per_second),
+            mark(sql.start_p99_ms < 20.0),
+            sql.start_p99_ms
+        );
     });
 }
