@@ -113,7 +113,7 @@ pub(crate) async fn start_idempotent(
     }
 }
 
-/// `key` was used before with another request.
+/// The request's `Idempotency-Key` was used before with another request.
 pub(crate) fn key_reused() -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
