@@ -227,14 +227,7 @@ fn created(
     options: &ScheduleCreationOptions,
     keyed: bool,
 ) -> Result<Response, Problem> {
-    // Times are kept to the microsecond.
-    let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
-    let same = d.orchestration_name.as_deref() == Some(options.orchestration_name.as_str())
-        && d.orchestration_input == options.orchestration_input
-        && d.interval == Some(options.interval)
-        && micros(d.start_at) == micros(options.start_at)
-        && micros(d.end_at) == micros(options.end_at);
-    if keyed && !same {
+    if keyed && !made_by(&d, options) {
         return Err(key_reused());
     }
     let id = d.schedule_id.clone();
@@ -243,6 +236,17 @@ fn created(
     location(&mut resp, &doc.links.this)?;
     resp.headers_mut().remove("operation-location");
     Ok(resp)
+}
+
+/// Whether schedule `d` is configured as `options` configure it (times are kept to the
+/// microsecond).
+fn made_by(d: &ScheduleDescription, options: &ScheduleCreationOptions) -> bool {
+    let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
+    d.orchestration_name.as_deref() == Some(options.orchestration_name.as_str())
+        && d.orchestration_input == options.orchestration_input
+        && d.interval == Some(options.interval)
+        && micros(d.start_at) == micros(options.start_at)
+        && micros(d.end_at) == micros(options.end_at)
 }
 
 async fn describe(state: &AppState, edge: &Edge, id: &str) -> Result<RecurringOperation, Problem> {
