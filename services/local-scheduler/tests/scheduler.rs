@@ -119,14 +119,33 @@ fn with_hub<T>(msg: T, hub: &str) -> tonic::Request<T> {
     r
 }
 
-fn temp_db(name: &str) -> PathBuf {
+/// A store file in a directory of its own, removed with it when the test ends (declared before
+/// the scheduler that uses it, so it outlives it).
+struct TempDb(PathBuf);
+
+impl std::ops::Deref for TempDb {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn temp_db(name: &str) -> TempDb {
     let dir = std::env::temp_dir().join(format!(
         "local-scheduler-test-{}-{name}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join("store.db")
+    TempDb(dir.join("store.db"))
 }
 
 // ------------------------------------------------------------- the SDK scenarios
