@@ -451,6 +451,18 @@ impl Tab {
 impl Drop for Tab {
     fn drop(&mut self) {
         let _ = self.chromium.start_kill();
-        let _ = std::fs::remove_dir_all(&self.profile);
+        // The kill is asynchronous: removed at once, the profile was written again by the dying
+        // browser and its helpers and left behind. Wait for the exit (briefly: this blocks).
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while matches!(self.chromium.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for _ in 0..5 {
+            let _ = std::fs::remove_dir_all(&self.profile);
+            if !self.profile.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
