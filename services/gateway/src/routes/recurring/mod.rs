@@ -182,10 +182,7 @@ pub(crate) async fn create(
     options.orchestration_input = serde_json::to_value(&request).ok();
     options.start_at = start_at;
     options.end_at = end_at;
-    let schedules = state
-        .client
-        .schedules()
-        .with_timeout(state.config.dts_timeout());
+    let schedules = schedules(&state);
     if key.is_some()
         && let Some(existing) = call(&state, "GetEntity", schedules.describe(&id)).await?
     {
@@ -298,6 +295,14 @@ pub(crate) async fn get_one(
     Ok(json_response(StatusCode::OK, &doc, JSON))
 }
 
+/// The schedule client for a write, bounded by the gateway's deadline for scheduler calls.
+fn schedules(state: &AppState) -> durabletask::schedule::Schedules<'_> {
+    state
+        .client
+        .schedules()
+        .with_timeout(state.config.dts_timeout())
+}
+
 /// Pauses or resumes `id`, then answers its document.
 async fn change(
     state: AppState,
@@ -312,10 +317,7 @@ async fn change(
             RecurringStatus::Active => "the recurring operation is not paused",
         }));
     }
-    let schedules = state
-        .client
-        .schedules()
-        .with_timeout(state.config.dts_timeout());
+    let schedules = schedules(&state);
     match to {
         RecurringStatus::Paused => call(&state, "PauseSchedule", schedules.pause(&id)).await?,
         RecurringStatus::Active => call(&state, "ResumeSchedule", schedules.resume(&id)).await?,
@@ -384,10 +386,7 @@ pub(crate) async fn delete(
     RecurringPath(id): RecurringPath,
 ) -> Result<Response, Problem> {
     describe(&state, &edge, &id).await?;
-    let schedules = state
-        .client
-        .schedules()
-        .with_timeout(state.config.dts_timeout());
+    let schedules = schedules(&state);
     call(&state, "DeleteSchedule", schedules.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
